@@ -1,0 +1,118 @@
+"""The saved-model contract: everything later stages need from a training run.
+
+A run folder holds ``model.keras`` (weights, architecture and the in-model scaling) and
+``bundle.json`` (class names, image size, how images are decoded, the resolved config, the
+data it was trained on, library versions and the calibration temperature). Evaluation,
+prediction and serving read only these two files.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imgcls.errors import ImgclsError, check
+from imgcls.io import atomic_path, write_json
+
+BUNDLE_FORMAT = "imgcls-bundle"
+BUNDLE_VERSION = 1
+MODEL_FILE = "model.keras"
+META_FILE = "bundle.json"
+
+
+@dataclass
+class BundleMeta:
+    """What travels beside the model weights."""
+
+    class_names: list[str]
+    image_size: tuple[int, int]
+    preprocessing: dict[str, Any]
+    config: dict[str, Any]
+    data: dict[str, Any] = field(default_factory=dict)
+    temperature: float = 1.0
+    metrics: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": BUNDLE_FORMAT,
+            "format_version": BUNDLE_VERSION,
+            "class_names": list(self.class_names),
+            "image_size": list(self.image_size),
+            "preprocessing": self.preprocessing,
+            "temperature": self.temperature,
+            "config": self.config,
+            "data": self.data,
+            "metrics": self.metrics,
+            "versions": self.versions or library_versions(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "bundle.json") -> BundleMeta:
+        check(d.get("format") == BUNDLE_FORMAT, f"{where} is not an imgcls bundle (format={d.get('format')!r})")
+        check(d.get("format_version", 0) <= BUNDLE_VERSION,
+              f"{where} has format_version {d.get('format_version')}; this imgcls reads up to {BUNDLE_VERSION}")
+        try:
+            return cls(class_names=list(d["class_names"]), image_size=tuple(d["image_size"]),
+                       preprocessing=d["preprocessing"], config=d["config"], data=d.get("data", {}),
+                       temperature=float(d.get("temperature", 1.0)), metrics=d.get("metrics", {}),
+                       versions=d.get("versions", {}))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ImgclsError(f"{where} is damaged: missing or bad field {e}") from None
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that decide what a model computes."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("imgcls", "keras", "tensorflow", "tensorflow-cpu", "numpy", "pillow"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def save_bundle(run_dir: str | Path, model, meta: BundleMeta) -> None:
+    """Write ``model.keras`` then ``bundle.json`` into ``run_dir``, each atomically."""
+    run_dir = Path(run_dir)
+    with atomic_path(run_dir / MODEL_FILE) as tmp:
+        model.save(tmp)
+    write_meta(run_dir, meta)
+
+
+def write_meta(run_dir: str | Path, meta: BundleMeta) -> None:
+    """Rewrite ``bundle.json`` (after calibration, say) without touching the model."""
+    write_json(Path(run_dir) / META_FILE, meta.to_dict())
+
+
+def read_meta(run_dir: str | Path) -> BundleMeta:
+    """Read ``RUN/bundle.json``; raise :class:`ImgclsError` if it is missing or damaged."""
+    run_dir = Path(run_dir)
+    check(run_dir.is_dir(), f"RUN not found: {run_dir} (expected the --out folder of `imgcls train`)")
+    path = run_dir / META_FILE
+    check(path.is_file(), f"RUN {run_dir} has no {META_FILE}; is it a finished training run?")
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ImgclsError(f"{path} is damaged (not valid JSON: {e})") from None
+    return BundleMeta.from_dict(d, str(path))
+
+
+def load_model(run_dir: str | Path):
+    """Load ``RUN/model.keras`` with Keras' safe mode on (no arbitrary code is run)."""
+    import keras
+
+    import imgcls.models  # noqa: F401 - registers custom layers before deserialising
+
+    path = Path(run_dir) / MODEL_FILE
+    check(path.is_file(), f"RUN {run_dir} has no {MODEL_FILE}; is it a finished training run?")
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as e:  # noqa: BLE001 - any failure here means the file is unusable
+        raise ImgclsError(f"cannot load {path}: the file is damaged or from an incompatible version "
+                          f"({type(e).__name__}: {str(e)[:200]})") from None

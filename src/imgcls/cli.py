@@ -1,0 +1,228 @@
+"""The ``imgcls`` command: parse arguments, make one library call, print the result.
+
+No logic lives here. Each subcommand pops its CLI-only options and hands the rest to the
+library function of the same name with the same keyword names. Bad input raises
+``ImgclsError``, printed as one line with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+from pathlib import Path
+
+from imgcls import __version__
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # hide TensorFlow's C++ log lines; errors still raise
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", nargs="?", help="folder per class, CSV manifest, prepared folder or built-in name "
+                                           "(digits, cifar10, cifar100, mnist, fashion_mnist)")
+    p.add_argument("--out", help="run folder to write (model bundle, split.csv, history.csv, checkpoints)")
+    p.add_argument("--resume", metavar="RUN", help="continue RUN from its newest good checkpoint")
+    p.add_argument("--config", metavar="FILE", help="JSON or TOML file of training settings (flags win)")
+    p.add_argument("--model", help="registered model name (see `imgcls models`); default classic")
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="model argument, value parsed as JSON, e.g. --model-arg 'filters=[32,64]'")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"))
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--val-split", type=float, help="fraction for validation (default 0.1)")
+    p.add_argument("--test-split", type=float, help="fraction for test (default 0.1)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--augment", help="comma list of flip,translate, or none (default: suits the data)")
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"])
+    p.add_argument("--patience", type=int, help="stop after this many epochs without val_loss improvement")
+    p.add_argument("--max-time", type=float, metavar="MINUTES", help="stop cleanly after this much training")
+    p.add_argument("--checkpoint-every", type=int, metavar="N", help="also checkpoint every N steps")
+    p.add_argument("--keep-checkpoints", type=int, metavar="K", help="newest checkpoints kept (best kept too)")
+    p.add_argument("--class-weight", choices=["balanced"], help="weight classes inversely to their size")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from imgcls.config import TrainConfig, load_config_file
+    from imgcls.train import train
+
+    if args.resume and args.out and Path(args.out) != Path(args.resume):
+        parser.error("--resume RUN continues RUN in place; drop --out or make it the same folder")
+    if not args.resume and not args.out:
+        parser.error("--out RUN is required (or --resume RUN)")
+    if not args.resume and not args.data:
+        parser.error("DATA is required: a folder, a CSV manifest or a built-in name such as digits")
+    base = TrainConfig.from_dict(load_config_file(args.config)) if args.config else TrainConfig()
+    overrides = {
+        "model": args.model, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+        "image_size": tuple(args.image_size) if args.image_size else None, "val_split": args.val_split,
+        "test_split": args.test_split, "seed": args.seed, "label_smoothing": args.label_smoothing,
+        "weight_decay": args.weight_decay, "precision": args.precision, "patience": args.patience,
+        "max_time": args.max_time, "checkpoint_every": args.checkpoint_every,
+        "keep_checkpoints": args.keep_checkpoints, "class_weight": args.class_weight,
+        "augment": tuple(args.augment.split(",")) if args.augment else None,
+        "model_args": _parse_model_args(args.model_arg, parser) if args.model_arg else None,
+    }
+    result = train(args.data, out=args.resume or args.out, config=None if args.resume else base,
+                   resume=bool(args.resume), verbose=not args.quiet, **overrides)
+    if result.test_metrics:
+        print(f"test accuracy {result.test_metrics['accuracy']:.4f} on {result.test_metrics['n_images']} images")
+    print(f"run saved to {result.run_dir}")
+    return 0
+
+
+def _parse_model_args(items: list[str], parser: argparse.ArgumentParser) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"--model-arg must look like KEY=VALUE. Received: {item}")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+        if isinstance(out[key], list):
+            out[key] = tuple(out[key])
+    return out
+
+
+def _cmd_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from imgcls.evaluate import evaluate
+
+    metrics = evaluate(args.run, args.data, out=args.out, split=args.split)
+    print(f"accuracy {metrics['accuracy']:.4f} on {metrics['n_images']} images ({metrics['split']})")
+    print(f"wrote {Path(args.out) / 'metrics.json'}")
+    return 0
+
+
+def _expand_paths(items: list[str]) -> list[str]:
+    from imgcls.data.decode import is_image_file
+
+    paths = []
+    for item in items:
+        if os.path.isdir(item):
+            for dirpath, dirnames, filenames in os.walk(item):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                paths += [os.path.join(dirpath, f) for f in sorted(filenames) if is_image_file(f)]
+        elif any(ch in item for ch in "*?[") and not os.path.exists(item):
+            paths += sorted(glob.glob(item, recursive=True))
+        else:
+            paths.append(item)
+    return paths
+
+
+def _cmd_predict(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import csv
+
+    from imgcls.predict import Predictor
+
+    if args.top_k < 1:
+        parser.error(f"--top-k must be a positive integer. Received: {args.top_k}")
+    paths = _expand_paths(args.paths)
+    if not paths:
+        print(f"imgcls: error: no image files found in {' '.join(args.paths)}", file=sys.stderr)
+        return 2
+    results = Predictor(args.run).predict(paths, top_k=args.top_k)
+    if args.format == "json":
+        print(json.dumps([r.to_dict() for r in results], indent=2))
+    elif args.format == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["path", "label", "probability", "top_k", "error"])
+        for r in results:
+            writer.writerow([r.source, r.label or "", "" if r.probability is None else f"{r.probability:.6f}",
+                             ";".join(f"{lab}:{p:.6f}" for lab, p in r.top_k), r.error or ""])
+    else:
+        width = max(len(r.source) for r in results)
+        for r in results:
+            if r.error is None:
+                others = "  ".join(f"{lab} {p:.3f}" for lab, p in r.top_k[1:])
+                print(f"{r.source:<{width}}  {r.label}  {r.probability:.3f}  {others}".rstrip())
+    failed = [r for r in results if r.error]
+    for r in failed:
+        print(f"imgcls: cannot predict {r.source}: {r.error}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _cmd_models(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from imgcls.models import create_model, get_spec, list_models
+
+    size = tuple(args.image_size)
+    print(f"{'model':<20} {'parameters':>12}  description   (for {size[0]}x{size[1]} RGB, {args.classes} classes)")
+    for name in list_models():
+        spec = get_spec(name)
+        model = create_model(name, (*size, 3), args.classes)
+        print(f"{name:<20} {model.count_params():>12,}  {spec.description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imgcls", description="Image classification with Keras: "
+                                     "prepare data, train, evaluate and predict.")
+    parser.add_argument("--version", action="version", version=f"imgcls {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model and write a run folder")
+    _train_args(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="metrics of a run on a data set (default: its test split)")
+    p.add_argument("run", help="run folder written by `imgcls train`")
+    p.add_argument("data", help="the run's data (its test split is used) or other labelled data (all of it)")
+    p.add_argument("--out", required=True, help="folder for metrics.json")
+    p.add_argument("--split", choices=["test", "val", "train", "all"], help="split of the run's own data")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("predict", help="classify image files, folders or globs")
+    p.add_argument("run", help="run folder written by `imgcls train`")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or glob patterns")
+    p.add_argument("--top-k", type=int, default=3, help="classes shown per image (default 3)")
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("models", help="list registered models with their parameter counts")
+    p.add_argument("--image-size", type=int, nargs=2, default=(32, 32), metavar=("H", "W"))
+    p.add_argument("--classes", type=int, default=10)
+    p.set_defaults(func=_cmd_models)
+    return parser
+
+
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow with C-level stderr muted: its start-up lines ignore TF_CPP_MIN_LOG_LEVEL."""
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import keras  # noqa: F401
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``imgcls`` console script."""
+    from imgcls.errors import ImgclsError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _import_tensorflow_quietly()
+    try:
+        return args.func(args, parser)
+    except ImgclsError as e:
+        print(f"imgcls: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("imgcls: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

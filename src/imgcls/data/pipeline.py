@@ -1,0 +1,138 @@
+"""Decoded pixels in memory, batched by ``tf.data`` with in-graph augmentation.
+
+Images are decoded once (:func:`decode_images`), so no epoch decodes a JPEG again. The order
+of each epoch and every random augmentation are pure functions of ``(seed, epoch, batch)``:
+resuming at any step of any epoch replays exactly the batches an uninterrupted run would see.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from imgcls.data.decode import DecodeError, load_image, resize_array
+from imgcls.data.sources import ImageSet
+
+DECODE_CHUNK = 256  # images per decode task: large enough to amortise scheduling
+
+
+def decode_images(images: ImageSet, size: tuple[int, int], workers: int | None = None) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """Decode and resize every image with the shared decoder.
+
+    Args:
+        images: the set to decode.
+        size: ``(height, width)``.
+        workers: decode threads (Pillow releases the GIL while decoding); default: CPU count.
+
+    Returns:
+        ``(pixels, ok, issues)``: uint8 ``(n_ok, H, W, 3)``, a boolean mask over ``images``
+        of those that decoded, and one ``{"path", "kind", "detail"}`` per file left out.
+    """
+    if images.images is not None:
+        pixels = images.images
+        if pixels.shape[1:3] != tuple(size) or pixels.shape[-1] != 3:
+            pixels = resize_array(pixels, size)
+        return pixels, np.ones(len(images), dtype=bool), []
+    n = len(images)
+    out = np.empty((n, size[0], size[1], 3), dtype=np.uint8)
+    ok = np.ones(n, dtype=bool)
+    issues: list[dict] = []
+
+    def work(start: int) -> list[dict]:
+        found = []
+        for i in range(start, min(start + DECODE_CHUNK, n)):
+            try:
+                out[i] = load_image(images.paths[i], size)
+            except DecodeError as e:
+                ok[i] = False
+                found.append({"path": images.paths[i], "kind": e.kind, "detail": e.detail})
+        return found
+
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        for found in pool.map(work, range(0, n, DECODE_CHUNK)):
+            issues += found
+    return (out if ok.all() else out[ok]), ok, issues
+
+
+def steps_per_epoch(n_images: int, batch_size: int) -> int:
+    """Full batches per epoch (the last partial batch is dropped; at least one step)."""
+    return max(1, n_images // batch_size)
+
+
+def train_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, epoch: int,
+                  augment: tuple[str, ...] = (), skip_steps: int = 0,
+                  sample_weight: np.ndarray | None = None, num_classes: int | None = None):
+    """The batches of one training epoch, starting after ``skip_steps`` batches.
+
+    Shuffling uses ``(seed, epoch)``; each batch's augmentation uses ``(seed, epoch, step)``.
+    With ``num_classes`` the labels are one-hot; ``sample_weight`` holds one weight per class.
+    """
+    import tensorflow as tf
+
+    n = len(x)
+    bs = min(batch_size, n)
+    steps = steps_per_epoch(n, bs)
+    order = np.random.default_rng([seed, epoch]).permutation(n)[: steps * bs].reshape(steps, bs)
+    ds = tf.data.Dataset.from_tensor_slices((order[skip_steps:], np.arange(skip_steps, steps, dtype=np.int64)))
+    height, width = x.shape[1:3]
+
+    def gather(index, step):
+        images, labels = tf.numpy_function(lambda i: (x[i], y[i]), [index], (tf.uint8, tf.int32), stateful=False)
+        images = tf.ensure_shape(images, (bs, height, width, 3))
+        labels = tf.ensure_shape(labels, (bs,))
+        images = augment_batch(images, tf.stack([tf.constant(seed * 1_000_003 + epoch, tf.int64), step]), augment)
+        weights = None if sample_weight is None else tf.gather(tf.constant(sample_weight, tf.float32), labels)
+        if num_classes:
+            labels = tf.one_hot(labels, num_classes)
+        return (images, labels) if weights is None else (images, labels, weights)
+
+    ds = ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def eval_dataset(x: np.ndarray, y: np.ndarray | None, batch_size: int, num_classes: int | None = None):
+    """Batches in order, no augmentation; the last batch may be smaller (one-hot with ``num_classes``)."""
+    import tensorflow as tf
+
+    n = len(x)
+    starts = np.arange(0, n, batch_size, dtype=np.int64)
+    ds = tf.data.Dataset.from_tensor_slices(starts)
+    labels = np.zeros(n, np.int32) if y is None else y
+    height, width = x.shape[1:3]
+
+    def gather(start):
+        images, lab = tf.numpy_function(lambda s: (x[s:s + batch_size], labels[s:s + batch_size]), [start],
+                                        (tf.uint8, tf.int32), stateful=False)
+        images = tf.cast(tf.ensure_shape(images, (None, height, width, 3)), tf.float32)
+        lab = tf.ensure_shape(lab, (None,))
+        return images, (tf.one_hot(lab, num_classes) if num_classes else lab)
+
+    return ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
+
+
+def augment_batch(images, seed, augment: tuple[str, ...]):
+    """Random flips and reflect-padded translations of a uint8 batch, returned as float32.
+
+    ``seed`` is a shape-(2,) int64 tensor; the same seed gives the same augmentation.
+    """
+    import tensorflow as tf
+
+    images = tf.cast(images, tf.float32)
+    if not augment:
+        return images
+    shape = tf.shape(images)
+    batch, height, width = shape[0], shape[1], shape[2]
+    if "flip" in augment:
+        coin = tf.random.stateless_uniform([batch, 1, 1, 1], seed=seed) < 0.5
+        images = tf.where(coin, tf.reverse(images, axis=[2]), images)
+    if "translate" in augment:
+        pad = max(1, images.shape[1] // 8)  # pixels: 4 for 32x32, the usual CIFAR setting
+        padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
+        offsets = tf.random.stateless_uniform([2, batch], seed=seed + 1, maxval=2 * pad + 1, dtype=tf.int32)
+        rows = tf.range(height)[None, :] + offsets[0][:, None]
+        cols = tf.range(width)[None, :] + offsets[1][:, None]
+        images = tf.gather(padded, rows, axis=1, batch_dims=1)
+        images = tf.gather(images, cols, axis=2, batch_dims=1)
+    return images

@@ -1,0 +1,22 @@
+"""Errors a user can act on.
+
+Library code raises :class:`ImgclsError` for bad input (a path that does not exist, a
+nonsense argument, a data set with one class). The CLI prints its message on one line and
+exits with status 2; Python callers get an ordinary ``ValueError`` subclass.
+"""
+
+from __future__ import annotations
+
+
+class ImgclsError(ValueError):
+    """A problem with the user's input, described in one line.
+
+    The message names the argument or file and what was expected, e.g.
+    ``"`epochs` must be a positive integer. Received: epochs=0"``.
+    """
+
+
+def check(condition: bool, message: str) -> None:
+    """Raise :class:`ImgclsError` with ``message`` unless ``condition`` holds."""
+    if not condition:
+        raise ImgclsError(message)

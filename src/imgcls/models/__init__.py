@@ -1,0 +1,82 @@
+"""Model registry: ``create_model(name, ...)``, ``list_models()``, ``@register_model``.
+
+Every model takes float32 RGB pixels in 0..255 of the run's image size (scaling lives inside
+the model, so it travels with the saved file) and returns class probabilities (softmax, float32).
+A model's *recipe* holds the training settings it was tuned with; ``imgcls train`` uses them
+unless a config file or flag says otherwise.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from imgcls.errors import ImgclsError
+
+# Modules that register models when imported; a new family adds its module here.
+_FAMILIES = ("imgcls.models.classic",)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered model: how to build it and the recipe it trains best with."""
+
+    name: str
+    build: Callable[..., Any]
+    description: str
+    recipe: dict[str, Any] = field(default_factory=dict)
+    min_side: int = 8  # smallest image side in pixels the architecture accepts
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register_model(name: str, description: str, recipe: dict[str, Any] | None = None,
+                   min_side: int = 8) -> Callable:
+    """Decorator adding a builder ``fn(input_shape, num_classes, **kwargs) -> keras.Model``."""
+
+    def wrap(fn: Callable) -> Callable:
+        _REGISTRY[name] = ModelSpec(name, fn, description, dict(recipe or {}), min_side)
+        return fn
+
+    return wrap
+
+
+def _load_families() -> None:
+    for module in _FAMILIES:
+        importlib.import_module(module)
+
+
+def list_models() -> list[str]:
+    """Names of every registered model."""
+    _load_families()
+    return sorted(_REGISTRY)
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The :class:`ModelSpec` registered as ``name``."""
+    _load_families()
+    if name not in _REGISTRY:
+        raise ImgclsError(f"`model` must be one of {sorted(_REGISTRY)}. Received: model={name}")
+    return _REGISTRY[name]
+
+
+def create_model(name: str, input_shape: tuple[int, int, int], num_classes: int, **kwargs: Any):
+    """Build the registered model ``name`` for images of ``input_shape`` and ``num_classes``.
+
+    Example:
+        >>> model = create_model("classic", (32, 32, 3), 10)
+        >>> model.output_shape
+        (None, 10)
+    """
+    spec = get_spec(name)
+    side = min(input_shape[:2])
+    if side < spec.min_side:
+        raise ImgclsError(f"model '{name}' needs images of at least {spec.min_side}x{spec.min_side} pixels. "
+                          f"Received: image_size={input_shape[0]} {input_shape[1]}")
+    try:
+        return spec.build(tuple(input_shape), int(num_classes), **kwargs)
+    except TypeError as e:
+        raise ImgclsError(f"model '{name}' does not take these arguments {sorted(kwargs)}: {e}") from None

@@ -1,0 +1,59 @@
+"""Shared fixtures: small image folders made on the fly, and a quick trained run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+CIFAR_TRAIN = SHARED / "datasets" / "cifar10" / "train"
+
+
+def make_image(kind: int, rng: np.random.Generator, size: int = 24) -> np.ndarray:
+    """A synthetic RGB image whose class is easy to learn: a bright stripe, square or cross."""
+    img = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+    c = size // 2
+    if kind == 0:
+        img[:, c - 2:c + 2] = [230, 40, 40]  # vertical red stripe
+    elif kind == 1:
+        img[c - 5:c + 5, c - 5:c + 5] = [40, 230, 40]  # green square
+    else:
+        img[c - 2:c + 2, :] = [40, 40, 230]  # horizontal blue stripe
+    return img
+
+
+def write_folder(root: Path, classes=("cats", "dogs", "fish"), per_class: int = 30, seed: int = 0,
+                 ext: str = ".png") -> Path:
+    """Write ``root/<class>/<i>.png`` synthetic images and return ``root``."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for k, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(make_image(k % 3, rng)).save(root / name / f"{i:03d}{ext}")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """Three classes of 30 synthetic 24x24 PNG images each."""
+    return write_folder(tmp_path / "images")
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> tuple[Path, Path]:
+    """(run folder, data folder): a classic model trained for a few epochs on a synthetic folder."""
+    import imgcls
+
+    base = tmp_path_factory.mktemp("trained")
+    data = write_folder(base / "images", per_class=40)
+    run = base / "run"
+    imgcls.train(str(data), out=run, epochs=4, batch_size=16, image_size=(16, 16), verbose=False,
+                 model_args={"filters": (16, 32), "dense_units": 32})
+    return run, data
