@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	rm -rf runs/demo
-	$(VENV)/bin/imgcls train digits --out runs/demo --model classic
+	$(VENV)/bin/imgcls train digits --out runs/demo --model classic --epochs 25
 	$(VENV)/bin/imgcls evaluate runs/demo digits --out runs/demo/eval
+	$(PY) examples/export_digits.py runs/demo/samples 5
 	$(VENV)/bin/imgcls predict runs/demo runs/demo/samples --top-k 3
 
 test: $(STAMP)

@@ -6,43 +6,24 @@ The Python API mirrors the ``imgcls`` command::
     result = imgcls.train("digits", out="runs/digits")
     predictor = imgcls.load("runs/digits")
     predictor.predict(["some/image.png"])[0].label
+
+Importing imgcls does not import TensorFlow; the first call that needs it does.
 """
 
 from __future__ import annotations
 
-import os
-from typing import Any
-
 __version__ = "0.1.0"
-__all__ = ["ImgclsError", "TrainConfig", "evaluate", "list_models", "load", "train", "__version__"]
 
-from imgcls.config import TrainConfig  # noqa: E402  (light: no TensorFlow import)
-from imgcls.errors import ImgclsError  # noqa: E402
+# These imports bind the public functions over the same-named subpackages (imgcls.train,
+# imgcls.evaluate), so `imgcls.train(...)` is always the function.
+from imgcls.config import TrainConfig
+from imgcls.errors import ImgclsError
+from imgcls.evaluate import evaluate
+from imgcls.models import create_model, list_models
+from imgcls.predict import Prediction, Predictor, load
+from imgcls.train.trainer import TrainResult, train
 
-
-def train(*args: Any, **kwargs: Any):
-    """Train a model; see :func:`imgcls.train.trainer.train`."""
-    from imgcls.train.trainer import train as _train
-
-    return _train(*args, **kwargs)
-
-
-def load(run_dir: str | os.PathLike):
-    """Load a run for prediction; see :class:`imgcls.predict.Predictor`."""
-    from imgcls.predict import Predictor
-
-    return Predictor(run_dir)
-
-
-def evaluate(*args: Any, **kwargs: Any) -> dict:
-    """Evaluate a run on data; see :func:`imgcls.evaluate.evaluate`."""
-    from imgcls.evaluate import evaluate as _evaluate
-
-    return _evaluate(*args, **kwargs)
-
-
-def list_models() -> list[str]:
-    """Names of the registered models."""
-    from imgcls.models import list_models as _list
-
-    return _list()
+__all__ = [
+    "ImgclsError", "Prediction", "Predictor", "TrainConfig", "TrainResult", "__version__",
+    "create_model", "evaluate", "list_models", "load", "train",
+]

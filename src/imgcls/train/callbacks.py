@@ -18,11 +18,12 @@ class Progress(keras.callbacks.Callback):
     On a terminal the line is redrawn in place; in a log file only the epoch summary appears.
     """
 
-    def __init__(self, epochs: int, steps: int, batch_size: int, stream=None):
+    def __init__(self, epochs: int, steps: int, batch_size: int, stream=None, enabled: bool = True):
         super().__init__()
         self.epochs, self.steps, self.batch_size = epochs, steps, batch_size
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
+        self.enabled = enabled
         self.epoch = 0
         self.first_step = 0
 
@@ -32,7 +33,7 @@ class Progress(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch: int, logs=None) -> None:
         now = time.perf_counter()
-        if not self.tty or now - self.t_last < PROGRESS_INTERVAL_S:
+        if not self.enabled or not self.tty or now - self.t_last < PROGRESS_INTERVAL_S:
             return
         self.t_last = now
         done = self.first_step + batch + 1
@@ -45,6 +46,8 @@ class Progress(keras.callbacks.Callback):
 
     def end(self, row: dict[str, float], images: int) -> None:
         seconds = time.perf_counter() - self.t0
+        if not self.enabled:
+            return
         line = (f"epoch {self.epoch + 1}/{self.epochs} {_clock(seconds)} "
                 f"{images / max(seconds, 1e-9):,.0f} img/s {_fmt(row)}")
         self.stream.write(f"\r{line}\x1b[K\n" if self.tty else f"{line}\n")

@@ -206,7 +206,7 @@ class _Trainer:
         n_classes = len(self.images.class_names)
         val_ds = eval_dataset(xv, yv, c.batch_size, n_classes) if len(xv) else None
         weights = _class_weights(y, n_classes) if c.class_weight == "balanced" else None
-        progress = Progress(c.epochs, self.steps, min(c.batch_size, len(x)))
+        progress = Progress(c.epochs, self.steps, min(c.batch_size, len(x)), enabled=self.verbose)
         self.flags: dict[str, Any] = {}
         hook = StepHook(lambda step, logs: self.after_step(state, step, logs))
         t_start = time.perf_counter() - state["elapsed_s"]

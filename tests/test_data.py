@@ -1,0 +1,124 @@
+"""Data sources, the shared decoder and the split: what a user gets from DATA."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imgcls.data.decode import DecodeError, load_image, read_image
+from imgcls.data.sources import load_source
+from imgcls.data.split import assign_splits
+from imgcls.errors import ImgclsError
+from tests.conftest import write_folder
+
+
+def test_folder_per_class(image_folder):
+    images = load_source(image_folder)
+    assert images.class_names == ["cats", "dogs", "fish"]
+    assert len(images) == 90
+    assert images.class_counts() == {"cats": 30, "dogs": 30, "fish": 30}
+    assert images.ids[0] == "cats/000.png"
+    assert images.splits is None
+
+
+def test_presplit_folder(tmp_path):
+    for split in ("train", "val", "test"):
+        write_folder(tmp_path / "d" / split, per_class=4)
+    images = load_source(tmp_path / "d")
+    assert sorted(set(images.splits)) == ["test", "train", "val"]
+    assert images.class_names == ["cats", "dogs", "fish"]
+    splits = assign_splits(images.labels, 0.5, 0.5, seed=0, predefined=images.splits)
+    assert (splits == images.splits).all()  # predefined splits are kept as they are
+
+
+def test_csv_manifest(image_folder):
+    csv = image_folder / "list.csv"
+    csv.write_text("path,label,split\ncats/000.png,cat,train\ndogs/000.png,dog,test\ncats/001.png,cat,val\n")
+    images = load_source(csv)
+    assert images.class_names == ["cat", "dog"]
+    assert list(images.splits) == ["train", "test", "val"]
+    assert images.paths[1].endswith("dogs/000.png")
+
+
+def test_digits_builtin():
+    images = load_source("digits")
+    assert len(images) == 1797 and images.images.shape == (1797, 8, 8, 3)
+    assert images.images.dtype == np.uint8 and images.images.max() == 255
+    assert "flip" not in images.augment  # a mirrored 2 is not a 2
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p / "missing", "DATA not found"),
+    (lambda p: (p / "empty").mkdir() or p / "empty", "no images found"),
+    (lambda p: write_folder(p / "one", classes=("only",), per_class=3), "at least 2"),
+])
+def test_bad_data_is_named(tmp_path, make, message):
+    with pytest.raises(ImgclsError, match=message):
+        load_source(make(tmp_path))
+
+
+def test_csv_problems_are_named(image_folder):
+    bad_columns = image_folder / "a.csv"
+    bad_columns.write_text("file,class\nx.png,cat\n")
+    with pytest.raises(ImgclsError, match=r"columns path,label"):
+        load_source(bad_columns)
+    missing = image_folder / "b.csv"
+    missing.write_text("path,label\ncats/000.png,cat\nnope/1.png,dog\n")
+    with pytest.raises(ImgclsError, match=r"line 3 'nope/1.png'"):
+        load_source(missing)
+
+
+def test_split_is_stratified_and_seeded():
+    labels = np.repeat(np.arange(4), [100, 50, 20, 10])
+    a = assign_splits(labels, 0.1, 0.2, seed=7)
+    assert (a == assign_splits(labels, 0.1, 0.2, seed=7)).all()
+    assert (a != assign_splits(labels, 0.1, 0.2, seed=8)).any()
+    for c, n in zip(range(4), [100, 50, 20, 10]):
+        member = a[labels == c]
+        assert (member == "test").sum() == round(n * 0.2)
+        assert (member == "val").sum() == round(n * 0.1)
+
+
+def test_split_keeps_a_training_image_per_class():
+    labels = np.array([0, 1, 1, 1])
+    splits = assign_splits(labels, 0.5, 0.5, seed=0)
+    assert splits[0] == "train"
+
+
+def test_decode_applies_exif_orientation(tmp_path):
+    pixels = np.zeros((10, 20, 3), np.uint8)
+    pixels[:, :10] = 255  # left half white
+    img = Image.fromarray(pixels)
+    exif = img.getexif()
+    exif[0x0112] = 6  # orientation: rotate 90 CW to display
+    img.save(tmp_path / "rot.jpg", exif=exif, quality=95)
+    out = load_image(tmp_path / "rot.jpg")
+    assert out.shape == (20, 10, 3)  # displayed upright: taller than wide
+    assert out[:10].mean() > 200 and out[10:].mean() < 50  # white half is now on top
+
+
+@pytest.mark.parametrize("mode, expect", [("CMYK", "CMYK"), ("P", "palette"), ("LA", "alpha"), ("L", "grayscale")])
+def test_decode_converts_any_mode_to_rgb(tmp_path, mode, expect):
+    img = Image.new("RGB", (12, 12), (200, 30, 30)).convert(mode)
+    path = tmp_path / ("x.tif" if mode == "CMYK" else "x.png")
+    img.save(path)
+    pixels, info = read_image(path, (8, 8))
+    assert pixels.shape == (8, 8, 3) and pixels.dtype == np.uint8
+    assert expect in info.conversion
+
+
+def test_decode_16_bit_is_scaled_not_clipped(tmp_path):
+    Image.fromarray(np.full((6, 6), 65535, np.uint16)).save(tmp_path / "w.png")
+    Image.fromarray(np.full((6, 6), 32768, np.uint16)).save(tmp_path / "g.png")
+    assert load_image(tmp_path / "w.png").min() == 255
+    assert 120 <= load_image(tmp_path / "g.png").mean() <= 135
+
+
+@pytest.mark.parametrize("content, kind", [(b"", "unreadable"), (b"hello world" * 10, "not_an_image")])
+def test_decode_errors_have_a_kind(tmp_path, content, kind):
+    path = tmp_path / "bad.jpg"
+    path.write_bytes(content)
+    with pytest.raises(DecodeError) as e:
+        load_image(path)
+    assert e.value.kind == kind and str(path) in str(e.value)
