@@ -190,7 +190,9 @@ class _Trainer:
                  "bad_epochs": 0, "history": [], "elapsed_s": 0.0, "stopped": None}
         if self.resume:
             found = self.ckpt.load_latest()
-            check(found is not None, f"--resume: no readable checkpoint in {self.ckpt.dir}")
+            if found is None:  # killed before the first checkpoint: same seed, so start over
+                self.log(f"no readable checkpoint in {self.ckpt.dir}; starting from the first step")
+                return state
             path, arrays = found
             state = restore(self.model, self.optimizer, arrays)
             self.log(f"resumed from {path.name}: epoch {state['epoch'] + 1}, step {state['step_in_epoch']}")

@@ -1,0 +1,152 @@
+"""Crash-proof training: SIGKILL at any moment, resume, and end with the same weights."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imgcls.cli import main
+from tests.conftest import write_folder
+
+TRAIN = ["--epochs", "3", "--batch-size", "8", "--image-size", "16", "16", "--seed", "1",
+         "--model-arg", "filters=[16,32]", "--model-arg", "dense_units=64", "--checkpoint-every", "2", "--quiet"]
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+
+
+def start(data: Path, run: Path, *extra: str) -> subprocess.Popen:
+    args = [sys.executable, "-m", "imgcls", "train", str(data), "--out", str(run), *TRAIN, *extra]
+    return subprocess.Popen(args, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def weights(run: Path) -> list[np.ndarray]:
+    import keras
+
+    return keras.saving.load_model(run / "model.keras", compile=False).get_weights()
+
+
+def wait_for(predicate, timeout: float = 120.0, every: float = 0.001) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(every)
+    return False
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> tuple[Path, list[np.ndarray]]:
+    """An uninterrupted run and its final weights."""
+    base = tmp_path_factory.mktemp("resume")
+    data = write_folder(base / "data", per_class=30)
+    proc = start(data, base / "ref")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    return data, weights(base / "ref")
+
+
+def assert_same(a: list[np.ndarray], b: list[np.ndarray]) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)  # bit-identical on CPU
+
+
+def resume(run: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "imgcls", "train", "--resume", str(run), "--quiet"],
+                          env=ENV, capture_output=True, text=True, timeout=300)
+
+
+def test_same_seed_gives_same_weights(reference, tmp_path):
+    data, ref = reference
+    proc = start(data, tmp_path / "again")
+    assert proc.wait(timeout=300) == 0
+    assert_same(weights(tmp_path / "again"), ref)
+
+
+def test_sigkill_mid_epoch_then_resume(reference, tmp_path):
+    data, ref = reference
+    run = tmp_path / "run"
+    proc = start(data, run)
+    ckpts = run / "checkpoints"
+    assert wait_for(lambda: ckpts.is_dir() and any(p.name.startswith("ckpt-") for p in ckpts.iterdir()))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "model.keras").exists()  # it really died before finishing
+    r = resume(run)
+    assert r.returncode == 0, r.stderr
+    assert_same(weights(run), ref)
+
+
+def test_sigkill_during_checkpoint_write_then_resume(reference, tmp_path):
+    data, ref = reference
+    run = tmp_path / "run"
+    proc = start(data, run)
+    ckpts = run / "checkpoints"
+    assert wait_for(lambda: ckpts.is_dir() and any(p.name.startswith("ckpt-") for p in ckpts.iterdir()))
+    caught = wait_for(lambda: any(p.name.startswith(".tmp-") for p in ckpts.iterdir()), every=0.0002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    if not caught:
+        pytest.skip("the checkpoint write was too quick to catch in flight on this machine")
+    r = resume(run)
+    assert r.returncode == 0, r.stderr
+    assert not any(p.name.startswith(".tmp-") for p in ckpts.iterdir())  # leftovers cleaned
+    assert_same(weights(run), ref)
+
+
+def test_truncated_latest_checkpoint_falls_back(reference, tmp_path):
+    data, ref = reference
+    run = tmp_path / "run"
+    proc = start(data, run)
+    ckpts = run / "checkpoints"
+    assert wait_for(lambda: ckpts.is_dir() and len([p for p in ckpts.iterdir() if p.name.startswith("ckpt-")]) >= 2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    newest = sorted(p for p in ckpts.iterdir() if p.name.startswith("ckpt-"))[-1]
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # a torn write
+    r = resume(run)
+    assert r.returncode == 0, r.stderr
+    assert "damaged" in r.stderr and newest.name in r.stderr
+    assert_same(weights(run), ref)
+
+
+def test_second_trainer_on_same_run_is_refused(reference, tmp_path):
+    data, _ = reference
+    run = tmp_path / "run"
+    proc = start(data, run, "--epochs", "500")  # long enough to still hold the lock
+    try:
+        assert wait_for(lambda: (run / "run.json").exists())
+        r = resume(run)
+        assert r.returncode == 2
+        assert "being trained by another process" in r.stderr
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_resume_with_changed_recipe_is_refused(reference, tmp_path, capsys):
+    data, _ = reference
+    run = tmp_path / "run"
+    proc = start(data, run)
+    assert proc.wait(timeout=300) == 0
+    assert main(["train", "--resume", str(run), "--lr", "0.5"]) == 2
+    assert "`lr` differs from the run's" in capsys.readouterr().err
+
+
+def test_resume_with_changed_data_is_refused(reference, tmp_path, capsys):
+    data, _ = reference
+    run = tmp_path / "run"
+    proc = start(data, run)
+    assert proc.wait(timeout=300) == 0
+    (data / "cats" / "000.png").rename(data / "dogs" / "moved.png")
+    try:
+        assert main(["train", "--resume", str(run)]) == 2
+        assert "differs from what run" in capsys.readouterr().err
+    finally:
+        (data / "dogs" / "moved.png").rename(data / "cats" / "000.png")
