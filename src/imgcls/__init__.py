@@ -19,11 +19,13 @@ __version__ = "0.1.0"
 from imgcls.config import TrainConfig
 from imgcls.errors import ImgclsError
 from imgcls.evaluate import evaluate
+from imgcls.evaluate.calibrate import calibrate
+from imgcls.evaluate.explain import explain
 from imgcls.models import create_model, list_models
 from imgcls.predict import Prediction, Predictor, load
 from imgcls.train.trainer import TrainResult, train
 
 __all__ = [
     "ImgclsError", "Prediction", "Predictor", "TrainConfig", "TrainResult", "__version__",
-    "create_model", "evaluate", "list_models", "load", "train",
+    "calibrate", "create_model", "evaluate", "explain", "list_models", "load", "train",
 ]

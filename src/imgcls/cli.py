@@ -94,9 +94,31 @@ def _parse_model_args(items: list[str], parser: argparse.ArgumentParser) -> dict
 def _cmd_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from imgcls.evaluate import evaluate
 
-    metrics = evaluate(args.run, args.data, out=args.out, split=args.split)
+    metrics = evaluate(args.run, args.data, out=args.out, split=args.split, tta=args.tta)
     print(f"accuracy {metrics['accuracy']:.4f} on {metrics['n_images']} images ({metrics['split']})")
-    print(f"wrote {Path(args.out) / 'metrics.json'}")
+    print(f"wrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'report.html'}")
+    return 0
+
+
+def _cmd_explain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from imgcls.evaluate.explain import explain
+
+    if args.top_k < 1:
+        parser.error(f"--top-k must be a positive integer. Received: {args.top_k}")
+    result = explain(args.run, args.image, out=args.out, top_k=args.top_k)
+    for row in result["top_k"]:
+        print(f"{row['label']}  {row['probability']:.4f}")
+    print(f"wrote {len(result['files'])} PNGs and explain.json to {args.out}")
+    return 0
+
+
+def _cmd_calibrate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from imgcls.evaluate.calibrate import calibrate
+
+    r = calibrate(args.run, args.data, split=args.split)
+    print(f"temperature {r['temperature']:.4f} fitted on {r['n_images']} images ({r['split']}): "
+          f"NLL {r['nll_before']:.4f} -> {r['nll_after']:.4f}, ECE {r['ece_before']:.4f} -> {r['ece_after']:.4f}")
+    print(f"stored in {Path(args.run) / 'bundle.json'}")
     return 0
 
 
@@ -173,9 +195,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="metrics of a run on a data set (default: its test split)")
     p.add_argument("run", help="run folder written by `imgcls train`")
     p.add_argument("data", help="the run's data (its test split is used) or other labelled data (all of it)")
-    p.add_argument("--out", required=True, help="folder for metrics.json")
+    p.add_argument("--out", required=True, help="folder for metrics.json and report.html")
     p.add_argument("--split", choices=["test", "val", "train", "all"], help="split of the run's own data")
+    p.add_argument("--tta", action="store_true", help="average each image with its horizontal mirror")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("explain", help="filters, feature maps, Grad-CAM and top classes for one image")
+    p.add_argument("run", help="run folder written by `imgcls train`")
+    p.add_argument("image", help="an image file")
+    p.add_argument("--out", required=True, help="folder for the PNGs and explain.json")
+    p.add_argument("--top-k", type=int, default=5, help="classes shown (default 5)")
+    p.set_defaults(func=_cmd_explain)
+
+    p = sub.add_parser("calibrate", help="fit a temperature on the validation split; predict uses it")
+    p.add_argument("run", help="run folder written by `imgcls train` (its bundle.json is updated)")
+    p.add_argument("data", nargs="?", help="the run's data (default: as recorded in the run)")
+    p.add_argument("--split", choices=["val", "test", "train", "all"], help="split of the run's data (default val)")
+    p.set_defaults(func=_cmd_calibrate)
 
     p = sub.add_parser("predict", help="classify image files, folders or globs")
     p.add_argument("run", help="run folder written by `imgcls train`")

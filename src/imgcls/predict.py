@@ -61,12 +61,23 @@ class Predictor:
             source = Image.fromarray(np.asarray(source, dtype=np.uint8).squeeze())
         return load_image(source, self.image_size)
 
-    def predict_pixels(self, pixels: np.ndarray, temperature: float | None = None) -> np.ndarray:
-        """Probabilities ``(N, n_classes)`` for decoded uint8 pixels ``(N, H, W, 3)``."""
+    def predict_pixels(self, pixels: np.ndarray, temperature: float | None = None, tta: bool = False) -> np.ndarray:
+        """Probabilities ``(N, n_classes)`` for decoded uint8 pixels ``(N, H, W, 3)``.
+
+        Args:
+            pixels: decoded images.
+            temperature: overrides the bundle's calibration temperature (``1.0``: raw probabilities).
+            tta: average the probabilities of each image and its horizontal mirror (one
+                forward pass over both), before the temperature is applied.
+        """
         if len(pixels) == 0:
             return np.zeros((0, len(self.classes_)), dtype=np.float32)
-        probs = np.asarray(self.model.predict(np.asarray(pixels, np.float32), batch_size=PREDICT_BATCH, verbose=0),
-                           dtype=np.float64)
+        x = np.asarray(pixels, np.float32)
+        if tta:
+            x = np.concatenate([x, x[:, :, ::-1]])
+        probs = np.asarray(self.model.predict(x, batch_size=PREDICT_BATCH, verbose=0), dtype=np.float64)
+        if tta:
+            probs = (probs[:len(pixels)] + probs[len(pixels):]) / 2
         return apply_temperature(probs, self.temperature if temperature is None else temperature)
 
     def predict_proba(self, inputs: Sequence[Source | np.ndarray]) -> np.ndarray:

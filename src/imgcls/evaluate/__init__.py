@@ -1,58 +1,82 @@
-"""Evaluation of a trained run on a data set: metrics.json (and, later, the report)."""
+"""Evaluation of a trained run on a data set: ``metrics.json`` and a readable ``report.html``.
+
+Modules: :mod:`~imgcls.evaluate.dataset` (which images, decoded once), :mod:`.metrics`,
+:mod:`.report` and :mod:`.plots` (the HTML page and its figures), :mod:`.explain` (feature
+maps, Grad-CAM) and :mod:`.calibrate` (temperature scaling).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from imgcls.bundle import read_meta
-from imgcls.data.pipeline import decode_images
-from imgcls.data.sources import load_source
-from imgcls.data.split import read_split_csv
-from imgcls.errors import ImgclsError, check
+from imgcls.evaluate.dataset import SPLIT_CHOICES, checkpoint_info, load_eval_set
 from imgcls.evaluate.metrics import compute_metrics
-from imgcls.io import write_json
+from imgcls.io import atomic_open, write_json
 
-SPLIT_CHOICES = ("test", "val", "train", "all")
+__all__ = ["SPLIT_CHOICES", "evaluate"]
 
 
 def evaluate(run: str | Path, data: str | Path, out: str | Path | None = None, split: str | None = None,
-             predictor=None) -> dict[str, Any]:
-    """Evaluate RUN on DATA and write ``out/metrics.json``.
+             predictor=None, tta: bool = False, report: bool = True) -> dict[str, Any]:
+    """Evaluate RUN on DATA; write ``out/metrics.json`` and ``out/report.html``.
 
     When DATA is the data set RUN was trained on, only its ``split`` (default: test) counts,
-    exactly as recorded in ``RUN/split.csv``; any other DATA counts every image.
+    exactly as recorded in ``RUN/split.csv``; any other DATA counts every image. The stored
+    calibration temperature, if any, is applied. Nothing is written unless every figure was
+    computed, and each file is renamed into place whole.
+
+    Args:
+        run: a run folder written by ``imgcls train``.
+        data: labelled data (folder, CSV, prepared folder or built-in name).
+        out: folder for the results; ``None`` computes the metrics only.
+        split: ``test``, ``val``, ``train`` or ``all`` of the run's own data.
+        predictor: a loaded :class:`~imgcls.predict.Predictor` to reuse.
+        tta: average each image's probabilities with its horizontal mirror's.
+        report: also write ``report.html`` (when ``out`` is given).
+
+    Returns:
+        The content of ``metrics.json``.
 
     Raises:
-        ImgclsError: DATA holds labels the model does not know, or the split is empty.
-    """
-    from imgcls.predict import Predictor
+        ImgclsError: DATA holds labels the model does not know, the split is empty, or the run's
+            bundle is damaged.
 
-    check(split is None or split in SPLIT_CHOICES, f"`split` must be one of {set(SPLIT_CHOICES)}. Received: split={split}")
-    meta = read_meta(run)
-    images = load_source(data, min_classes=1)
-    unknown = sorted(set(images.class_names) - set(meta.class_names))
-    check(not unknown, f"DATA {data} has label(s) the model does not know: {unknown[:5]}; "
-                       f"the model knows {meta.class_names[:20]}")
-    same_data = images.source == meta.data.get("source")
-    if same_data and split != "all":
-        split = split or "test"
-        splits = read_split_csv(Path(run) / "split.csv", images)
-        images = images.subset(splits == split)
-        check(len(images) > 0, f"the {split} split of run {run} is empty; pass --split all or another split")
-    elif split not in (None, "all"):
-        raise ImgclsError(f"--split {split} applies only to the data the run was trained on "
-                          f"({meta.data.get('argument')}); {data} is evaluated whole")
+    Example:
+        >>> imgcls.evaluate("runs/digits", "digits", out="eval/")["accuracy"]   # doctest: +SKIP
+        0.97
+    """
+    from imgcls.predict import Predictor, apply_temperature
+
+    meta = predictor.meta if predictor is not None else read_meta(run)
     predictor = predictor or Predictor(run, meta=meta)
-    pixels, ok, issues = decode_images(images, tuple(meta.image_size))
-    check(len(pixels) > 0, f"DATA {data}: no image could be decoded")
-    remap = np.array([meta.class_names.index(c) for c in images.class_names])
-    y_true = remap[images.labels[ok]]
-    probs = predictor.predict_pixels(pixels)
-    metrics = compute_metrics(y_true, probs, meta.class_names)
-    metrics.update({"run": str(run), "data": str(data), "split": split or "all", "left_out": issues})
-    if out is not None:
-        write_json(Path(out) / "metrics.json", metrics)
+    ev = load_eval_set(run, data, meta, split)
+    raw = predictor.predict_pixels(ev.pixels, temperature=1.0, tta=tta)  # one batched forward pass
+    probs = apply_temperature(raw, meta.temperature)
+    metrics = compute_metrics(ev.y_true, probs, meta.class_names)
+    metrics.update({
+        "run": str(run), "data": str(data), "split": ev.split, "left_out": ev.left_out,
+        "tta": bool(tta), "temperature": meta.temperature,
+        "checkpoint": checkpoint_info(run), "dataset": ev.describe(data, meta.class_names),
+    })
+    if meta.temperature != 1.0:
+        from imgcls.evaluate.metrics import calibration, log_loss
+
+        metrics["uncalibrated"] = {"log_loss": log_loss(ev.y_true, raw), "ece": calibration(ev.y_true, raw)["ece"]}
+    if out is None:
+        return metrics
+    page = None
+    if report:
+        from imgcls.evaluate.report import ReportInputs, build_report
+
+        page = build_report(ReportInputs(
+            metrics=metrics, run=Path(run), pixels=ev.pixels, ids=ev.ids, y_true=ev.y_true, probs=probs,
+            raw_probs=raw if meta.temperature != 1.0 else None, model=predictor.model,
+            calibration=meta.metrics.get("calibration") or {}))
+    out = Path(out)
+    write_json(out / "metrics.json", metrics)
+    if page is not None:
+        with atomic_open(out / "report.html", "w", encoding="utf-8") as f:
+            f.write(page)
     return metrics
