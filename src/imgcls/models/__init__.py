@@ -16,7 +16,7 @@ from typing import Any
 from imgcls.errors import ImgclsError
 
 # Modules that register models when imported; a new family adds its module here.
-_FAMILIES = ("imgcls.models.classic",)
+_FAMILIES = ("imgcls.models.classic", "imgcls.models.fast")
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,12 @@ class ModelSpec:
     description: str
     recipe: dict[str, Any] = field(default_factory=dict)
     min_side: int = 8  # smallest image side in pixels the architecture accepts
+
+    def init_from_data(self, model: Any, images: Any, seed: int) -> None:
+        """Run the family's ``init_from_data(model, train_images, seed)`` if it has one."""
+        module = importlib.import_module(self.build.__module__)
+        if hasattr(module, "init_from_data"):
+            module.init_from_data(model, images, seed)
 
 
 _REGISTRY: dict[str, ModelSpec] = {}

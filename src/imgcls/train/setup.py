@@ -65,16 +65,56 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def build_optimizer(config: TrainConfig, kind: str, steps_per_epoch: int) -> Any:
-    """The recipe's optimizer with a warm-up then cosine-decay learning-rate schedule."""
+def build_optimizer(config: TrainConfig, recipe: dict[str, Any], steps_per_epoch: int) -> Any:
+    """The recipe's optimizer (AdamW or Nesterov SGD) with warm-up then cosine or linear decay."""
     import keras
 
     total = max(1, config.epochs * steps_per_epoch)
     warmup = min(WARMUP_EPOCHS * steps_per_epoch, total // 4)
-    schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=config.lr * 0.01 if warmup else config.lr, decay_steps=max(1, total - warmup),
-        warmup_target=config.lr if warmup else None, warmup_steps=warmup,
-    )
-    if kind == "sgd":
+    if recipe.get("schedule") == "linear":
+        schedule = __getattr__("WarmupLinear")(config.lr, warmup, total)
+    else:
+        schedule = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=config.lr * 0.01 if warmup else config.lr, decay_steps=max(1, total - warmup),
+            warmup_target=config.lr if warmup else None, warmup_steps=warmup,
+        )
+    if recipe.get("optimizer") == "sgd":
         return keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True, weight_decay=config.weight_decay or None)
     return keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay or 0.0)
+
+
+def _warmup_linear_class():
+    import keras
+
+    @keras.saving.register_keras_serializable(package="imgcls")
+    class WarmupLinear(keras.optimizers.schedules.LearningRateSchedule):
+        """Linear warm-up from 0 to ``peak`` over ``warmup`` steps, then linear decay to 0 at ``total``.
+
+        Example:
+            >>> WarmupLinear(0.4, 10, 100)(10)  # doctest: +SKIP
+            0.4
+        """
+
+        def __init__(self, peak: float, warmup: int, total: int):
+            self.peak, self.warmup, self.total = float(peak), int(warmup), int(total)
+
+        def __call__(self, step):
+            from keras import ops
+
+            step = ops.cast(step, "float32")
+            up = step / max(self.warmup, 1)
+            down = (self.total - step) / max(self.total - self.warmup, 1)
+            return self.peak * ops.clip(ops.minimum(up, down), 0.0, 1.0)
+
+        def get_config(self) -> dict[str, Any]:
+            return {"peak": self.peak, "warmup": self.warmup, "total": self.total}
+
+    return WarmupLinear
+
+
+def __getattr__(name: str) -> Any:  # WarmupLinear is built on first use so importing stays TF-free
+    if name == "WarmupLinear":
+        cls = _warmup_linear_class()
+        globals()["WarmupLinear"] = cls
+        return cls
+    raise AttributeError(name)

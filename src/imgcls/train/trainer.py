@@ -152,7 +152,7 @@ class _Trainer:
     def build(self) -> None:
         import keras
 
-        from imgcls.models import create_model
+        from imgcls.models import create_model, get_spec
         from imgcls.train.precision import resolve_precision
 
         c = self.config
@@ -161,8 +161,9 @@ class _Trainer:
         keras.config.set_dtype_policy(self.precision)
         n_classes = len(self.images.class_names)
         self.model = create_model(c.model, (*c.image_size, 3), n_classes, **c.model_args)
+        get_spec(c.model).init_from_data(self.model, self.arrays["train"][0], c.seed)
         self.steps = max(1, len(self.arrays["train"][0]) // min(c.batch_size, len(self.arrays["train"][0])))
-        self.optimizer = build_optimizer(c, self.recipe_optimizer, self.steps)
+        self.optimizer = build_optimizer(c, get_spec(c.model).recipe, self.steps)
         self.model.compile(
             optimizer=self.optimizer,
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=c.label_smoothing),
@@ -172,9 +173,6 @@ class _Trainer:
 
     # ---- loop --------------------------------------------------------------------------------
     def run(self) -> TrainResult:
-        from imgcls.models import get_spec
-
-        self.recipe_optimizer = get_spec(self.config.model).recipe.get("optimizer", "adamw")
         self.ckpt.clean_temporaries()
         self.load_data()
         self.write_run_file()
