@@ -11,6 +11,7 @@ probabilities, which has the same gradient up to a per-image constant.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from imgcls.errors import ImgclsError, check
 from imgcls.io import atomic_open
 
 EXPLAIN_TOP_K = 5  # classes shown by `imgcls explain`
+_BLOCK_NAME = re.compile(r"^(.*?block_?\d+)[a-z]?(?:_|$)")  # block1_conv2, conv_block3_1, block5a_dwconv
 
 
 def _conv_types() -> tuple[type, ...]:
@@ -44,14 +46,26 @@ def conv_layers(model) -> list:
     return found
 
 
+def _block_key(layer) -> tuple:
+    named = _BLOCK_NAME.match(layer.name)
+    return ("name", named.group(1)) if named else ("resolution", tuple(layer.output.shape[1:3]))
+
+
 def block_layers(model) -> list:
-    """The last convolution of each block (a run of convolutions with one output resolution)."""
+    """The last convolution of each block, in order.
+
+    A block is a run of convolutions whose names share a ``block<N>`` prefix (the convention of
+    imgcls and Keras applications), or else a run with one output resolution.
+    """
     blocks: list = []
+    keys: list = []
     for layer in conv_layers(model):
-        if blocks and tuple(blocks[-1].output.shape[1:3]) == tuple(layer.output.shape[1:3]):
+        key = _block_key(layer)
+        if keys and keys[-1] == key:
             blocks[-1] = layer
         else:
             blocks.append(layer)
+            keys.append(key)
     return blocks
 
 
