@@ -170,6 +170,33 @@ def _cmd_predict(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     return 1 if failed else 0
 
 
+def _cmd_prepare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from imgcls.data.prepare import prepare
+
+    if args.from_run and not args.label_issues:
+        parser.error("--from-run RUN gives the probabilities for --label-issues; add --label-issues")
+    if args.from_run:
+        _import_tensorflow_quietly()
+    result = prepare(args.data, out=args.out, image_size=tuple(args.image_size) if args.image_size else None,
+                     on_error=args.on_error, val_split=args.val_split, test_split=args.test_split, seed=args.seed,
+                     label_issues=args.label_issues, from_run=args.from_run, verbose=not args.quiet)
+    report = result.report
+    for issue in result.bad_files:
+        print(f"imgcls: {'bad file' if not result.completed else 'left out'} {issue['path']}: "
+              f"{issue['kind']}: {issue['detail']}", file=sys.stderr)
+    if not result.completed:
+        print(f"imgcls: {len(result.bad_files)} bad file(s) with --on-error fail; nothing prepared. "
+              f"See {result.out / 'report.html'}", file=sys.stderr)
+        return 1
+    counts = ", ".join(f"{k} {v}" for k, v in report["issue_counts"].items()) or "none"
+    print(f"{report['n_usable']} usable images of {report['n_files']} ({report['split_counts']['train']} train / "
+          f"{report['split_counts']['val']} val / {report['split_counts']['test']} test); issues: {counts}")
+    for suggestion in report["suggestions"]:
+        print(f"suggestion: {suggestion}")
+    print(f"prepared {result.out} (manifest.csv, {report['cache']}, report.json, report.html)")
+    return 0
+
+
 def _cmd_models(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from imgcls.models import create_model, get_spec, list_models
 
@@ -187,6 +214,21 @@ def build_parser() -> argparse.ArgumentParser:
                                      "prepare data, train, evaluate and predict.")
     parser.add_argument("--version", action="version", version=f"imgcls {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("prepare", help="scan, clean, split and cache DATA; write a report of every issue")
+    p.add_argument("data", help="folder per class (optionally train/val/test) or CSV manifest")
+    p.add_argument("--out", required=True, help="folder for manifest.csv, the pixel cache, report.json and report.html")
+    p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="cache size (default: as train picks)")
+    p.add_argument("--on-error", choices=["skip", "fail"], default="skip",
+                   help="skip: leave bad files out and list them (default); fail: exit 1 listing them")
+    p.add_argument("--val-split", type=float, default=0.1, help="fraction for validation (default 0.1)")
+    p.add_argument("--test-split", type=float, default=0.1, help="fraction for test (default 0.1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--label-issues", action="store_true", help="rank suspected mislabelled images (cleanlab)")
+    p.add_argument("--from-run", metavar="RUN", help="with --label-issues: probabilities from this run's model "
+                                                       "(default: k-fold cross-validation of a quick model)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=_cmd_prepare, tensorflow=False)  # scanning never needs TensorFlow: skip its import
 
     p = sub.add_parser("train", help="train a model and write a run folder")
     _train_args(p)
@@ -249,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    _import_tensorflow_quietly()
+    if getattr(args, "tensorflow", True):
+        _import_tensorflow_quietly()
     try:
         return args.func(args, parser)
     except ImgclsError as e:

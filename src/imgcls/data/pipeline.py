@@ -21,6 +21,9 @@ DECODE_CHUNK = 256  # images per decode task: large enough to amortise schedulin
 def decode_images(images: ImageSet, size: tuple[int, int], workers: int | None = None) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     """Decode and resize every image with the shared decoder.
 
+    Images from a folder written by ``imgcls prepare`` whose pixel cache holds ``size`` are
+    read from the cache instead: nothing is decoded.
+
     Args:
         images: the set to decode.
         size: ``(height, width)``.
@@ -30,6 +33,9 @@ def decode_images(images: ImageSet, size: tuple[int, int], workers: int | None =
         ``(pixels, ok, issues)``: uint8 ``(n_ok, H, W, 3)``, a boolean mask over ``images``
         of those that decoded, and one ``{"path", "kind", "detail"}`` per file left out.
     """
+    cached = _from_cache(images, size)
+    if cached is not None:
+        return cached, np.ones(len(images), dtype=bool), []
     if images.images is not None:
         pixels = images.images
         if pixels.shape[1:3] != tuple(size) or pixels.shape[-1] != 3:
@@ -54,6 +60,17 @@ def decode_images(images: ImageSet, size: tuple[int, int], workers: int | None =
         for found in pool.map(work, range(0, n, DECODE_CHUNK)):
             issues += found
     return (out if ok.all() else out[ok]), ok, issues
+
+
+def _from_cache(images: ImageSet, size: tuple[int, int]) -> np.ndarray | None:
+    """The rows of a prepared folder's pixel cache when it holds ``size``; else ``None``."""
+    if images.cache is None or images.cache_rows is None or not os.path.isfile(images.cache):
+        return None
+    cache = np.load(images.cache, mmap_mode="r")
+    rows = images.cache_rows
+    if cache.shape[1:] != (size[0], size[1], 3) or (len(rows) and rows.max() >= len(cache)):
+        return None
+    return np.asarray(cache[rows])  # a copy in memory: training gathers batches from it every step
 
 
 def steps_per_epoch(n_images: int, batch_size: int) -> int:

@@ -39,6 +39,8 @@ class ImageSet:
             ``builtin:NAME``); used to recognise "the data this run was trained on".
         augment: augmentation that suits this data (no flips for digits).
         issues: files passed over while listing (hidden, system or non-image files).
+        cache: a ``cache_HxW.npy`` of decoded pixels written by ``imgcls prepare``, or ``None``.
+        cache_rows: the cache row of each image (with ``cache``).
     """
 
     class_names: list[str]
@@ -50,6 +52,8 @@ class ImageSet:
     source: str = ""
     augment: tuple[str, ...] = ("flip", "translate")
     issues: list[dict] = field(default_factory=list)
+    cache: str | None = None
+    cache_rows: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -67,6 +71,8 @@ class ImageSet:
             source=self.source,
             augment=self.augment,
             issues=list(self.issues),
+            cache=self.cache,
+            cache_rows=None if self.cache_rows is None else self.cache_rows[index],
         )
 
     def class_counts(self) -> dict[str, int]:
@@ -97,6 +103,9 @@ def load_source(data: str | os.PathLike, min_classes: int = 2) -> ImageSet:
         elif (path / "manifest.csv").is_file() and (path / "report.json").is_file():
             result = _load_csv(path / "manifest.csv")  # a folder written by `imgcls prepare`
             result.source = str(path.resolve())
+            caches = sorted(path.glob("cache_*x*.npy"))
+            if caches:  # decoded pixels, row i for manifest row i
+                result.cache, result.cache_rows = str(caches[-1]), np.arange(len(result))
         else:
             result = _load_folder(path)
     check(len(result) > 0, f"DATA {text}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)} files)")
