@@ -56,11 +56,19 @@ def _custom_model(shape: tuple[int, int, int], n_classes: int):
 
 
 def test_grad_cam_and_feature_maps_for_every_registered_model_and_a_custom_one():
-    from imgcls.evaluate.explain import block_layers, feature_maps, first_conv_kernel, grad_cam
+    from imgcls.evaluate.explain import (
+        block_layers,
+        conv_layers,
+        feature_maps,
+        first_conv_kernel,
+        grad_cam,
+    )
     from imgcls.models import create_model, get_spec, list_models
 
     rng = np.random.default_rng(0)
-    models = [create_model(name, (max(32, get_spec(name).min_side),) * 2 + (3,), 4) for name in list_models()]
+    models = [create_model(name, (max(32, get_spec(name).min_side),) * 2 + (3,), 4,
+                           **({"weights": "none"} if getattr(get_spec(name), "pretrained", False) else {}))
+              for name in list_models()]
     for model in [*models, _custom_model((16, 16, 3), 4)]:
         side = model.input_shape[1]
         pixels = rng.integers(0, 255, (2, side, side, 3)).astype(np.float32)
@@ -70,6 +78,9 @@ def test_grad_cam_and_feature_maps_for_every_registered_model_and_a_custom_one()
         cams = grad_cam(model, pixels, [0, 3])
         assert cams.shape[0] == 2 and cams.min() >= 0 and cams.max() <= 1, model.name
         assert first_conv_kernel(model).ndim == 4
+        if len(model.output.shape) == 2 and any(len(layer.output.shape) == 2 and layer.name == "backbone"
+                                               for layer in model.layers):
+            assert conv_layers(model)[-1].parent is not None  # Grad-CAM reaches inside a pooled backbone
 
 
 def test_explain_a_run_whose_model_has_no_logits_layer(trained_run, tmp_path):

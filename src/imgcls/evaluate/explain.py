@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,23 @@ def _conv_types() -> tuple[type, ...]:
     return (layers.Conv2D, layers.DepthwiseConv2D, layers.SeparableConv2D)
 
 
+@dataclass(frozen=True)
+class ConvTarget:
+    """A convolution whose activations can be read: a top-level layer, or a layer inside a
+    nested model (a Keras Applications backbone) whose own output is already pooled."""
+
+    layer: Any
+    parent: Any = None
+
+    @property
+    def name(self) -> str:
+        return self.layer.name
+
+    @property
+    def resolution(self) -> tuple:
+        return tuple(self.layer.output.shape[1:3])
+
+
 def _has_conv(layer) -> bool:
     import keras
 
@@ -38,33 +56,64 @@ def _has_conv(layer) -> bool:
     return isinstance(layer, keras.Model) and any(_has_conv(inner) for inner in layer.layers)
 
 
-def conv_layers(model) -> list:
-    """The model's top-level layers that convolve (or nested models that do), in order."""
-    found = [layer for layer in model.layers if _has_conv(layer) and len(layer.output.shape) == 4]
+def _call_tensors(layer) -> tuple[Any, Any]:
+    """(input, output) of ``layer``'s first call in the enclosing graph.
+
+    A nested model's own ``input``/``output`` belong to its inner graph; the call node links it to
+    the outer one (Keras keeps it in ``_inbound_nodes``).
+    """
+    nodes = getattr(layer, "_inbound_nodes", None)
+    if not nodes:
+        return layer.input, layer.output
+    node = nodes[0]
+    ins, outs = node.input_tensors, node.output_tensors
+    return (ins[0] if len(ins) == 1 else ins), (outs[0] if len(outs) == 1 else outs)
+
+
+def conv_layers(model) -> list[ConvTarget]:
+    """The model's convolutions with a 4-D output, in order, looking into nested models whose
+    output is pooled."""
+    import keras
+
+    found = []
+    for layer in model.layers:
+        if not _has_conv(layer):
+            continue
+        if len(layer.output.shape) == 4:
+            found.append(ConvTarget(layer))
+        elif isinstance(layer, keras.Model):
+            found += [ConvTarget(inner, layer) for inner in layer.layers
+                      if isinstance(inner, _conv_types()) and len(inner.output.shape) == 4]
     check(bool(found), f"model {model.name!r} has no convolution layer with a 4-D output; "
                        "feature maps and Grad-CAM need a CNN")
     return found
 
 
-def _block_key(layer) -> tuple:
-    named = _BLOCK_NAME.match(layer.name)
-    return ("name", named.group(1)) if named else ("resolution", tuple(layer.output.shape[1:3]))
+def _block_key(target: ConvTarget) -> tuple:
+    named = _BLOCK_NAME.match(target.name)
+    return ("name", named.group(1)) if named else ("resolution", target.resolution)
 
 
-def block_layers(model) -> list:
+def block_layers(model) -> list[ConvTarget]:
     """The last convolution of each block, in order.
 
     A block is a run of convolutions whose names share a ``block<N>`` prefix (the convention of
-    imgcls and Keras applications), or else a run with one output resolution.
+    imgcls and Keras applications), or else a run with one output resolution. Convolutions on a
+    pooled summary that a later layer outgrows (squeeze-and-excitation gates) are no block.
     """
-    blocks: list = []
+    targets = conv_layers(model)
+    area = [int(np.prod([d or 0 for d in t.resolution])) for t in targets]
+    later_max = np.maximum.accumulate(area[::-1])[::-1].tolist() + [0]
+    blocks: list[ConvTarget] = []
     keys: list = []
-    for layer in conv_layers(model):
-        key = _block_key(layer)
+    for i, target in enumerate(targets):
+        if later_max[i + 1] > area[i]:
+            continue  # a transient gate, e.g. MobileNetV3's squeeze-excite 1x1 convolutions
+        key = (id(target.parent), _block_key(target))
         if keys and keys[-1] == key:
-            blocks[-1] = layer
+            blocks[-1] = target
         else:
-            blocks.append(layer)
+            blocks.append(target)
             keys.append(key)
     return blocks
 
@@ -101,35 +150,62 @@ def _score_output(model) -> tuple[Any, bool]:
     return model.outputs[0], False
 
 
-def grad_cam(model, pixels: np.ndarray, class_index: np.ndarray | list[int], layer=None) -> np.ndarray:
-    """Grad-CAM heat maps in 0..1, one per image, at the resolution of ``layer`` (default: last conv).
+def _forward(model, targets: list[ConvTarget], with_scores: bool):
+    """A function ``x -> ([activations of targets], scores or None)``; all targets share one parent."""
+    import keras
+
+    parent = targets[0].parent
+    scores = _score_output(model)[0] if with_scores else None
+    if parent is None:
+        outs = [_call_tensors(t.layer)[1] for t in targets]
+        sub = keras.Model(_model_input(model), outs + ([scores] if with_scores else []))
+
+        def run(x):
+            values = list(sub(x, training=False))
+            return (values[:-1], values[-1]) if with_scores else (values, None)
+
+        return run
+    enter, leave = _call_tensors(parent)  # the backbone's input and pooled output in the outer graph
+    before = keras.Model(_model_input(model), enter)
+    inside = keras.Model(_model_input(parent), [t.layer.output for t in targets] + [parent.outputs[0]])
+    after = keras.Model(leave, scores) if with_scores else None
+
+    def run(x):
+        values = list(inside(before(x, training=False), training=False))
+        return values[:-1], (after(values[-1], training=False) if with_scores else None)
+
+    return run
+
+
+def grad_cam(model, pixels: np.ndarray, class_index: np.ndarray | list[int],
+             target: ConvTarget | None = None) -> np.ndarray:
+    """Grad-CAM heat maps in 0..1, one per image, at the resolution of ``target`` (default: last conv).
 
     Args:
         model: a Keras model over uint8-range float pixels.
         pixels: ``(N, H, W, 3)`` images as the model takes them.
         class_index: the class to explain for each image.
-        layer: the convolution layer whose activations are weighted.
+        target: the convolution whose activations are weighted.
 
     Returns:
         ``(N, h, w)`` float array; an all-zero map means no positive evidence.
     """
-    import keras
     import tensorflow as tf
 
-    layer = layer or conv_layers(model)[-1]
-    scores, is_logits = _score_output(model)
-    sub = keras.Model(_model_input(model), [layer.output, scores])
+    target = target or conv_layers(model)[-1]
+    is_logits = _score_output(model)[1]
+    run = _forward(model, [target], with_scores=True)
     x = tf.convert_to_tensor(np.asarray(pixels, np.float32))
     index = tf.convert_to_tensor(np.asarray(class_index, np.int32))
     with tf.GradientTape() as tape:
-        fmap, out = sub(x, training=False)
+        (fmap,), out = run(x)
         out = tf.cast(out, tf.float32)
         if not is_logits:
             out = tf.math.log(tf.maximum(out, 1e-12))
-        target = tf.gather(out, index, batch_dims=1)
-    grads = tape.gradient(target, fmap)
+        chosen = tf.gather(out, index, batch_dims=1)
+    grads = tape.gradient(chosen, fmap)
     if grads is None:
-        raise ImgclsError(f"Grad-CAM: no gradient flows from the class scores to layer {layer.name!r}")
+        raise ImgclsError(f"Grad-CAM: no gradient flows from the class scores to layer {target.name!r}")
     fmap, grads = tf.cast(fmap, tf.float32), tf.cast(grads, tf.float32)  # mixed precision runs in 16 bits
     weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
     cam = tf.nn.relu(tf.reduce_sum(weights * fmap, axis=-1)).numpy()
@@ -137,14 +213,18 @@ def grad_cam(model, pixels: np.ndarray, class_index: np.ndarray | list[int], lay
     return np.where(peak > 0, cam / np.maximum(peak, 1e-12), 0.0)
 
 
-def feature_maps(model, pixels: np.ndarray, layers: list) -> list[np.ndarray]:
-    """The outputs of ``layers`` for one image ``(H, W, 3)``, each ``(h, w, channels)``."""
+def feature_maps(model, pixels: np.ndarray, targets: list[ConvTarget]) -> list[np.ndarray]:
+    """The activations of ``targets`` for one image ``(H, W, 3)``, each ``(h, w, channels)``."""
     import keras
 
-    sub = keras.Model(_model_input(model), [layer.output for layer in layers])
-    outs = sub(np.asarray(pixels, np.float32)[None], training=False)
-    outs = outs if isinstance(outs, (list, tuple)) else [outs]
-    return [np.asarray(keras.ops.convert_to_numpy(o), np.float64)[0] for o in outs]
+    x = np.asarray(pixels, np.float32)[None]
+    found: dict[int, np.ndarray] = {}
+    for parent in dict.fromkeys(id(t.parent) for t in targets):
+        group = [i for i, t in enumerate(targets) if id(t.parent) == parent]
+        values, _ = _forward(model, [targets[i] for i in group], with_scores=False)(x)
+        for i, v in zip(group, values, strict=True):
+            found[i] = np.asarray(keras.ops.convert_to_numpy(v), np.float64)[0]
+    return [found[i] for i in range(len(targets))]
 
 
 def _write_png(path: Path, data: bytes) -> None:
@@ -188,20 +268,20 @@ def explain(run: str | Path, image: str | Path, out: str | Path, top_k: int = EX
     best = np.argsort(-probs, kind="stable")[:min(top_k, len(classes))]
     ranked = [{"label": classes[i], "probability": float(probs[i])} for i in best]
 
-    blocks = block_layers(model)
+    blocks, last = block_layers(model), conv_layers(model)[-1]
     maps = feature_maps(model, pixels, blocks)
-    cam = grad_cam(model, pixels[None], [int(best[0])], layer=conv_layers(model)[-1])[0]
+    cam = grad_cam(model, pixels[None], [int(best[0])], target=last)[0]
     figures = {"filters.png": plots.filter_grid(first_conv_kernel(model))}
     for i, (layer, fmap) in enumerate(zip(blocks, maps, strict=True)):
         figures[f"feature_maps_{i + 1}_{layer.name}.png"] = plots.feature_map_grid(fmap, f"block {i + 1} ({layer.name})")
     figures["gradcam.png"] = _gradcam_figure(pixels, cam, f"Grad-CAM for {classes[best[0]]} "
-                                                          f"({probs[best[0]]:.2f}), layer {conv_layers(model)[-1].name}")
+                                                          f"({probs[best[0]]:.2f}), layer {last.name}")
     figures["top_k.png"] = plots.top_k_bars([r["label"] for r in ranked], [r["probability"] for r in ranked])
     out = Path(out)
     for name, data in figures.items():
         _write_png(out / name, data)
     result = {"run": str(run), "image": str(image), "top_k": ranked, "temperature": predictor.temperature,
-              "grad_cam_layer": conv_layers(model)[-1].name, "blocks": [layer.name for layer in blocks],
+              "grad_cam_layer": last.name, "blocks": [layer.name for layer in blocks],
               "files": sorted(figures)}
     with atomic_open(out / "explain.json", "w", encoding="utf-8") as f:
         json.dump(result, f, indent=2)

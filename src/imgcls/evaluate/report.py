@@ -32,7 +32,7 @@ table{border-collapse:collapse;font-size:.9em}td,th{padding:.2em .7em;border-bot
 td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
 .kpi{display:flex;flex-wrap:wrap;gap:.8em}.kpi div{background:#eef2f8;border-radius:6px;padding:.4em .9em}
 .kpi b{display:block;font-size:1.3em}.muted{color:#666;font-size:.85em}
-.gallery{display:flex;flex-wrap:wrap;gap:.7em}.gallery figure{margin:0;width:200px;font-size:.8em}
+.gallery{display:flex;flex-wrap:wrap;gap:.7em}.gallery figure{margin:0;width:200px;font-size:.8em;overflow-wrap:anywhere}
 .gallery figure img{image-rendering:pixelated;border:1px solid #ccc}.gallery figure.cam{width:310px}
 img.fig{max-width:100%;height:auto}code{font-size:.85em;word-break:break-all}
 """
@@ -88,6 +88,11 @@ def _e(value: Any) -> str:
 def _img(png: bytes, alt: str, cls: str = "fig") -> str:
     data = base64.b64encode(png).decode("ascii")
     return f'<img class="{cls}" alt="{_e(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _short(text: str, keep: int = 40) -> str:
+    """The end of a long id (the file name is the informative part)."""
+    return text if len(text) <= keep else "\u2026" + text[-keep + 1:]
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -226,7 +231,8 @@ def _mistakes(inputs: ReportInputs) -> list[str]:
         cards.append(f"<figure>{_img(plots.array_png(inputs.pixels[i]), inputs.ids[i], 'thumb')}<figcaption>"
                      f"true <b>{_e(names[t])}</b> ({_fmt(float(inputs.probs[i, t]), 3)})<br>predicted "
                      f"<b>{_e(names[p])}</b> ({_fmt(float(inputs.probs[i, p]), 3)})<br>"
-                     f"<span class=muted>{_e(inputs.ids[i])}</span></figcaption></figure>")
+                     f'<span class="muted" title="{_e(inputs.ids[i])}">{_e(_short(inputs.ids[i]))}</span>'
+                     f"</figcaption></figure>")
     gallery = (f'<section id="mistakes"><h2>Worst mistakes</h2><p class="muted">{len(worst)} of '
                f'{int((y_pred != inputs.y_true).sum())} wrong predictions, most confident first.</p>'
                f'<div class="gallery">{"".join(cards)}</div></section>')
@@ -242,7 +248,7 @@ def _grad_cam_section(inputs: ReportInputs, index: np.ndarray, y_pred: np.ndarra
         layer = conv_layers(inputs.model)[-1]
         pixels = inputs.pixels[index]
         cams = grad_cam(inputs.model, np.concatenate([pixels, pixels]),
-                        np.concatenate([y_pred[index], inputs.y_true[index]]), layer=layer)
+                        np.concatenate([y_pred[index], inputs.y_true[index]]), target=layer)
     except ImgclsError as e:
         return f'<section id="grad-cam"><h2>Grad-CAM</h2><p>Not available for this model: {_e(e)}</p></section>'
     k = len(index)
