@@ -44,6 +44,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-every", type=int, metavar="N", help="also checkpoint every N steps")
     p.add_argument("--keep-checkpoints", type=int, metavar="K", help="newest checkpoints kept (best kept too)")
     p.add_argument("--class-weight", choices=["balanced"], help="weight classes inversely to their size")
+    p.add_argument("--weights", help="pretrained backbones: imagenet (Keras cache), none, or a weights file")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -64,7 +65,7 @@ def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         "test_split": args.test_split, "seed": args.seed, "label_smoothing": args.label_smoothing,
         "weight_decay": args.weight_decay, "precision": args.precision, "patience": args.patience,
         "max_time": args.max_time, "checkpoint_every": args.checkpoint_every,
-        "keep_checkpoints": args.keep_checkpoints, "class_weight": args.class_weight,
+        "keep_checkpoints": args.keep_checkpoints, "class_weight": args.class_weight, "weights": args.weights,
         "augment": tuple(args.augment.split(",")) if args.augment else None,
         "model_args": _parse_model_args(args.model_arg, parser) if args.model_arg else None,
     }
@@ -204,7 +205,7 @@ def _cmd_models(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     print(f"{'model':<20} {'parameters':>12}  description   (for {size[0]}x{size[1]} RGB, {args.classes} classes)")
     for name in list_models():
         spec = get_spec(name)
-        model = create_model(name, (*size, 3), args.classes)
+        model = create_model(name, (*size, 3), args.classes, **({"weights": "none"} if spec.pretrained else {}))
         print(f"{name:<20} {model.count_params():>12,}  {spec.description}")
     return 0
 

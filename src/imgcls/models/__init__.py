@@ -16,7 +16,7 @@ from typing import Any
 from imgcls.errors import ImgclsError
 
 # Modules that register models when imported; a new family adds its module here.
-_FAMILIES = ("imgcls.models.classic", "imgcls.models.fast")
+_FAMILIES = ("imgcls.models.classic", "imgcls.models.fast", "imgcls.models.applications")
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class ModelSpec:
     description: str
     recipe: dict[str, Any] = field(default_factory=dict)
     min_side: int = 8  # smallest image side in pixels the architecture accepts
+    pretrained: bool = False  # takes `weights` (imagenet, none or a file)
 
     def init_from_data(self, model: Any, images: Any, seed: int) -> None:
         """Run the family's ``init_from_data(model, train_images, seed)`` if it has one."""
@@ -40,11 +41,11 @@ _REGISTRY: dict[str, ModelSpec] = {}
 
 
 def register_model(name: str, description: str, recipe: dict[str, Any] | None = None,
-                   min_side: int = 8) -> Callable:
+                   min_side: int = 8, pretrained: bool = False) -> Callable:
     """Decorator adding a builder ``fn(input_shape, num_classes, **kwargs) -> keras.Model``."""
 
     def wrap(fn: Callable) -> Callable:
-        _REGISTRY[name] = ModelSpec(name, fn, description, dict(recipe or {}), min_side)
+        _REGISTRY[name] = ModelSpec(name, fn, description, dict(recipe or {}), min_side, pretrained)
         return fn
 
     return wrap

@@ -86,10 +86,16 @@ class CheckpointManager:
             old.unlink(missing_ok=True)
 
 
-def restore(model, optimizer, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Assign saved values to the model's and optimizer's variables; return the trainer state."""
-    state = json.loads(bytes(arrays["state"]).decode("utf-8"))
-    for prefix, variables in (("model", model.variables), ("optimizer", optimizer.variables)):
+def peek_state(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The trainer state stored in a checkpoint, without touching any variable."""
+    return json.loads(bytes(arrays["state"]).decode("utf-8"))
+
+
+def restore(model, optimizer, arrays: dict[str, np.ndarray], optimizer_too: bool = True) -> dict[str, Any]:
+    """Assign saved values to the model's (and optimizer's) variables; return the trainer state."""
+    state = peek_state(arrays)
+    groups = [("model", model.variables)] + ([("optimizer", optimizer.variables)] if optimizer_too else [])
+    for prefix, variables in groups:
         n = int(state[f"n_{prefix}"])
         if n != len(variables):
             raise ImgclsError(f"checkpoint holds {n} {prefix} variables but the {prefix} has {len(variables)}; "

@@ -65,18 +65,23 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def build_optimizer(config: TrainConfig, recipe: dict[str, Any], steps_per_epoch: int) -> Any:
-    """The recipe's optimizer (AdamW or Nesterov SGD) with warm-up then cosine or linear decay."""
+def build_optimizer(config: TrainConfig, recipe: dict[str, Any], steps_per_epoch: int,
+                    epochs: int | None = None, lr: float | None = None) -> Any:
+    """The recipe's optimizer (AdamW or Nesterov SGD) with warm-up then cosine or linear decay.
+
+    ``epochs`` and ``lr`` default to the config's; a training phase passes its own.
+    """
     import keras
 
-    total = max(1, config.epochs * steps_per_epoch)
+    lr = config.lr if lr is None else lr
+    total = max(1, (config.epochs if epochs is None else epochs) * steps_per_epoch)
     warmup = min(WARMUP_EPOCHS * steps_per_epoch, total // 4)
     if recipe.get("schedule") == "linear":
-        schedule = __getattr__("WarmupLinear")(config.lr, warmup, total)
+        schedule = __getattr__("WarmupLinear")(lr, warmup, total)
     else:
         schedule = keras.optimizers.schedules.CosineDecay(
-            initial_learning_rate=config.lr * 0.01 if warmup else config.lr, decay_steps=max(1, total - warmup),
-            warmup_target=config.lr if warmup else None, warmup_steps=warmup,
+            initial_learning_rate=lr * 0.01 if warmup else lr, decay_steps=max(1, total - warmup),
+            warmup_target=lr if warmup else None, warmup_steps=warmup,
         )
     if recipe.get("optimizer") == "sgd":
         return keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True, weight_decay=config.weight_decay or None)

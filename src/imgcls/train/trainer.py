@@ -26,7 +26,7 @@ from imgcls.data.sources import load_source
 from imgcls.data.split import assign_splits, read_split_csv, write_split_csv
 from imgcls.errors import ImgclsError, check
 from imgcls.io import write_csv, write_json
-from imgcls.train.checkpoint import CheckpointManager, RunLock, restore
+from imgcls.train.checkpoint import CheckpointManager, RunLock, peek_state, restore
 from imgcls.train.setup import build_optimizer, infer_image_size, prepare_arrays, seed_everything
 
 RUN_FILE = "run.json"  # the resolved config and data identity, written before the first step
@@ -156,20 +156,46 @@ class _Trainer:
         from imgcls.train.precision import resolve_precision
 
         c = self.config
+        self.spec = get_spec(c.model)
         self.precision = resolve_precision(c.precision)
         seed_everything(c.seed, c.deterministic)
         keras.config.set_dtype_policy(self.precision)
-        n_classes = len(self.images.class_names)
-        self.model = create_model(c.model, (*c.image_size, 3), n_classes, **c.model_args)
-        get_spec(c.model).init_from_data(self.model, self.arrays["train"][0], c.seed)
+        kwargs = dict(c.model_args)
+        if c.weights is not None:
+            check(self.spec.pretrained, f"`weights` applies only to pretrained backbones, not model '{c.model}'. "
+                                        f"Received: weights={c.weights}")
+            kwargs["weights"] = c.weights
+        self.model = create_model(c.model, (*c.image_size, 3), len(self.images.class_names), **kwargs)
+        self.spec.init_from_data(self.model, self.arrays["train"][0], c.seed)
         self.steps = max(1, len(self.arrays["train"][0]) // min(c.batch_size, len(self.arrays["train"][0])))
-        self.optimizer = build_optimizer(c, get_spec(c.model).recipe, self.steps)
+        self.phase = None
+
+    def phase_of(self, epoch: int) -> str:
+        """``"frozen"`` while a pretrained backbone trains only its head, else ``"train"``."""
+        freeze = self.spec.recipe.get("freeze_epochs", 0)
+        return "frozen" if freeze and epoch < freeze < self.config.epochs else "train"
+
+    def compile_for(self, epoch: int) -> None:
+        """Compile with a fresh optimizer when ``epoch`` starts a new phase (or nothing is compiled yet)."""
+        import keras
+
+        phase = self.phase_of(epoch)
+        if phase == self.phase:
+            return
+        c, recipe = self.config, self.spec.recipe
+        freeze = recipe.get("freeze_epochs", 0) if self.phase_of(0) == "frozen" else 0
+        if freeze:
+            self.model.get_layer("backbone").trainable = phase == "train"
+        epochs = freeze if phase == "frozen" else c.epochs - freeze
+        lr = c.lr * (recipe.get("finetune_lr_factor", 1.0) if freeze and phase == "train" else 1.0)
+        self.optimizer = build_optimizer(c, recipe, self.steps, epochs=epochs, lr=lr)
         self.model.compile(
             optimizer=self.optimizer,
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=c.label_smoothing),
             metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
         )
         self.optimizer.build(self.model.trainable_variables)
+        self.phase = phase
 
     # ---- loop --------------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -185,15 +211,20 @@ class _Trainer:
 
     def initial_state(self) -> dict[str, Any]:
         state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best": None, "best_epoch": None,
-                 "bad_epochs": 0, "history": [], "elapsed_s": 0.0, "stopped": None}
-        if self.resume:
-            found = self.ckpt.load_latest()
-            if found is None:  # killed before the first checkpoint: same seed, so start over
-                self.log(f"no readable checkpoint in {self.ckpt.dir}; starting from the first step")
-                return state
-            path, arrays = found
-            state = restore(self.model, self.optimizer, arrays)
-            self.log(f"resumed from {path.name}: epoch {state['epoch'] + 1}, step {state['step_in_epoch']}")
+                 "bad_epochs": 0, "history": [], "elapsed_s": 0.0, "stopped": None, "phase": None}
+        found = self.ckpt.load_latest() if self.resume else None
+        if self.resume and found is None:  # killed before the first checkpoint: same seed, so start over
+            self.log(f"no readable checkpoint in {self.ckpt.dir}; starting from the first step")
+        if found is None:
+            self.compile_for(0)
+            return state
+        path, arrays = found
+        saved = peek_state(arrays)
+        self.compile_for(saved["epoch"])
+        # A checkpoint from the previous phase holds that phase's optimizer; the new phase starts
+        # with a fresh one, exactly as an uninterrupted run does.
+        state = restore(self.model, self.optimizer, arrays, optimizer_too=saved.get("phase") == self.phase)
+        self.log(f"resumed from {path.name}: epoch {state['epoch'] + 1}, step {state['step_in_epoch']}")
         return state
 
     def loop(self, state: dict[str, Any]) -> str:
@@ -213,6 +244,8 @@ class _Trainer:
         self.t_start = t_start
         while state["epoch"] < c.epochs and not state.get("stopped"):
             epoch, skip = state["epoch"], state["step_in_epoch"]
+            self.compile_for(epoch)
+            state["phase"] = self.phase
             ds = train_dataset(x, y, c.batch_size, c.seed, epoch, c.augment, skip, weights, n_classes)
             progress.begin(epoch, skip)
             hook.first_step = skip
