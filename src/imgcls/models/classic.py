@@ -20,8 +20,8 @@ CLASSIC_RECIPE = {
 @register_model("classic", "3x3 conv blocks + BN + ReLU + max-pool + dropout, dense head",
                 recipe=CLASSIC_RECIPE, min_side=8)
 def classic(input_shape: tuple[int, int, int], num_classes: int, filters: tuple[int, ...] = (32, 64, 128),
-            convs_per_block: int = 2, dense_units: int = 256, dropout: float = 0.25,
-            dense_dropout: float = 0.5):
+            convs_per_block: int = 2, dense_units: int = 256, dropout: float = 0.1,
+            dense_dropout: float = 0.3):
     """Build the classic network.
 
     Args:
@@ -31,7 +31,9 @@ def classic(input_shape: tuple[int, int, int], num_classes: int, filters: tuple[
         filters: convolution filters per block.
         convs_per_block: 3x3 convolutions before each pooling.
         dense_units: width of the dense layer before the classifier.
-        dropout: dropout after each block; ``dense_dropout`` after the dense layer.
+        dropout: dropout after each block; ``dense_dropout`` after the dense layer. Light by
+            default: with flips and translations, 0.25/0.5 under-fit CIFAR-10 in 10 epochs
+            (0.747 test accuracy, train accuracy below validation).
     """
     import keras
     from keras import layers
