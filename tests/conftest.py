@@ -54,6 +54,6 @@ def trained_run(tmp_path_factory) -> tuple[Path, Path]:
     base = tmp_path_factory.mktemp("trained")
     data = write_folder(base / "images", per_class=40)
     run = base / "run"
-    imgcls.train(str(data), out=run, epochs=4, batch_size=16, image_size=(16, 16), verbose=False,
+    imgcls.train(str(data), out=run, model="classic", epochs=4, batch_size=16, image_size=(16, 16), verbose=False,
                  model_args={"filters": (16, 32), "dense_units": 32})
     return run, data

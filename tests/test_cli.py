@@ -17,7 +17,7 @@ from imgcls.cli import main
 from tests.conftest import write_folder
 
 IMGCLS = [sys.executable, "-m", "imgcls"]
-SMALL = ["--epochs", "6", "--batch-size", "16", "--image-size", "16", "16",
+SMALL = ["--model", "classic", "--epochs", "6", "--batch-size", "16", "--image-size", "16", "16",
          "--model-arg", "filters=[16,32]", "--model-arg", "dense_units=32"]
 
 
@@ -97,9 +97,13 @@ def test_python_api_matches_cli_prediction(trained_run):
 def test_train_on_every_image_without_splits(tmp_path):
     data = write_folder(tmp_path / "images", per_class=8)
     assert main(["train", str(data), "--out", str(tmp_path / "r"), "--val-split", "0", "--test-split", "0",
-                 *SMALL[:2], "--image-size", "16", "16", "--quiet"]) == 0
+                 "--epochs", "2", "--quiet"]) == 0
     rows = list(csv.DictReader(open(tmp_path / "r" / "split.csv")))
     assert {r["split"] for r in rows} == {"train"}
+    config = json.loads((tmp_path / "r" / "bundle.json").read_text())["config"]
+    assert config["model"] == "fast"  # the default for small images
+    assert config["image_size"] == [24, 24]  # the data's own size
+    assert config["batch_size"] == 16  # the recipe's 512 shrinks on a tiny data set
 
 
 BAD_TRAIN = [

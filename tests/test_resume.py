@@ -15,7 +15,7 @@ import pytest
 from imgcls.cli import main
 from tests.conftest import write_folder
 
-TRAIN = ["--epochs", "3", "--batch-size", "8", "--image-size", "16", "16", "--seed", "1",
+TRAIN = ["--model", "classic", "--epochs", "3", "--batch-size", "8", "--image-size", "16", "16", "--seed", "1",
          "--model-arg", "filters=[16,32]", "--model-arg", "dense_units=64", "--checkpoint-every", "2", "--quiet"]
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 

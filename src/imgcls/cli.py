@@ -25,7 +25,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="run folder to write (model bundle, split.csv, history.csv, checkpoints)")
     p.add_argument("--resume", metavar="RUN", help="continue RUN from its newest good checkpoint")
     p.add_argument("--config", metavar="FILE", help="JSON or TOML file of training settings (flags win)")
-    p.add_argument("--model", help="registered model name (see `imgcls models`); default classic")
+    p.add_argument("--model", help="registered model name (see `imgcls models`); default: fast for images "
+                                   "up to 64x64, classic above")
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="model argument, value parsed as JSON, e.g. --model-arg 'filters=[32,64]'")
     p.add_argument("--epochs", type=int)

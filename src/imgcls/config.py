@@ -29,7 +29,7 @@ class TrainConfig:
     learning rate) or from the data (image size, augmentation) by :meth:`resolve`.
     """
 
-    model: str = "classic"
+    model: str | None = None  # None: "fast" for images up to 64x64, else "classic"
     model_args: dict[str, Any] = field(default_factory=dict)
     epochs: int | None = None
     batch_size: int | None = None

@@ -20,6 +20,7 @@ FAST_RECIPE = {
     "label_smoothing": 0.2,  # airbench's value; also calibrates the softmax better
     "optimizer": "sgd",
     "schedule": "linear",  # warm-up, then linear decay to zero
+    "min_steps_per_epoch": 25,  # smaller data sets get a smaller batch (and lr scaled with it)
 }
 WHITEN_PATCH = 2  # pixels a side of the whitened patches
 WHITEN_EPS = 5e-4  # added to eigenvalues so near-constant directions are not blown up

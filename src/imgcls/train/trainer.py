@@ -26,12 +26,15 @@ from imgcls.data.sources import load_source
 from imgcls.data.split import assign_splits, read_split_csv, write_split_csv
 from imgcls.errors import ImgclsError, check
 from imgcls.io import write_csv, write_json
+from imgcls.models import get_spec
 from imgcls.train.checkpoint import CheckpointManager, RunLock, peek_state, restore
 from imgcls.train.setup import build_optimizer, infer_image_size, prepare_arrays, seed_everything
 
 RUN_FILE = "run.json"  # the resolved config and data identity, written before the first step
 HISTORY_FILE = "history.csv"
 RESUME_SAFE_KEYS = {"max_time", "checkpoint_every", "keep_checkpoints"}  # change nothing computed
+FAST_MAX_SIDE = 64  # pixels: up to this size the default model is `fast`, above it `classic`
+MIN_ADAPTED_BATCH = 16  # smallest batch a recipe shrinks to on a small data set
 
 
 @dataclass
@@ -71,6 +74,8 @@ def train(data: str | Path | None = None, out: str | Path = "runs/latest", confi
     else:
         config = (config or TrainConfig()).updated(**overrides)
         check(data is not None, "DATA is required (a folder, a CSV manifest or a built-in name)")
+        if config.model is not None:
+            get_spec(config.model)  # an unknown name fails before any data is read
         taken = [n for n in (RUN_FILE, "bundle.json", "checkpoints") if (out / n).exists()]
         if taken:
             raise ImgclsError(f"--out {out} already holds a run ({taken[0]}); pass --resume to continue it "
@@ -97,7 +102,7 @@ def _resume_config(out: Path, data: Any, overrides: dict[str, Any]) -> tuple[Tra
 class _Trainer:
     def __init__(self, data: str | Path, out: Path, config: TrainConfig, resume: bool, verbose: bool):
         self.data_arg, self.out, self.resume, self.verbose = str(data), out, resume, verbose
-        self.config = _with_recipe(config)
+        self.config = config  # completed from the model's recipe once the data is known
         self.ckpt = CheckpointManager(out, keep=self.config.keep_checkpoints)
 
     def log(self, message: str) -> None:
@@ -152,7 +157,7 @@ class _Trainer:
     def build(self) -> None:
         import keras
 
-        from imgcls.models import create_model, get_spec
+        from imgcls.models import create_model
         from imgcls.train.precision import resolve_precision
 
         c = self.config
@@ -201,6 +206,7 @@ class _Trainer:
     def run(self) -> TrainResult:
         self.ckpt.clean_temporaries()
         self.load_data()
+        self.config = _with_recipe(self.config, len(self.arrays["train"][0]))
         self.write_run_file()
         self.build()
         state = self.initial_state()
@@ -335,15 +341,26 @@ class _Trainer:
         return TrainResult(self.out, state["history"], stopped, test_metrics, self.left_out)
 
 
-def _with_recipe(config: TrainConfig) -> TrainConfig:
-    """Fill fields left unset from the model's recipe."""
-    from imgcls.models import get_spec
+def _with_recipe(config: TrainConfig, n_train: int) -> TrainConfig:
+    """Fill fields left unset: the model from the image size, the rest from the model's recipe.
 
+    A recipe with ``min_steps_per_epoch`` shrinks its batch on small data sets (to a power of
+    two, at least 16) and scales its learning rate with it (the linear scaling rule), unless
+    the batch size or learning rate were given.
+    """
+    if config.model is None:
+        config = config.updated(model="fast" if max(config.image_size) <= FAST_MAX_SIDE else "classic")
     recipe = get_spec(config.model).recipe
     fills = {k: recipe[k] for k in ("epochs", "batch_size", "lr", "label_smoothing", "weight_decay")
              if getattr(config, k) is None and k in recipe}
     defaults = {"epochs": 10, "batch_size": 64, "lr": 1e-3, "label_smoothing": 0.0, "weight_decay": 0.0}
     fills.update({k: v for k, v in defaults.items() if getattr(config, k) is None and k not in fills})
+    min_steps = recipe.get("min_steps_per_epoch")
+    if min_steps and "batch_size" in fills and n_train // fills["batch_size"] < min_steps:
+        batch = max(MIN_ADAPTED_BATCH, 2 ** int(math.log2(max(n_train / min_steps, 1))))
+        if "lr" in fills:
+            fills["lr"] = fills["lr"] * batch / fills["batch_size"]
+        fills["batch_size"] = batch
     return config.updated(**fills)
 
 
