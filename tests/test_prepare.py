@@ -238,7 +238,7 @@ def test_train_reads_the_prepared_folder(prepared, tmp_path):
 
     _, out, _, _ = prepared
     result = imgcls.train(str(out), out=tmp_path / "run", epochs=1, batch_size=16, image_size=(24, 24),
-                          verbose=False, model_args={"filters": (8,), "dense_units": 8})
+                          model="classic", verbose=False, model_args={"filters": (8,), "dense_units": 8})
     assert result.left_out == []
     with open(tmp_path / "run" / "split.csv", newline="") as f:
         trained = {r["id"]: r["split"] for r in csv.DictReader(f)}
@@ -249,7 +249,7 @@ def test_train_reads_the_prepared_folder(prepared, tmp_path):
 def test_train_on_a_raw_folder_with_bad_files_names_them(prepared, tmp_path, capsys):
     data, _, expected, _ = prepared
     code = main(["train", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "16",
-                 "--image-size", "16", "16", "--model-arg", "filters=[8]", "--model-arg", "dense_units=8"])
+                 "--image-size", "16", "16", "--model", "classic", "--model-arg", "filters=[8]", "--model-arg", "dense_units=8"])
     assert code == 0
     err = capsys.readouterr().err
     for path, kind in expected.items():

@@ -46,6 +46,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-checkpoints", type=int, metavar="K", help="newest checkpoints kept (best kept too)")
     p.add_argument("--class-weight", choices=["balanced"], help="weight classes inversely to their size")
     p.add_argument("--weights", help="pretrained backbones: imagenet (Keras cache), none, or a weights file")
+    p.add_argument("--tensorboard", action="store_true", default=None, help="write TensorBoard logs to RUN/tensorboard")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -67,6 +68,7 @@ def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         "weight_decay": args.weight_decay, "precision": args.precision, "patience": args.patience,
         "max_time": args.max_time, "checkpoint_every": args.checkpoint_every,
         "keep_checkpoints": args.keep_checkpoints, "class_weight": args.class_weight, "weights": args.weights,
+        "tensorboard": args.tensorboard,
         "augment": tuple(args.augment.split(",")) if args.augment else None,
         "model_args": _parse_model_args(args.model_arg, parser) if args.model_arg else None,
     }
@@ -229,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-issues", action="store_true", help="rank suspected mislabelled images (cleanlab)")
     p.add_argument("--from-run", metavar="RUN", help="with --label-issues: probabilities from this run's model "
                                                        "(default: k-fold cross-validation of a quick model)")
+    p.add_argument("--tensorboard", action="store_true", default=None, help="write TensorBoard logs to RUN/tensorboard")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_cmd_prepare, tensorflow=False)  # scanning never needs TensorFlow: skip its import
 

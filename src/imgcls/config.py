@@ -49,6 +49,7 @@ class TrainConfig:
     class_weight: str | None = None  # None or "balanced"
     weights: str | None = None  # pretrained weights for application backbones
     deterministic: bool = True  # same seed, same weights on CPU
+    tensorboard: bool = False  # write TensorBoard logs to RUN/tensorboard
 
     def validate(self) -> TrainConfig:
         """Check every field; raise :class:`ImgclsError` naming the first bad one."""

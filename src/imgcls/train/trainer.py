@@ -230,6 +230,8 @@ class _Trainer:
         # A checkpoint from the previous phase holds that phase's optimizer; the new phase starts
         # with a fresh one, exactly as an uninterrupted run does.
         state = restore(self.model, self.optimizer, arrays, optimizer_too=saved.get("phase") == self.phase)
+        if state.get("stopped") == "max_time":
+            state["stopped"] = None  # resuming is the request to go on (under the new --max-time)
         self.log(f"resumed from {path.name}: epoch {state['epoch'] + 1}, step {state['step_in_epoch']}")
         return state
 
@@ -246,6 +248,15 @@ class _Trainer:
         progress = Progress(c.epochs, self.steps, min(c.batch_size, len(x)), enabled=self.verbose)
         self.flags: dict[str, Any] = {}
         hook = StepHook(lambda step, logs: self.after_step(state, step, logs))
+        extra = []
+        if c.tensorboard:
+            import importlib.util
+
+            import keras
+
+            check(importlib.util.find_spec("tensorboard") is not None,
+                  "`--tensorboard` needs the tensorboard package: pip install 'imgcls[tensorboard]'")
+            extra.append(keras.callbacks.TensorBoard(log_dir=str(self.out / "tensorboard")))
         t_start = time.perf_counter() - state["elapsed_s"]
         self.t_start = t_start
         while state["epoch"] < c.epochs and not state.get("stopped"):
@@ -257,7 +268,7 @@ class _Trainer:
             hook.first_step = skip
             try:
                 fit = self.model.fit(ds, epochs=epoch + 1, initial_epoch=epoch, validation_data=val_ds,
-                                     callbacks=[progress, hook], shuffle=False, verbose=0)
+                                     callbacks=[progress, hook, *extra], shuffle=False, verbose=0)
             except Exception as e:  # noqa: BLE001 - re-raised unless it is a known resource failure
                 _raise_resource_error(e, c.batch_size)
                 raise
