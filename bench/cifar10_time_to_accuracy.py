@@ -1,0 +1,87 @@
+"""Accuracy and wall time of `fast` and `classic` on CIFAR-10 JPEGs under the same time budget.
+
+The 50,000 training JPEGs are split once (seeded, stratified) into 45,000 for training and
+5,000 held-out test images that no run tunes on. Each model trains through the real CLI with
+``--max-time`` as its budget (first epoch, decoding and compilation included in the wall
+time), then `imgcls evaluate` scores it on the held-out images.
+
+Usage: python bench/cifar10_time_to_accuracy.py [--budget-min 20] [--models fast classic]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+CIFAR = ROOT.parent / "shared" / "datasets" / "cifar10" / "train"
+TEST_PER_CLASS = 500  # 5,000 held-out test images in all
+
+
+def write_manifest(out: Path, seed: int = 0) -> Path:
+    """CSV with split=train for 45,000 images and split=test for 5,000, stratified."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for cls in sorted(p.name for p in CIFAR.iterdir() if p.is_dir()):
+        files = sorted(str(p) for p in (CIFAR / cls).glob("*.jpg"))
+        test = set(rng.choice(len(files), TEST_PER_CLASS, replace=False).tolist())
+        rows += [f"{f},{cls},{'test' if i in test else 'train'}" for i, f in enumerate(files)]
+    path = out / "cifar10_45k_5k.csv"
+    path.write_text("path,label,split\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def run(cmd: list[str]) -> tuple[float, str]:
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    if proc.returncode != 0:
+        sys.exit(f"failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
+    return time.perf_counter() - t0, proc.stdout + proc.stderr
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--budget-min", type=float, default=20.0)
+    parser.add_argument("--models", nargs="+", default=["fast", "classic"])
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    args = parser.parse_args()
+    if not CIFAR.is_dir():
+        sys.exit(f"skipped: {CIFAR} not found")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = write_manifest(out)
+    imgcls = [sys.executable, "-m", "imgcls"]
+    results = []
+    for model in args.models:
+        run_dir = out / f"tta-{model}"
+        subprocess.run(["rm", "-rf", str(run_dir), str(run_dir) + "-eval"], check=True)
+        wall, log = run([*imgcls, "train", str(manifest), "--out", str(run_dir), "--model", model,
+                         "--val-split", "0", "--max-time", str(args.budget_min), "--quiet"])
+        meta = json.loads((run_dir / "bundle.json").read_text())
+        _, _ = run([*imgcls, "evaluate", str(run_dir), str(manifest), "--out", str(run_dir) + "-eval"])
+        metrics = json.loads((Path(str(run_dir) + "-eval") / "metrics.json").read_text())
+        results.append({"model": model, "test_accuracy": metrics["accuracy"], "n_test": metrics["n_images"],
+                        "wall_s": round(wall, 1), "train_s": meta["metrics"]["train_seconds"],
+                        "epochs_run": meta["metrics"]["epochs_run"], "epochs_planned": meta["config"]["epochs"],
+                        "stopped": meta["metrics"]["stopped"], "precision": meta["metrics"]["precision"]})
+        print(f"{model}: {results[-1]}", flush=True)
+    base = next((r for r in results if r["model"] == "classic"), results[0])
+    print(f"\n{'model':<8} {'test acc':>8} {'wall min':>9} {'epochs':>7} {'acc vs classic':>15}")
+    for r in results:
+        print(f"{r['model']:<8} {r['test_accuracy']:>8.4f} {r['wall_s'] / 60:>9.1f} "
+              f"{r['epochs_run']:>3}/{r['epochs_planned']:<3} {r['test_accuracy'] / base['test_accuracy']:>14.3f}x")
+    record = {"budget_min": args.budget_min, "machine": f"{platform.machine()} {os.cpu_count()} cores",
+              "results": results}
+    (out / "cifar10_time_to_accuracy.json").write_text(json.dumps(record, indent=2))
+
+
+if __name__ == "__main__":
+    main()
