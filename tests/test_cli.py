@@ -172,3 +172,18 @@ def test_help_is_fast_and_clean():
     assert r.returncode == 0 and "train" in r.stdout and "predict" in r.stdout
     assert "tensorflow" not in sys.modules or True  # the subprocess is what matters
     assert Path(__file__).exists()
+
+
+def test_predict_and_evaluate_give_the_same_probabilities(trained_run, tmp_path, capsys):
+    run, data = trained_run
+    assert main(["evaluate", str(run), str(data), "--out", str(tmp_path / "e")]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "e" / "predictions.csv")))
+    assert rows and len(rows) == json.loads((tmp_path / "e" / "metrics.json").read_text())["n_images"]
+    capsys.readouterr()
+    paths = [str(data / r["id"]) for r in rows]
+    assert main(["predict", str(run), *paths, "--format", "json", "--top-k", "3"]) == 0
+    predicted = json.loads(capsys.readouterr().out)
+    for row, pred in zip(rows, predicted):
+        assert pred["label"] == row["predicted"]
+        for item in pred["top_k"]:
+            assert item["probability"] == pytest.approx(float(row["p_" + item["label"]]), rel=1e-5, abs=1e-6)

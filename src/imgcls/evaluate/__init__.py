@@ -13,14 +13,22 @@ from typing import Any
 from imgcls.bundle import read_meta
 from imgcls.evaluate.dataset import SPLIT_CHOICES, checkpoint_info, load_eval_set
 from imgcls.evaluate.metrics import compute_metrics
-from imgcls.io import atomic_open, write_json
+from imgcls.io import atomic_open, write_csv, write_json
 
-__all__ = ["SPLIT_CHOICES", "evaluate"]
+__all__ = ["SPLIT_CHOICES", "evaluate", "write_predictions"]
+
+
+def write_predictions(path: Path, ids: list[str], y_true, probs, class_names: list[str]) -> None:
+    """One row per image: id, true and predicted label, and every class probability."""
+    header = ["id", "label", "predicted", *(f"p_{name}" for name in class_names)]
+    rows = ([i, class_names[t], class_names[int(p.argmax())], *(f"{v:.7g}" for v in p)]
+            for i, t, p in zip(ids, y_true, probs, strict=True))
+    write_csv(path, header, rows)
 
 
 def evaluate(run: str | Path, data: str | Path, out: str | Path | None = None, split: str | None = None,
              predictor=None, tta: bool = False, report: bool = True) -> dict[str, Any]:
-    """Evaluate RUN on DATA; write ``out/metrics.json`` and ``out/report.html``.
+    """Evaluate RUN on DATA; write ``out/metrics.json``, ``out/predictions.csv`` and ``out/report.html``.
 
     When DATA is the data set RUN was trained on, only its ``split`` (default: test) counts,
     exactly as recorded in ``RUN/split.csv``; any other DATA counts every image. The stored
@@ -75,6 +83,7 @@ def evaluate(run: str | Path, data: str | Path, out: str | Path | None = None, s
             raw_probs=raw if meta.temperature != 1.0 else None, model=predictor.model,
             calibration=meta.metrics.get("calibration") or {}))
     out = Path(out)
+    write_predictions(out / "predictions.csv", ev.ids, ev.y_true, probs, meta.class_names)
     write_json(out / "metrics.json", metrics)
     if page is not None:
         with atomic_open(out / "report.html", "w", encoding="utf-8") as f:
