@@ -74,7 +74,7 @@ def test_split_is_stratified_and_seeded():
     a = assign_splits(labels, 0.1, 0.2, seed=7)
     assert (a == assign_splits(labels, 0.1, 0.2, seed=7)).all()
     assert (a != assign_splits(labels, 0.1, 0.2, seed=8)).any()
-    for c, n in zip(range(4), [100, 50, 20, 10]):
+    for c, n in zip(range(4), [100, 50, 20, 10], strict=True):
         member = a[labels == c]
         assert (member == "test").sum() == round(n * 0.2)
         assert (member == "val").sum() == round(n * 0.1)

@@ -45,7 +45,7 @@ def test_backbone_weights_from_a_local_file(tmp_path):
     path = tmp_path / "backbone.weights.h5"
     source.get_layer("backbone").save_weights(path)
     loaded = create_model("mobilenetv3small", (32, 32, 3), 2, weights=str(path))
-    for a, b in zip(source.get_layer("backbone").get_weights(), loaded.get_layer("backbone").get_weights()):
+    for a, b in zip(source.get_layer("backbone").get_weights(), loaded.get_layer("backbone").get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ImgclsError, match="existing weights file"):
         create_model("mobilenetv3small", (32, 32, 3), 2, weights=str(tmp_path / "missing.h5"))
@@ -79,5 +79,5 @@ def test_transfer_learning_freezes_then_fine_tunes_and_resumes_exactly(tmp_path)
     imgcls.train(out=run, resume=True, verbose=False)
     a = keras.saving.load_model(tmp_path / "ref" / "model.keras", compile=False).get_weights()
     b = keras.saving.load_model(run / "model.keras", compile=False).get_weights()
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         np.testing.assert_array_equal(x, y)

@@ -53,7 +53,7 @@ def reference(tmp_path_factory) -> tuple[Path, list[np.ndarray]]:
 
 def assert_same(a: list[np.ndarray], b: list[np.ndarray]) -> None:
     assert len(a) == len(b)
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         np.testing.assert_array_equal(x, y)  # bit-identical on CPU
 
 

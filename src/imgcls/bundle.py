@@ -8,6 +8,7 @@ prediction and serving read only these two files.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 from dataclasses import dataclass, field
@@ -70,10 +71,8 @@ def library_versions() -> dict[str, str]:
 
     out = {"python": platform.python_version()}
     for name in ("imgcls", "keras", "tensorflow", "tensorflow-cpu", "numpy", "pillow"):
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             out[name] = version(name)
-        except PackageNotFoundError:
-            pass
     return out
 
 

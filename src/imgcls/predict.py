@@ -98,7 +98,7 @@ class Predictor:
                 results[-1].error = f"{e.kind}: {e.detail}"
         probs = self.predict_pixels(np.stack(pixels)) if pixels else np.zeros((0, len(self.classes_)))
         k = max(1, min(top_k, len(self.classes_)))
-        for row, i in zip(probs, ok):
+        for row, i in zip(probs, ok, strict=True):
             best = np.argsort(-row, kind="stable")[:k]
             results[i].top_k = [(self.classes_[j], float(row[j])) for j in best]
             results[i].label, results[i].probability = results[i].top_k[0]

@@ -16,7 +16,7 @@ import numpy as np
 
 from imgcls.data import builtin
 from imgcls.data.decode import IMAGE_EXTENSIONS, is_image_file
-from imgcls.errors import ImgclsError, check
+from imgcls.errors import check
 
 SPLIT_NAMES = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
@@ -77,7 +77,7 @@ class ImageSet:
 
     def class_counts(self) -> dict[str, int]:
         counts = np.bincount(self.labels, minlength=len(self.class_names))
-        return {name: int(c) for name, c in zip(self.class_names, counts)}
+        return {name: int(c) for name, c in zip(self.class_names, counts, strict=True)}
 
 
 def load_source(data: str | os.PathLike, min_classes: int = 2) -> ImageSet:

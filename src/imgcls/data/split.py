@@ -55,7 +55,7 @@ def _stratified(labels: np.ndarray, val_split: float, test_split: float, seed: i
 
 def write_split_csv(path: str | Path, images: ImageSet, splits: np.ndarray) -> None:
     """Write ``id,label,split`` for every image, atomically."""
-    rows = ((i, images.class_names[label], s) for i, label, s in zip(images.ids, images.labels, splits))
+    rows = ((i, images.class_names[label], s) for i, label, s in zip(images.ids, images.labels, splits, strict=True))
     write_csv(path, ["id", "label", "split"], rows)
 
 

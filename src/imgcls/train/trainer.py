@@ -132,7 +132,7 @@ class _Trainer:
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()
-        for i, label, s in zip(self.images.ids, self.images.labels, self.splits):
+        for i, label, s in zip(self.images.ids, self.images.labels, self.splits, strict=True):
             h.update(f"{i}\t{label}\t{s}\n".encode())
         return h.hexdigest()
 
