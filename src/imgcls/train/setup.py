@@ -19,7 +19,10 @@ WARMUP_EPOCHS = 1  # linear learning-rate warm-up before the decay
 
 
 def infer_image_size(images: ImageSet) -> tuple[int, int]:
-    """The most common (height, width) among a sample, clamped to [16, 224] pixels a side."""
+    """The size of a prepared folder's pixel cache; else the most common (height, width) among a
+    sample, clamped to [16, 224] pixels a side."""
+    if images.cache is not None:
+        return tuple(int(s) for s in np.load(images.cache, mmap_mode="r").shape[1:3])
     if images.images is not None:
         h, w = images.images.shape[1:3]
     else:
