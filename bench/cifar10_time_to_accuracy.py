@@ -16,12 +16,11 @@ import os
 import platform
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
+from _common import ROOT, timed, write_result
 
-ROOT = Path(__file__).resolve().parents[1]
 CIFAR = ROOT.parent / "shared" / "datasets" / "cifar10" / "train"
 TEST_PER_CLASS = 500  # 5,000 held-out test images in all
 
@@ -37,14 +36,6 @@ def write_manifest(out: Path, seed: int = 0) -> Path:
     path = out / "cifar10_45k_5k.csv"
     path.write_text("path,label,split\n" + "\n".join(rows) + "\n")
     return path
-
-
-def run(cmd: list[str]) -> tuple[float, str]:
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-    if proc.returncode != 0:
-        sys.exit(f"failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
-    return time.perf_counter() - t0, proc.stdout + proc.stderr
 
 
 def main() -> None:
@@ -63,12 +54,12 @@ def main() -> None:
     for model in args.models:
         run_dir = out / f"tta-{model}"
         subprocess.run(["rm", "-rf", str(run_dir), str(run_dir) + "-eval", str(run_dir) + "-tta"], check=True)
-        wall, log = run([*imgcls, "train", str(manifest), "--out", str(run_dir), "--model", model,
+        wall, log = timed([*imgcls, "train", str(manifest), "--out", str(run_dir), "--model", model,
                          "--val-split", "0", "--max-time", str(args.budget_min), "--quiet"])
         meta = json.loads((run_dir / "bundle.json").read_text())
-        _, _ = run([*imgcls, "evaluate", str(run_dir), str(manifest), "--out", str(run_dir) + "-eval"])
+        _, _ = timed([*imgcls, "evaluate", str(run_dir), str(manifest), "--out", str(run_dir) + "-eval"])
         metrics = json.loads((Path(str(run_dir) + "-eval") / "metrics.json").read_text())
-        _, _ = run([*imgcls, "evaluate", str(run_dir), str(manifest), "--out", str(run_dir) + "-tta", "--tta"])
+        _, _ = timed([*imgcls, "evaluate", str(run_dir), str(manifest), "--out", str(run_dir) + "-tta", "--tta"])
         tta = json.loads((Path(str(run_dir) + "-tta") / "metrics.json").read_text())
         results.append({"model": model, "test_accuracy": metrics["accuracy"], "n_test": metrics["n_images"],
                         "test_accuracy_flip_tta": tta["accuracy"],
@@ -83,7 +74,7 @@ def main() -> None:
               f"{r['epochs_run']:>3}/{r['epochs_planned']:<3} {r['test_accuracy'] / base['test_accuracy']:>14.3f}x")
     record = {"budget_min": args.budget_min, "machine": f"{platform.machine()} {os.cpu_count()} cores",
               "results": results}
-    (out / "cifar10_time_to_accuracy.json").write_text(json.dumps(record, indent=2))
+    write_result("cifar10_time_to_accuracy", record, out)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import timed, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR = ROOT.parent / "shared" / "datasets" / "cifar10" / "train"
@@ -66,14 +67,6 @@ def synthetic_manifest(out: Path, n_classes: int = 10, seed: int = 0) -> Path:
     return path
 
 
-def timed(cmd: list[str]) -> tuple[float, str]:
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-    if proc.returncode != 0:
-        sys.exit(f"failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
-    return time.perf_counter() - t0, proc.stdout
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--fresh", action="store_true", help="train a new run even if one exists")
@@ -116,8 +109,7 @@ def main() -> None:
     for r in rows:
         print(f"{r['setting']:<16} {r['n_images']:>7} {r['wall_s']:>7.1f} {r['accuracy']:>9.4f} {r['ece']:>7.4f} "
               f"{r['report_kb']:>10.1f} {'yes' if r['wall_s'] < LIMIT_S else 'NO':>7}")
-    path = out / f"evaluate_report_{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    path = write_result(f"evaluate_report_{time.strftime('%Y%m%d-%H%M%S')}", result, out)
     print(f"wrote {path}")
 
 

@@ -13,7 +13,6 @@ Usage: python bench/input_pipeline.py [--steps 40] [--repeats 3]
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
+from _common import RESULTS, write_result  # noqa: E402
 
 N_IMAGES = 45_000
 
@@ -60,7 +60,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "bench" / "results"))
+    parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (N_IMAGES, 32, 32, 3), dtype=np.uint8)
@@ -75,8 +75,7 @@ def main() -> None:
     for r in rows:
         print(f"{r['model']:<8} {r['batch']:>5} {r['pipeline_img_s']:>15,.0f} {r['train_img_s']:>12,.0f} "
               f"{r['pipeline_share_of_step']:>14.1%}")
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "input_pipeline.json").write_text(json.dumps({"repeats": args.repeats, "rows": rows}, indent=2))
+    write_result("input_pipeline", {"repeats": args.repeats, "rows": rows}, Path(args.out))
 
 
 if __name__ == "__main__":

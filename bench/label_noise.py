@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import platform
 import sys
@@ -21,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR = ROOT.parent / "shared" / "datasets" / "cifar10" / "train"
@@ -73,9 +73,7 @@ def main() -> int:
     print(f"{len(rows):>8} {len(truth):>8} {len(flagged):>8} {figures['precision']:>10.3f} "
           f"{figures['recall']:>8.3f} {seconds:>8.1f}")
     print(f"({figures['method']}; prepare report seconds {scan_seconds})")
-    out = ROOT / "bench" / "results" / "label_noise.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(figures, indent=2) + "\n")
+    write_result("label_noise", figures)
     return 0
 
 

@@ -21,6 +21,8 @@ import threading
 import time
 from pathlib import Path
 
+from _common import write_result
+
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR = ROOT.parent / "shared" / "datasets" / "cifar10" / "train"
 IMGCLS = [str(Path(sys.executable).with_name("imgcls"))]
@@ -99,9 +101,7 @@ def main() -> int:
     result = {"command": "imgcls prepare " + args.data + " --out <tmp> --quiet", "runs": runs,
               "n_files": report["n_files"], "n_usable": report["n_usable"], "issue_counts": report["issue_counts"],
               "image_size": report["image_size"], "machine": where}
-    out = ROOT / "bench" / "results" / "prepare_cifar10.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result("prepare_cifar10", result)
     return 0
 
 

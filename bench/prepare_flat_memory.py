@@ -23,7 +23,8 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from prepare_cifar10 import IMGCLS, ROOT, machine, measure  # noqa: E402
+from _common import write_result
+from prepare_cifar10 import IMGCLS, machine, measure  # noqa: E402
 
 CLASSES = 10
 SIDE = 16  # pixels
@@ -73,9 +74,7 @@ def main() -> int:
         print(f"{r['n_images']:>8} {r['n_usable']:>8} {r['wall_s']:>8.1f} {r['peak_tree_rss_mb']:>17.0f} "
               f"{r['max_process_rss_mb']:>19.0f} {r['cache_mb']:>9.0f}")
     print(f"machine: {where}")
-    out = ROOT / "bench" / "results" / "prepare_flat_memory.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"rows": rows, "image_side": SIDE, "machine": where}, indent=2) + "\n")
+    write_result("prepare_flat_memory", {"rows": rows, "image_side": SIDE, "machine": where})
     return 0
 
 

@@ -1,0 +1,32 @@
+"""What every benchmark shares: the repo root, running the real CLI, and writing results."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"  # git-ignored
+IMGCLS = [sys.executable, "-m", "imgcls"]
+
+
+def timed(cmd: list[str]) -> tuple[float, str]:
+    """Run ``cmd``; return (wall seconds, stdout + stderr). Exit with its stderr if it fails."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    if proc.returncode != 0:
+        sys.exit(f"failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
+    return time.perf_counter() - t0, proc.stdout + proc.stderr
+
+
+def write_result(name: str, obj: Any, folder: Path = RESULTS) -> Path:
+    """Write ``obj`` as ``folder/name.json`` and return the path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps(obj, indent=2) + "\n")
+    return path
