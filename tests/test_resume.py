@@ -57,6 +57,19 @@ def assert_same(a: list[np.ndarray], b: list[np.ndarray]) -> None:
         np.testing.assert_array_equal(x, y)  # bit-identical on CPU
 
 
+def files(folder: Path, prefix: str) -> list[Path]:
+    """Files in ``folder`` whose names start with ``prefix``, sorted (none if it does not exist)."""
+    return sorted(p for p in folder.iterdir() if p.name.startswith(prefix)) if folder.is_dir() else []
+
+
+def kill_when(proc: subprocess.Popen, predicate, every: float = 0.001) -> bool:
+    """SIGKILL ``proc`` as soon as ``predicate()`` holds; return whether it did before the timeout."""
+    seen = wait_for(predicate, every=every)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return seen
+
+
 def resume(run: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "imgcls", "train", "--resume", str(run), "--quiet"],
                           env=ENV, capture_output=True, text=True, timeout=300)
@@ -73,10 +86,7 @@ def test_sigkill_mid_epoch_then_resume(reference, tmp_path):
     data, ref = reference
     run = tmp_path / "run"
     proc = start(data, run)
-    ckpts = run / "checkpoints"
-    assert wait_for(lambda: ckpts.is_dir() and any(p.name.startswith("ckpt-") for p in ckpts.iterdir()))
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    assert kill_when(proc, lambda: files(run / "checkpoints", "ckpt-"))
     assert not (run / "model.keras").exists()  # it really died before finishing
     r = resume(run)
     assert r.returncode == 0, r.stderr
@@ -88,15 +98,12 @@ def test_sigkill_during_checkpoint_write_then_resume(reference, tmp_path):
     run = tmp_path / "run"
     proc = start(data, run)
     ckpts = run / "checkpoints"
-    assert wait_for(lambda: ckpts.is_dir() and any(p.name.startswith("ckpt-") for p in ckpts.iterdir()))
-    caught = wait_for(lambda: any(p.name.startswith(".tmp-") for p in ckpts.iterdir()), every=0.0002)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    if not caught:
+    assert wait_for(lambda: files(ckpts, "ckpt-"))  # a good checkpoint exists; kill during a later write
+    if not kill_when(proc, lambda: files(ckpts, ".tmp-"), every=0.0002):
         pytest.skip("the checkpoint write was too quick to catch in flight on this machine")
     r = resume(run)
     assert r.returncode == 0, r.stderr
-    assert not any(p.name.startswith(".tmp-") for p in ckpts.iterdir())  # leftovers cleaned
+    assert not files(ckpts, ".tmp-")  # leftovers cleaned
     assert_same(weights(run), ref)
 
 
@@ -105,10 +112,8 @@ def test_truncated_latest_checkpoint_falls_back(reference, tmp_path):
     run = tmp_path / "run"
     proc = start(data, run)
     ckpts = run / "checkpoints"
-    assert wait_for(lambda: ckpts.is_dir() and len([p for p in ckpts.iterdir() if p.name.startswith("ckpt-")]) >= 2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    newest = sorted(p for p in ckpts.iterdir() if p.name.startswith("ckpt-"))[-1]
+    assert kill_when(proc, lambda: len(files(ckpts, "ckpt-")) >= 2)
+    newest = files(ckpts, "ckpt-")[-1]
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # a torn write
     r = resume(run)
     assert r.returncode == 0, r.stderr
