@@ -231,7 +231,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-issues", action="store_true", help="rank suspected mislabelled images (cleanlab)")
     p.add_argument("--from-run", metavar="RUN", help="with --label-issues: probabilities from this run's model "
                                                        "(default: k-fold cross-validation of a quick model)")
-    p.add_argument("--tensorboard", action="store_true", default=None, help="write TensorBoard logs to RUN/tensorboard")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_cmd_prepare, tensorflow=False)  # scanning never needs TensorFlow: skip its import
 
