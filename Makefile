@@ -4,7 +4,6 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: demo test lint bench clean
 
