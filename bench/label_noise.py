@@ -14,13 +14,14 @@ import argparse
 import csv
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from _common import IMGCLS, timed, write_result
+from _common import IMGCLS, RESULTS, timed, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR = ROOT.parent / "shared" / "datasets" / "cifar10" / "train"
@@ -35,7 +36,8 @@ def train_on_rest(tmp: Path, subset: set[str], classes: list[str], epochs: int) 
         for name in classes:
             writer.writerows((str(CIFAR / name / x), name) for x in sorted(os.listdir(CIFAR / name))
                              if str(CIFAR / name / x) not in subset)
-    run = tmp / "rest-run"
+    run = RESULTS / "label-noise-rest-run"  # kept, so other filters can be tried with --from-run
+    subprocess.run(["rm", "-rf", str(run)], check=True)
     seconds, _ = timed([*IMGCLS, "train", str(rest), "--out", str(run), "--model", "fast", "--epochs", str(epochs),
                         "--val-split", "0.02", "--test-split", "0", "--quiet"])
     return str(run), seconds

@@ -61,8 +61,12 @@ def test_full_disk_keeps_the_last_good_checkpoint(data, tmp_path, monkeypatch):
 def test_balanced_class_weights_and_tensorboard(tmp_path):
     data = write_folder(tmp_path / "data", classes=("a", "b"), per_class=4)
     write_folder(tmp_path / "data", classes=("b",), per_class=30, seed=5)  # b now outnumbers a
-    result = imgcls.train(str(data), out=tmp_path / "r", epochs=1, class_weight="balanced", tensorboard=True, **TINY)
+    import keras
+
+    result = imgcls.train(str(data), out=tmp_path / "r", epochs=1, class_weight="balanced", tensorboard=True,
+                          precision="mixed_bfloat16", **TINY)
     assert result.stopped == "completed"
+    assert keras.config.dtype_policy().name == "float32"  # the run's precision does not leak out
     assert any((tmp_path / "r" / "tensorboard").rglob("events.out.tfevents.*"))
 
 

@@ -74,8 +74,8 @@ def _from_cache(images: ImageSet, size: tuple[int, int]) -> np.ndarray | None:
 
 
 def steps_per_epoch(n_images: int, batch_size: int) -> int:
-    """Full batches per epoch (the last partial batch is dropped; at least one step)."""
-    return max(1, n_images // batch_size)
+    """Full batches per epoch (the last partial batch is dropped; a batch never exceeds the data)."""
+    return max(1, n_images // max(1, min(batch_size, n_images)))
 
 
 def train_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, epoch: int,
@@ -90,7 +90,7 @@ def train_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, epoc
 
     n = len(x)
     bs = min(batch_size, n)
-    steps = steps_per_epoch(n, bs)
+    steps = steps_per_epoch(n, batch_size)
     order = np.random.default_rng([seed, epoch]).permutation(n)[: steps * bs].reshape(steps, bs)
     ds = tf.data.Dataset.from_tensor_slices((order[skip_steps:], np.arange(skip_steps, steps, dtype=np.int64)))
     height, width = x.shape[1:3]

@@ -22,6 +22,7 @@ import numpy as np
 
 from imgcls.config import TrainConfig
 from imgcls.data.decode import PREPROCESSING
+from imgcls.data.pipeline import steps_per_epoch
 from imgcls.data.sources import load_source
 from imgcls.data.split import assign_splits, read_split_csv, write_split_csv
 from imgcls.errors import ImgclsError, check
@@ -80,8 +81,14 @@ def train(data: str | Path | None = None, out: str | Path = "runs/latest", confi
         if taken:
             raise ImgclsError(f"--out {out} already holds a run ({taken[0]}); pass --resume to continue it "
                               "or choose another --out")
-    with RunLock(out):
-        return _Trainer(data, out, config, resume, verbose).run()
+    import keras
+
+    policy = keras.config.dtype_policy()
+    try:
+        with RunLock(out):
+            return _Trainer(data, out, config, resume, verbose).run()
+    finally:
+        keras.config.set_dtype_policy(policy)  # the run's precision does not leak into the caller's models
 
 
 def _resume_config(out: Path, data: Any, overrides: dict[str, Any]) -> tuple[TrainConfig, str]:
@@ -172,7 +179,7 @@ class _Trainer:
             kwargs["weights"] = c.weights
         self.model = create_model(c.model, (*c.image_size, 3), len(self.images.class_names), **kwargs)
         self.spec.init_from_data(self.model, self.arrays["train"][0], c.seed)
-        self.steps = max(1, len(self.arrays["train"][0]) // min(c.batch_size, len(self.arrays["train"][0])))
+        self.steps = steps_per_epoch(len(self.arrays["train"][0]), c.batch_size)
         self.phase = None
 
     def phase_of(self, epoch: int) -> str:
