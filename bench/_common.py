@@ -18,7 +18,9 @@ IMGCLS = [sys.executable, "-m", "imgcls"]
 def timed(cmd: list[str]) -> tuple[float, str]:
     """Run ``cmd``; return (wall seconds, stdout + stderr). Exit with its stderr if it fails."""
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    )
     if proc.returncode != 0:
         sys.exit(f"failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
     return time.perf_counter() - t0, proc.stdout + proc.stderr

@@ -53,27 +53,71 @@ def main() -> None:
     results = []
     for model in args.models:
         run_dir = out / f"tta-{model}"
-        subprocess.run(["rm", "-rf", str(run_dir), str(run_dir) + "-eval", str(run_dir) + "-tta"], check=True)
-        wall, log = timed([*imgcls, "train", str(manifest), "--out", str(run_dir), "--model", model,
-                         "--val-split", "0", "--max-time", str(args.budget_min), "--quiet"])
+        subprocess.run(
+            ["rm", "-rf", str(run_dir), str(run_dir) + "-eval", str(run_dir) + "-tta"], check=True
+        )
+        wall, log = timed(
+            [
+                *imgcls,
+                "train",
+                str(manifest),
+                "--out",
+                str(run_dir),
+                "--model",
+                model,
+                "--val-split",
+                "0",
+                "--max-time",
+                str(args.budget_min),
+                "--quiet",
+            ]
+        )
         meta = json.loads((run_dir / "bundle.json").read_text())
-        _, _ = timed([*imgcls, "evaluate", str(run_dir), str(manifest), "--out", str(run_dir) + "-eval"])
+        _, _ = timed(
+            [*imgcls, "evaluate", str(run_dir), str(manifest), "--out", str(run_dir) + "-eval"]
+        )
         metrics = json.loads((Path(str(run_dir) + "-eval") / "metrics.json").read_text())
-        _, _ = timed([*imgcls, "evaluate", str(run_dir), str(manifest), "--out", str(run_dir) + "-tta", "--tta"])
+        _, _ = timed(
+            [
+                *imgcls,
+                "evaluate",
+                str(run_dir),
+                str(manifest),
+                "--out",
+                str(run_dir) + "-tta",
+                "--tta",
+            ]
+        )
         tta = json.loads((Path(str(run_dir) + "-tta") / "metrics.json").read_text())
-        results.append({"model": model, "test_accuracy": metrics["accuracy"], "n_test": metrics["n_images"],
-                        "test_accuracy_flip_tta": tta["accuracy"],
-                        "wall_s": round(wall, 1), "train_s": meta["metrics"]["train_seconds"],
-                        "epochs_run": meta["metrics"]["epochs_run"], "epochs_planned": meta["config"]["epochs"],
-                        "stopped": meta["metrics"]["stopped"], "precision": meta["metrics"]["precision"]})
+        results.append(
+            {
+                "model": model,
+                "test_accuracy": metrics["accuracy"],
+                "n_test": metrics["n_images"],
+                "test_accuracy_flip_tta": tta["accuracy"],
+                "wall_s": round(wall, 1),
+                "train_s": meta["metrics"]["train_seconds"],
+                "epochs_run": meta["metrics"]["epochs_run"],
+                "epochs_planned": meta["config"]["epochs"],
+                "stopped": meta["metrics"]["stopped"],
+                "precision": meta["metrics"]["precision"],
+            }
+        )
         print(f"{model}: {results[-1]}", flush=True)
     base = next((r for r in results if r["model"] == "classic"), results[0])
-    print(f"\n{'model':<8} {'test acc':>8} {'+flip TTA':>9} {'wall min':>9} {'epochs':>7} {'acc vs classic':>15}")
+    print(
+        f"\n{'model':<8} {'test acc':>8} {'+flip TTA':>9} {'wall min':>9} {'epochs':>7} {'acc vs classic':>15}"
+    )
     for r in results:
-        print(f"{r['model']:<8} {r['test_accuracy']:>8.4f} {r['test_accuracy_flip_tta']:>9.4f} {r['wall_s'] / 60:>9.1f} "
-              f"{r['epochs_run']:>3}/{r['epochs_planned']:<3} {r['test_accuracy'] / base['test_accuracy']:>14.3f}x")
-    record = {"budget_min": args.budget_min, "machine": f"{platform.machine()} {os.cpu_count()} cores",
-              "results": results}
+        print(
+            f"{r['model']:<8} {r['test_accuracy']:>8.4f} {r['test_accuracy_flip_tta']:>9.4f} {r['wall_s'] / 60:>9.1f} "
+            f"{r['epochs_run']:>3}/{r['epochs_planned']:<3} {r['test_accuracy'] / base['test_accuracy']:>14.3f}x"
+        )
+    record = {
+        "budget_min": args.budget_min,
+        "machine": f"{platform.machine()} {os.cpu_count()} cores",
+        "results": results,
+    }
     write_result("cifar10_time_to_accuracy", record, out)
 
 

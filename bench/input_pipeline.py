@@ -48,7 +48,9 @@ def time_training(model_name: str, x, y, batch: int, steps: int) -> float:
     keras.config.set_dtype_policy(resolve_precision("auto"))
     model = create_model(model_name, (32, 32, 3), 10)
     get_spec(model_name).init_from_data(model, x[:2000], 0)
-    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss="categorical_crossentropy")
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss="categorical_crossentropy"
+    )
     ds = train_dataset(x, y, batch, seed=0, epoch=0, augment=("flip", "translate"), num_classes=10)
     model.fit(ds.take(3), verbose=0)  # compile and warm up
     t0 = time.perf_counter()
@@ -67,14 +69,29 @@ def main() -> None:
     y = rng.integers(0, 10, N_IMAGES).astype(np.int32)
     rows = []
     for model_name, batch in (("fast", 512), ("classic", 64)):
-        pipe = statistics.median(time_pipeline(x, y, batch, args.steps) for _ in range(args.repeats))
-        train = statistics.median(time_training(model_name, x, y, batch, args.steps // 2) for _ in range(args.repeats))
-        rows.append({"model": model_name, "batch": batch, "pipeline_img_s": 1 / pipe, "train_img_s": 1 / train,
-                     "pipeline_share_of_step": pipe / train})
-    print(f"{'model':<8} {'batch':>5} {'pipeline img/s':>15} {'train img/s':>12} {'pipeline share':>15}")
+        pipe = statistics.median(
+            time_pipeline(x, y, batch, args.steps) for _ in range(args.repeats)
+        )
+        train = statistics.median(
+            time_training(model_name, x, y, batch, args.steps // 2) for _ in range(args.repeats)
+        )
+        rows.append(
+            {
+                "model": model_name,
+                "batch": batch,
+                "pipeline_img_s": 1 / pipe,
+                "train_img_s": 1 / train,
+                "pipeline_share_of_step": pipe / train,
+            }
+        )
+    print(
+        f"{'model':<8} {'batch':>5} {'pipeline img/s':>15} {'train img/s':>12} {'pipeline share':>15}"
+    )
     for r in rows:
-        print(f"{r['model']:<8} {r['batch']:>5} {r['pipeline_img_s']:>15,.0f} {r['train_img_s']:>12,.0f} "
-              f"{r['pipeline_share_of_step']:>14.1%}")
+        print(
+            f"{r['model']:<8} {r['batch']:>5} {r['pipeline_img_s']:>15,.0f} {r['train_img_s']:>12,.0f} "
+            f"{r['pipeline_share_of_step']:>14.1%}"
+        )
     write_result("input_pipeline", {"repeats": args.repeats, "rows": rows}, Path(args.out))
 
 

@@ -27,30 +27,59 @@ ROOT = Path(__file__).resolve().parents[1]
 CIFAR = ROOT.parent / "shared" / "datasets" / "cifar10" / "train"
 
 
-def train_on_rest(tmp: Path, subset: set[str], classes: list[str], epochs: int) -> tuple[str, float]:
+def train_on_rest(
+    tmp: Path, subset: set[str], classes: list[str], epochs: int
+) -> tuple[str, float]:
     """Train `fast` on every CIFAR image outside ``subset`` (true labels); return (run, seconds)."""
     rest = tmp / "rest.csv"
     with open(rest, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "label"])
         for name in classes:
-            writer.writerows((str(CIFAR / name / x), name) for x in sorted(os.listdir(CIFAR / name))
-                             if str(CIFAR / name / x) not in subset)
+            writer.writerows(
+                (str(CIFAR / name / x), name)
+                for x in sorted(os.listdir(CIFAR / name))
+                if str(CIFAR / name / x) not in subset
+            )
     run = RESULTS / "label-noise-rest-run"  # kept, so other filters can be tried with --from-run
     subprocess.run(["rm", "-rf", str(run)], check=True)
-    seconds, _ = timed([*IMGCLS, "train", str(rest), "--out", str(run), "--model", "fast", "--epochs", str(epochs),
-                        "--val-split", "0.02", "--test-split", "0", "--quiet"])
+    seconds, _ = timed(
+        [
+            *IMGCLS,
+            "train",
+            str(rest),
+            "--out",
+            str(run),
+            "--model",
+            "fast",
+            "--epochs",
+            str(epochs),
+            "--val-split",
+            "0.02",
+            "--test-split",
+            "0",
+            "--quiet",
+        ]
+    )
     return str(run), seconds
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=10_000, help="images in the subset (balanced over classes)")
+    parser.add_argument(
+        "--n", type=int, default=10_000, help="images in the subset (balanced over classes)"
+    )
     parser.add_argument("--noise", type=float, default=0.05, help="fraction of labels flipped")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--from-run", help="take probabilities from this run instead of cross-validation")
-    parser.add_argument("--rest-epochs", type=int, help="first train `fast` for this many epochs on the CIFAR "
-                        "images outside the subset, and take the probabilities from that run")
+    parser.add_argument(
+        "--from-run", help="take probabilities from this run instead of cross-validation"
+    )
+    parser.add_argument(
+        "--rest-epochs",
+        type=int,
+        help="first train `fast` for this many epochs on the CIFAR "
+        "images outside the subset, and take the probabilities from that run",
+    )
     args = parser.parse_args()
     if not CIFAR.is_dir():
         print(f"skipped: {CIFAR} not found")
@@ -70,31 +99,54 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         train_s = 0.0
         if args.rest_epochs:
-            args.from_run, train_s = train_on_rest(Path(tmp), {p for p, _ in rows}, classes, args.rest_epochs)
+            args.from_run, train_s = train_on_rest(
+                Path(tmp), {p for p, _ in rows}, classes, args.rest_epochs
+            )
         manifest = Path(tmp) / "noisy.csv"
         with open(manifest, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["path", "label"])
             writer.writerows((p, classes[g]) for (p, _), g in zip(rows, given, strict=True))
         t0 = time.perf_counter()
-        result = prepare(manifest, Path(tmp) / "out", image_size=(32, 32), label_issues=True, seed=args.seed,
-                         from_run=args.from_run)
+        result = prepare(
+            manifest,
+            Path(tmp) / "out",
+            image_size=(32, 32),
+            label_issues=True,
+            seed=args.seed,
+            from_run=args.from_run,
+        )
         seconds = time.perf_counter() - t0
         scan_seconds = result.report["seconds"]
     truth = {rows[i][0] for i in flipped}
     flagged = {r["path"] for r in result.report["issues"] if r["kind"] == "label_issue"}
     hits = len(truth & flagged)
     figures = {
-        "n_images": len(rows), "n_flipped": len(truth), "n_flagged": len(flagged), "true_positives": hits,
-        "precision": round(hits / max(1, len(flagged)), 4), "recall": round(hits / max(1, len(truth)), 4),
-        "seconds_total": round(seconds + train_s, 1), "seconds_training_rest": round(train_s, 1),
-        "method": (f"fast trained {args.rest_epochs} epochs on the other {50_000 - len(rows):,} images" if args.rest_epochs
-                   else f"run {args.from_run}" if args.from_run else "5-fold CV, k-means patch features + logistic regression"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared)", "python": sys.version.split()[0],
+        "n_images": len(rows),
+        "n_flipped": len(truth),
+        "n_flagged": len(flagged),
+        "true_positives": hits,
+        "precision": round(hits / max(1, len(flagged)), 4),
+        "recall": round(hits / max(1, len(truth)), 4),
+        "seconds_total": round(seconds + train_s, 1),
+        "seconds_training_rest": round(train_s, 1),
+        "method": (
+            f"fast trained {args.rest_epochs} epochs on the other {50_000 - len(rows):,} images"
+            if args.rest_epochs
+            else f"run {args.from_run}"
+            if args.from_run
+            else "5-fold CV, k-means patch features + logistic regression"
+        ),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared)",
+        "python": sys.version.split()[0],
     }
-    print(f"{'images':>8} {'flipped':>8} {'flagged':>8} {'precision':>10} {'recall':>8} {'seconds':>8}")
-    print(f"{len(rows):>8} {len(truth):>8} {len(flagged):>8} {figures['precision']:>10.3f} "
-          f"{figures['recall']:>8.3f} {seconds:>8.1f}")
+    print(
+        f"{'images':>8} {'flipped':>8} {'flagged':>8} {'precision':>10} {'recall':>8} {'seconds':>8}"
+    )
+    print(
+        f"{len(rows):>8} {len(truth):>8} {len(flagged):>8} {figures['precision']:>10.3f} "
+        f"{figures['recall']:>8.3f} {seconds:>8.1f}"
+    )
     print(f"({figures['method']}; prepare report seconds {scan_seconds})")
     write_result("label_noise", figures)
     return 0

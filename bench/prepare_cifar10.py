@@ -68,9 +68,16 @@ def measure(command: list[str]) -> dict:
     out, err = proc.communicate()
     wall = time.perf_counter() - t0
     sampler.join()
-    return {"wall_s": round(wall, 2), "returncode": proc.returncode, "peak_tree_rss_mb": round(peak[0] / 2**20, 1),
-            "max_process_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
-            "stdout": out.strip().splitlines()[-3:], "stderr_tail": err.strip().splitlines()[-3:]}
+    return {
+        "wall_s": round(wall, 2),
+        "returncode": proc.returncode,
+        "peak_tree_rss_mb": round(peak[0] / 2**20, 1),
+        "max_process_rss_mb": round(
+            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1
+        ),
+        "stdout": out.strip().splitlines()[-3:],
+        "stderr_tail": err.strip().splitlines()[-3:],
+    }
 
 
 def machine() -> str:
@@ -90,17 +97,34 @@ def main() -> int:
     runs = []
     for _ in range(args.repeat):
         with tempfile.TemporaryDirectory() as tmp:
-            command = [*IMGCLS, "prepare", args.data, "--out", str(Path(tmp) / "prepared"), "--quiet"]
+            command = [
+                *IMGCLS,
+                "prepare",
+                args.data,
+                "--out",
+                str(Path(tmp) / "prepared"),
+                "--quiet",
+            ]
             runs.append(measure(command))
             report = json.loads((Path(tmp) / "prepared" / "report.json").read_text())
-    print(f"{'run':>4} {'wall s':>8} {'peak tree RSS MB':>17} {'max process RSS MB':>19} {'usable':>8} {'rc':>3}")
+    print(
+        f"{'run':>4} {'wall s':>8} {'peak tree RSS MB':>17} {'max process RSS MB':>19} {'usable':>8} {'rc':>3}"
+    )
     for k, r in enumerate(runs):
-        print(f"{k + 1:>4} {r['wall_s']:>8.1f} {r['peak_tree_rss_mb']:>17.0f} {r['max_process_rss_mb']:>19.0f} "
-              f"{report['n_usable']:>8} {r['returncode']:>3}")
+        print(
+            f"{k + 1:>4} {r['wall_s']:>8.1f} {r['peak_tree_rss_mb']:>17.0f} {r['max_process_rss_mb']:>19.0f} "
+            f"{report['n_usable']:>8} {r['returncode']:>3}"
+        )
     print(f"issues: {report['issue_counts']}; machine: {where}")
-    result = {"command": "imgcls prepare " + args.data + " --out <tmp> --quiet", "runs": runs,
-              "n_files": report["n_files"], "n_usable": report["n_usable"], "issue_counts": report["issue_counts"],
-              "image_size": report["image_size"], "machine": where}
+    result = {
+        "command": "imgcls prepare " + args.data + " --out <tmp> --quiet",
+        "runs": runs,
+        "n_files": report["n_files"],
+        "n_usable": report["n_usable"],
+        "issue_counts": report["issue_counts"],
+        "image_size": report["image_size"],
+        "machine": where,
+    }
     write_result("prepare_cifar10", result)
     return 0
 

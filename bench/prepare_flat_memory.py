@@ -37,7 +37,9 @@ def generate(folder: Path, n: int, seed: int = 0) -> list[Path]:
     paths = []
     for i in range(n):
         buf = io.BytesIO()
-        Image.fromarray(rng.integers(0, 256, (SIDE, SIDE, 3), dtype=np.uint8)).save(buf, format="PNG", compress_level=1)
+        Image.fromarray(rng.integers(0, 256, (SIDE, SIDE, 3), dtype=np.uint8)).save(
+            buf, format="PNG", compress_level=1
+        )
         path = folder / f"{i:06d}.png"
         path.write_bytes(buf.getvalue())
         paths.append(path)
@@ -61,18 +63,45 @@ def main() -> int:
             for i, src in enumerate(pool[:n]):
                 os.link(src, data / f"class{i % CLASSES}" / src.name)
             out = Path(tmp) / f"out_{n}"
-            r = measure([*IMGCLS, "prepare", str(data), "--out", str(out), "--image-size", str(SIDE), str(SIDE), "--quiet"])
+            r = measure(
+                [
+                    *IMGCLS,
+                    "prepare",
+                    str(data),
+                    "--out",
+                    str(out),
+                    "--image-size",
+                    str(SIDE),
+                    str(SIDE),
+                    "--quiet",
+                ]
+            )
             report = json.loads((out / "report.json").read_text())
-            rows.append({"n_images": n, "n_usable": report["n_usable"], **{k: r[k] for k in
-                         ("wall_s", "peak_tree_rss_mb", "max_process_rss_mb", "returncode")},
-                         "cache_mb": round((out / f"cache_{SIDE}x{SIDE}.npy").stat().st_size / 2**20, 1)})
-            print(f"{n:>8} images: {r['wall_s']:.1f} s, peak tree RSS {r['peak_tree_rss_mb']:.0f} MB", file=sys.stderr)
+            rows.append(
+                {
+                    "n_images": n,
+                    "n_usable": report["n_usable"],
+                    **{
+                        k: r[k]
+                        for k in ("wall_s", "peak_tree_rss_mb", "max_process_rss_mb", "returncode")
+                    },
+                    "cache_mb": round((out / f"cache_{SIDE}x{SIDE}.npy").stat().st_size / 2**20, 1),
+                }
+            )
+            print(
+                f"{n:>8} images: {r['wall_s']:.1f} s, peak tree RSS {r['peak_tree_rss_mb']:.0f} MB",
+                file=sys.stderr,
+            )
             for path in (data, out):
                 os.system(f"rm -rf '{path}'")
-    print(f"{'images':>8} {'usable':>8} {'wall s':>8} {'peak tree RSS MB':>17} {'max process RSS MB':>19} {'cache MB':>9}")
+    print(
+        f"{'images':>8} {'usable':>8} {'wall s':>8} {'peak tree RSS MB':>17} {'max process RSS MB':>19} {'cache MB':>9}"
+    )
     for r in rows:
-        print(f"{r['n_images']:>8} {r['n_usable']:>8} {r['wall_s']:>8.1f} {r['peak_tree_rss_mb']:>17.0f} "
-              f"{r['max_process_rss_mb']:>19.0f} {r['cache_mb']:>9.0f}")
+        print(
+            f"{r['n_images']:>8} {r['n_usable']:>8} {r['wall_s']:>8.1f} {r['peak_tree_rss_mb']:>17.0f} "
+            f"{r['max_process_rss_mb']:>19.0f} {r['cache_mb']:>9.0f}"
+        )
     print(f"machine: {where}")
     write_result("prepare_flat_memory", {"rows": rows, "image_side": SIDE, "machine": where})
     return 0

@@ -19,7 +19,8 @@ def main() -> None:
     for i in range(n):
         pixels = np.round(digits.images[-1 - i] * 255 / 16).astype(np.uint8)
         Image.fromarray(pixels, "L").resize((32, 32), Image.Resampling.NEAREST).save(
-            out / f"digit_{digits.target[-1 - i]}_{i}.png")
+            out / f"digit_{digits.target[-1 - i]}_{i}.png"
+        )
     print(f"wrote {n} images to {out}")
 
 

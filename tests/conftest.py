@@ -19,16 +19,21 @@ def make_image(kind: int, rng: np.random.Generator, size: int = 24) -> np.ndarra
     img = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
     c = size // 2
     if kind == 0:
-        img[:, c - 2:c + 2] = [230, 40, 40]  # vertical red stripe
+        img[:, c - 2 : c + 2] = [230, 40, 40]  # vertical red stripe
     elif kind == 1:
-        img[c - 5:c + 5, c - 5:c + 5] = [40, 230, 40]  # green square
+        img[c - 5 : c + 5, c - 5 : c + 5] = [40, 230, 40]  # green square
     else:
-        img[c - 2:c + 2, :] = [40, 40, 230]  # horizontal blue stripe
+        img[c - 2 : c + 2, :] = [40, 40, 230]  # horizontal blue stripe
     return img
 
 
-def write_folder(root: Path, classes=("cats", "dogs", "fish"), per_class: int = 30, seed: int = 0,
-                 ext: str = ".png") -> Path:
+def write_folder(
+    root: Path,
+    classes=("cats", "dogs", "fish"),
+    per_class: int = 30,
+    seed: int = 0,
+    ext: str = ".png",
+) -> Path:
     """Write ``root/<class>/<i>.png`` synthetic images and return ``root``."""
     from PIL import Image
 
@@ -54,6 +59,14 @@ def trained_run(tmp_path_factory) -> tuple[Path, Path]:
     base = tmp_path_factory.mktemp("trained")
     data = write_folder(base / "images", per_class=40)
     run = base / "run"
-    imgcls.train(str(data), out=run, model="classic", epochs=4, batch_size=16, image_size=(16, 16), verbose=False,
-                 model_args={"filters": (16, 32), "dense_units": 32})
+    imgcls.train(
+        str(data),
+        out=run,
+        model="classic",
+        epochs=4,
+        batch_size=16,
+        image_size=(16, 16),
+        verbose=False,
+        model_args={"filters": (16, 32), "dense_units": 32},
+    )
     return run, data

@@ -16,8 +16,21 @@ from imgcls.cli import main
 from tests.conftest import write_folder
 
 IMGCLS = [sys.executable, "-m", "imgcls"]
-SMALL = ["--model", "classic", "--epochs", "6", "--batch-size", "16", "--image-size", "16", "16",
-         "--model-arg", "filters=[16,32]", "--model-arg", "dense_units=32"]
+SMALL = [
+    "--model",
+    "classic",
+    "--epochs",
+    "6",
+    "--batch-size",
+    "16",
+    "--image-size",
+    "16",
+    "16",
+    "--model-arg",
+    "filters=[16,32]",
+    "--model-arg",
+    "dense_units=32",
+]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -54,8 +67,16 @@ def test_train_evaluate_predict_end_to_end(tmp_path):
     assert np.array(metrics["confusion_matrix"]).sum() == n_test
     assert set(metrics["per_class"]["cats"]) >= {"precision", "recall", "f1", "support"}
 
-    r = run_cli("predict", str(run), str(data / "dogs"), str(data / "cats" / "broken.jpg"),
-                "--format", "json", "--top-k", "2")
+    r = run_cli(
+        "predict",
+        str(run),
+        str(data / "dogs"),
+        str(data / "cats" / "broken.jpg"),
+        "--format",
+        "json",
+        "--top-k",
+        "2",
+    )
     assert r.returncode == 1  # one file failed, the rest were predicted
     results = json.loads(r.stdout)
     assert len(results) == 41
@@ -96,8 +117,24 @@ def test_python_api_matches_cli_prediction(trained_run):
 
 def test_train_on_every_image_without_splits(tmp_path):
     data = write_folder(tmp_path / "images", per_class=8)
-    assert main(["train", str(data), "--out", str(tmp_path / "r"), "--val-split", "0", "--test-split", "0",
-                 "--epochs", "2", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(data),
+                "--out",
+                str(tmp_path / "r"),
+                "--val-split",
+                "0",
+                "--test-split",
+                "0",
+                "--epochs",
+                "2",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     with open(tmp_path / "r" / "split.csv") as f:
         rows = list(csv.DictReader(f))
     assert {r["split"] for r in rows} == {"train"}
@@ -111,9 +148,18 @@ BAD_TRAIN = [
     (["train", "{tmp}/nope", "--out", "{tmp}/r"], "DATA not found: {tmp}/nope"),
     (["train", "{empty}", "--out", "{tmp}/r"], "no images found"),
     (["train", "{one}", "--out", "{tmp}/r"], "at least 2"),
-    (["train", "{data}", "--out", "{tmp}/r", "--epochs", "0"], "`epochs` must be a positive integer. Received: epochs=0"),
-    (["train", "{data}", "--out", "{tmp}/r", "--image-size", "0", "5"], "`image_size` must be two integers"),
-    (["train", "{data}", "--out", "{tmp}/r", "--val-split", "0.6", "--test-split", "0.5"], "sum below 1"),
+    (
+        ["train", "{data}", "--out", "{tmp}/r", "--epochs", "0"],
+        "`epochs` must be a positive integer. Received: epochs=0",
+    ),
+    (
+        ["train", "{data}", "--out", "{tmp}/r", "--image-size", "0", "5"],
+        "`image_size` must be two integers",
+    ),
+    (
+        ["train", "{data}", "--out", "{tmp}/r", "--val-split", "0.6", "--test-split", "0.5"],
+        "sum below 1",
+    ),
     (["train", "{data}", "--out", "{tmp}/r", "--model", "nonsense"], "`model` must be one of"),
     (["train", "{csv}", "--out", "{tmp}/r"], "columns path,label"),
     (["evaluate", "{tmp}/nope", "{data}", "--out", "{tmp}/e"], "RUN not found"),
@@ -126,8 +172,13 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, message):
     (tmp_path / "empty").mkdir()
     one = write_folder(tmp_path / "one", classes=("a",), per_class=3)
     (tmp_path / "bad.csv").write_text("file,class\n")
-    fill = {"tmp": str(tmp_path), "empty": str(tmp_path / "empty"), "one": str(one), "data": str(data),
-            "csv": str(tmp_path / "bad.csv")}
+    fill = {
+        "tmp": str(tmp_path),
+        "empty": str(tmp_path / "empty"),
+        "one": str(one),
+        "data": str(data),
+        "csv": str(tmp_path / "bad.csv"),
+    }
     code = main([a.format(**fill) for a in argv])
     err = capsys.readouterr().err
     assert code == 2
@@ -181,7 +232,9 @@ def test_predict_and_evaluate_give_the_same_probabilities(trained_run, tmp_path,
     assert main(["evaluate", str(run), str(data), "--out", str(tmp_path / "e")]) == 0
     with open(tmp_path / "e" / "predictions.csv") as f:
         rows = list(csv.DictReader(f))
-    assert rows and len(rows) == json.loads((tmp_path / "e" / "metrics.json").read_text())["n_images"]
+    assert (
+        rows and len(rows) == json.loads((tmp_path / "e" / "metrics.json").read_text())["n_images"]
+    )
     capsys.readouterr()
     paths = [str(data / r["id"]) for r in rows]
     assert main(["predict", str(run), *paths, "--format", "json", "--top-k", "3"]) == 0
@@ -189,4 +242,6 @@ def test_predict_and_evaluate_give_the_same_probabilities(trained_run, tmp_path,
     for row, pred in zip(rows, predicted, strict=True):
         assert pred["label"] == row["predicted"]
         for item in pred["top_k"]:
-            assert item["probability"] == pytest.approx(float(row["p_" + item["label"]]), rel=1e-5, abs=1e-6)
+            assert item["probability"] == pytest.approx(
+                float(row["p_" + item["label"]]), rel=1e-5, abs=1e-6
+            )

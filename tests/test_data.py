@@ -34,7 +34,9 @@ def test_presplit_folder(tmp_path):
 
 def test_csv_manifest(image_folder):
     csv = image_folder / "list.csv"
-    csv.write_text("path,label,split\ncats/000.png,cat,train\ndogs/000.png,dog,test\ncats/001.png,cat,val\n")
+    csv.write_text(
+        "path,label,split\ncats/000.png,cat,train\ndogs/000.png,dog,test\ncats/001.png,cat,val\n"
+    )
     images = load_source(csv)
     assert images.class_names == ["cat", "dog"]
     assert list(images.splits) == ["train", "test", "val"]
@@ -48,11 +50,14 @@ def test_digits_builtin():
     assert "flip" not in images.augment  # a mirrored 2 is not a 2
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda p: p / "missing", "DATA not found"),
-    (lambda p: (p / "empty").mkdir() or p / "empty", "no images found"),
-    (lambda p: write_folder(p / "one", classes=("only",), per_class=3), "at least 2"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p / "missing", "DATA not found"),
+        (lambda p: (p / "empty").mkdir() or p / "empty", "no images found"),
+        (lambda p: write_folder(p / "one", classes=("only",), per_class=3), "at least 2"),
+    ],
+)
 def test_bad_data_is_named(tmp_path, make, message):
     with pytest.raises(ImgclsError, match=message):
         load_source(make(tmp_path))
@@ -98,7 +103,9 @@ def test_decode_applies_exif_orientation(tmp_path):
     assert out[:10].mean() > 200 and out[10:].mean() < 50  # white half is now on top
 
 
-@pytest.mark.parametrize("mode, expect", [("CMYK", "CMYK"), ("P", "palette"), ("LA", "alpha"), ("L", "grayscale")])
+@pytest.mark.parametrize(
+    "mode, expect", [("CMYK", "CMYK"), ("P", "palette"), ("LA", "alpha"), ("L", "grayscale")]
+)
 def test_decode_converts_any_mode_to_rgb(tmp_path, mode, expect):
     img = Image.new("RGB", (12, 12), (200, 30, 30)).convert(mode)
     path = tmp_path / ("x.tif" if mode == "CMYK" else "x.png")
@@ -115,7 +122,9 @@ def test_decode_16_bit_is_scaled_not_clipped(tmp_path):
     assert 120 <= load_image(tmp_path / "g.png").mean() <= 135
 
 
-@pytest.mark.parametrize("content, kind", [(b"", "unreadable"), (b"hello world" * 10, "not_an_image")])
+@pytest.mark.parametrize(
+    "content, kind", [(b"", "unreadable"), (b"hello world" * 10, "not_an_image")]
+)
 def test_decode_errors_have_a_kind(tmp_path, content, kind):
     path = tmp_path / "bad.jpg"
     path.write_bytes(content)

@@ -57,7 +57,9 @@ def test_metrics_match_figures_computed_from_predict(evaluated):
     assert m["n_images"] == len(test) and m["split"] == "test"
     assert m["accuracy"] == pytest.approx((pred == y).mean())
     assert m["confusion_matrix"] == confusion.tolist()
-    assert m["log_loss"] == pytest.approx(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-15, 1)).mean(), rel=1e-4)
+    assert m["log_loss"] == pytest.approx(
+        -np.log(np.clip(probs[np.arange(len(y)), y], 1e-15, 1)).mean(), rel=1e-4
+    )
     recalls = np.diag(confusion) / confusion.sum(axis=1)
     assert m["balanced_accuracy"] == pytest.approx(recalls.mean())
     assert m["macro"]["recall"] == pytest.approx(recalls.mean())
@@ -66,8 +68,9 @@ def test_metrics_match_figures_computed_from_predict(evaluated):
     assert m["top_k_accuracy"] == pytest.approx((top2 == y[:, None]).any(axis=1).mean())
     bins = m["ece_bins"]
     assert len(bins) == 15 and sum(b["count"] for b in bins) == len(y)
-    assert m["ece"] == pytest.approx(sum(b["count"] / len(y) * abs(b["accuracy"] - b["confidence"])
-                                         for b in bins if b["count"]))
+    assert m["ece"] == pytest.approx(
+        sum(b["count"] / len(y) * abs(b["accuracy"] - b["confidence"]) for b in bins if b["count"])
+    )
     assert m["checkpoint"]["sha256"] and m["checkpoint"]["path"].endswith("model.keras")
     assert m["dataset"]["n_images"] == len(test) and m["dataset"]["split"] == "test"
     for key in ("per_class", "left_out", "run", "data"):
@@ -126,14 +129,30 @@ def test_report_is_one_valid_offline_page(evaluated, evaluated_with_mistakes, wi
     checker.close()
     assert page.startswith("<!DOCTYPE html>")
     assert not checker.errors and not checker.stack
-    assert {"html", "head", "body", "main", "table"} <= checker.tags and "script" not in checker.tags
-    for section in ("summary", "data", "training", "confusion", "per-class", "calibration", "mistakes"):
+    assert {
+        "html",
+        "head",
+        "body",
+        "main",
+        "table",
+    } <= checker.tags and "script" not in checker.tags
+    for section in (
+        "summary",
+        "data",
+        "training",
+        "confusion",
+        "per-class",
+        "calibration",
+        "mistakes",
+    ):
         assert section in checker.ids
     assert len(checker.images) >= 4  # curves, confusion, per-class bars, reliability diagram
     if with_mistakes:
         assert m["accuracy"] < 0.5 and "grad-cam" in checker.ids
         n_wrong = min(16, round((1 - m["accuracy"]) * m["n_images"]))
-        assert len(checker.images) == 4 + n_wrong + 3 * min(8, n_wrong)  # gallery, then image + 2 Grad-CAMs
+        assert len(checker.images) == 4 + n_wrong + 3 * min(
+            8, n_wrong
+        )  # gallery, then image + 2 Grad-CAMs
     for src in checker.images:
         assert src.startswith("data:image/png;base64,")
         Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).load()
@@ -141,7 +160,9 @@ def test_report_is_one_valid_offline_page(evaluated, evaluated_with_mistakes, wi
     assert f"{m['accuracy']:.4f}" in page
 
 
-def test_calibrate_stores_a_temperature_that_predict_and_evaluate_use(run_copy, trained_run, tmp_path, capsys):
+def test_calibrate_stores_a_temperature_that_predict_and_evaluate_use(
+    run_copy, trained_run, tmp_path, capsys
+):
     import imgcls
     from imgcls.predict import apply_temperature
 
@@ -214,14 +235,23 @@ def _empty_test_split(run: Path) -> None:
     with open(run / "split.csv", newline="") as f:
         rows = list(csv.reader(f))
     with open(run / "split.csv", "w", newline="") as f:
-        csv.writer(f).writerows([[*row[:2], "train" if row[2] == "test" else row[2]] for row in rows])
+        csv.writer(f).writerows(
+            [[*row[:2], "train" if row[2] == "test" else row[2]] for row in rows]
+        )
 
 
-@pytest.mark.parametrize("damage,expected", [
-    (_damage_json, "bundle.json is damaged"), (_garbage_model, "model.keras"),
-    (_no_model, "model.keras"), (_empty_test_split, "test split"),
-])
-def test_bad_run_exits_2_with_one_line_and_no_report(run_copy, trained_run, tmp_path, capsys, damage, expected):
+@pytest.mark.parametrize(
+    "damage,expected",
+    [
+        (_damage_json, "bundle.json is damaged"),
+        (_garbage_model, "model.keras"),
+        (_no_model, "model.keras"),
+        (_empty_test_split, "test split"),
+    ],
+)
+def test_bad_run_exits_2_with_one_line_and_no_report(
+    run_copy, trained_run, tmp_path, capsys, damage, expected
+):
     damage(run_copy)
     out = tmp_path / "eval"
     assert main(["evaluate", str(run_copy), str(trained_run[1]), "--out", str(out)]) == 2

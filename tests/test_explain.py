@@ -31,11 +31,19 @@ def test_explain_writes_pictures_and_top_k(trained_run, tmp_path, capsys):
     result = json.loads((out / "explain.json").read_text())
     assert [r["label"] for r in result["top_k"]][0] == "fish" and len(result["top_k"]) == 2
     assert printed[0].startswith("fish ")
-    assert result["blocks"] == ["block1_conv2", "block2_conv2"] and result["grad_cam_layer"] == "block2_conv2"
+    assert (
+        result["blocks"] == ["block1_conv2", "block2_conv2"]
+        and result["grad_cam_layer"] == "block2_conv2"
+    )
     names = sorted(p.name for p in out.glob("*.png"))
     assert names == sorted(result["files"])
-    assert {"filters.png", "gradcam.png", "top_k.png", "feature_maps_1_block1_conv2.png",
-            "feature_maps_2_block2_conv2.png"} == set(names)
+    assert {
+        "filters.png",
+        "gradcam.png",
+        "top_k.png",
+        "feature_maps_1_block1_conv2.png",
+        "feature_maps_2_block2_conv2.png",
+    } == set(names)
     for name in names:
         _decodes(out / name)
     assert not list(out.glob(".tmp-*"))
@@ -66,9 +74,15 @@ def test_grad_cam_and_feature_maps_for_every_registered_model_and_a_custom_one()
     from imgcls.models import create_model, get_spec, list_models
 
     rng = np.random.default_rng(0)
-    models = [create_model(name, (max(32, get_spec(name).min_side),) * 2 + (3,), 4,
-                           **({"weights": "none"} if getattr(get_spec(name), "pretrained", False) else {}))
-              for name in list_models()]
+    models = [
+        create_model(
+            name,
+            (max(32, get_spec(name).min_side),) * 2 + (3,),
+            4,
+            **({"weights": "none"} if getattr(get_spec(name), "pretrained", False) else {}),
+        )
+        for name in list_models()
+    ]
     for model in [*models, _custom_model((16, 16, 3), 4)]:
         side = model.input_shape[1]
         pixels = rng.integers(0, 255, (2, side, side, 3)).astype(np.float32)
@@ -78,9 +92,12 @@ def test_grad_cam_and_feature_maps_for_every_registered_model_and_a_custom_one()
         cams = grad_cam(model, pixels, [0, 3])
         assert cams.shape[0] == 2 and cams.min() >= 0 and cams.max() <= 1, model.name
         assert first_conv_kernel(model).ndim == 4
-        if len(model.output.shape) == 2 and any(len(layer.output.shape) == 2 and layer.name == "backbone"
-                                               for layer in model.layers):
-            assert conv_layers(model)[-1].parent is not None  # Grad-CAM reaches inside a pooled backbone
+        if len(model.output.shape) == 2 and any(
+            len(layer.output.shape) == 2 and layer.name == "backbone" for layer in model.layers
+        ):
+            assert (
+                conv_layers(model)[-1].parent is not None
+            )  # Grad-CAM reaches inside a pooled backbone
 
 
 def test_explain_a_run_whose_model_has_no_logits_layer(trained_run, tmp_path):

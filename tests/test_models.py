@@ -16,11 +16,15 @@ def test_every_model_trains_and_round_trips(name, tmp_path):
 
     spec = get_spec(name)
     side = max(spec.min_side, 16)
-    model = create_model(name, (side, side, 3), 3, **({"weights": "none"} if spec.pretrained else {}))
+    model = create_model(
+        name, (side, side, 3), 3, **({"weights": "none"} if spec.pretrained else {})
+    )
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (8, side, side, 3)).astype(np.uint8)
     spec.init_from_data(model, x, seed=0)
-    if not spec.pretrained:  # backbones train in the transfer test below; tracing their gradients is slow
+    if (
+        not spec.pretrained
+    ):  # backbones train in the transfer test below; tracing their gradients is slow
         model.compile(optimizer="adam", loss="categorical_crossentropy")
         model.fit(x.astype("float32"), np.eye(3)[rng.integers(0, 3, 8)], epochs=1, verbose=0)
     probs = model.predict(x.astype("float32"), verbose=0)
@@ -28,11 +32,15 @@ def test_every_model_trains_and_round_trips(name, tmp_path):
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
     model.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras", compile=False, safe_mode=True)
-    np.testing.assert_allclose(loaded.predict(x.astype("float32"), verbose=0), probs, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        loaded.predict(x.astype("float32"), verbose=0), probs, rtol=1e-5, atol=1e-6
+    )
 
 
 def test_registry_lists_models():
-    assert {"classic", "fast", "mobilenetv3small", "efficientnetb0", "resnet50"} <= set(imgcls.list_models())
+    assert {"classic", "fast", "mobilenetv3small", "efficientnetb0", "resnet50"} <= set(
+        imgcls.list_models()
+    )
 
 
 def test_too_small_images_are_refused():
@@ -45,7 +53,11 @@ def test_backbone_weights_from_a_local_file(tmp_path):
     path = tmp_path / "backbone.weights.h5"
     source.get_layer("backbone").save_weights(path)
     loaded = create_model("mobilenetv3small", (32, 32, 3), 2, weights=str(path))
-    for a, b in zip(source.get_layer("backbone").get_weights(), loaded.get_layer("backbone").get_weights(), strict=True):
+    for a, b in zip(
+        source.get_layer("backbone").get_weights(),
+        loaded.get_layer("backbone").get_weights(),
+        strict=True,
+    ):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ImgclsError, match="existing weights file"):
         create_model("mobilenetv3small", (32, 32, 3), 2, weights=str(tmp_path / "missing.h5"))
@@ -60,8 +72,15 @@ def test_transfer_learning_freezes_then_fine_tunes_and_resumes_exactly(tmp_path)
     from tests.conftest import write_folder
 
     data = write_folder(tmp_path / "data", per_class=12)
-    kw = dict(model="mobilenetv3small", weights="none", epochs=4, batch_size=8, image_size=(32, 32),
-              keep_checkpoints=20, verbose=False)
+    kw = dict(
+        model="mobilenetv3small",
+        weights="none",
+        epochs=4,
+        batch_size=8,
+        image_size=(32, 32),
+        keep_checkpoints=20,
+        verbose=False,
+    )
     ref = imgcls.train(str(data), out=tmp_path / "ref", **kw)
     assert ref.stopped == "completed" and len(ref.history) == 4
     frozen_lr, tuned_lr = ref.history[0]["lr"], ref.history[3]["lr"]

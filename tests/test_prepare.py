@@ -26,11 +26,19 @@ SIZE = ["--image-size", "24", "24", "--quiet"]
 
 def _png_with_header(width: int, height: int) -> bytes:
     """A PNG whose IHDR claims ``width`` x ``height``: refused before any pixel is decoded."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _random(seed: int, size: int = 24) -> np.ndarray:
@@ -52,7 +60,9 @@ def _bad_folder(root: Path) -> tuple[Path, dict[str, str]]:
     write_folder(root, per_class=12)
     expected = {}
 
-    def add(rel: str, kind: str, data: bytes | None = None, image: Image.Image | None = None, **save) -> None:
+    def add(
+        rel: str, kind: str, data: bytes | None = None, image: Image.Image | None = None, **save
+    ) -> None:
         path = root / rel
         if image is not None:
             image.save(path, **save)
@@ -66,12 +76,16 @@ def _bad_folder(root: Path) -> tuple[Path, dict[str, str]]:
     add("cats/truncated.jpg", "unreadable", jpeg.getvalue()[: len(jpeg.getvalue()) // 2])
     add("cats/noise.png", "not_an_image", np.random.default_rng(2).bytes(500))
     add("dogs/notes.jpg", "not_an_image", b"this is a text file, not a photo\n")
-    add("dogs/really_png.jpg", "extension_mismatch", image=Image.fromarray(_random(3)), format="PNG")
+    add(
+        "dogs/really_png.jpg", "extension_mismatch", image=Image.fromarray(_random(3)), format="PNG"
+    )
     add("dogs/cmyk.jpg", "converted", image=Image.fromarray(_random(4)).convert("CMYK"))
     palette = Image.fromarray(_random(5)).convert("P")
     palette.info["transparency"] = 0
     add("fish/palette.png", "converted", image=palette, transparency=0)
-    deep = Image.fromarray((np.random.default_rng(6).integers(0, 65535, (24, 24))).astype(np.uint16))
+    deep = Image.fromarray(
+        (np.random.default_rng(6).integers(0, 65535, (24, 24))).astype(np.uint16)
+    )
     add("fish/deep16.png", "converted", image=deep)
     add("fish/tiny.png", "too_small", image=Image.fromarray(_random(7, size=4)))
     add("fish/huge.png", "too_large", _png_with_header(20000, 20000))
@@ -109,20 +123,29 @@ def test_every_bad_file_gives_exactly_one_issue_of_its_kind(prepared):
         assert by_path.get(path) == [kind], (path, by_path.get(path))
     clean = [p for p in by_path if p not in expected]
     assert clean == [], f"unexpected issues: {[(p, by_path[p]) for p in clean]}"
-    assert "palette" in json.dumps(report) and "16-bit" in json.dumps(report) and "CMYK" in json.dumps(report)
+    assert (
+        "palette" in json.dumps(report)
+        and "16-bit" in json.dumps(report)
+        and "CMYK" in json.dumps(report)
+    )
 
 
 def test_manifest_cache_and_html(prepared):
     data, out, expected, _ = prepared
     with open(out / "manifest.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    usable = 36 + 6 - 1  # 12 per class, + png-as-jpg, cmyk, palette, 16-bit, photo, brighter; - dogs/000
+    usable = (
+        36 + 6 - 1
+    )  # 12 per class, + png-as-jpg, cmyk, palette, 16-bit, photo, brighter; - dogs/000
     assert len(rows) == usable
     assert set(rows[0]) >= {"path", "sha256", "label", "split", "width", "height", "format", "mode"}
     cmyk = next(r for r in rows if r["path"].endswith("cmyk.jpg"))
     assert (cmyk["format"], cmyk["mode"], cmyk["label"]) == ("JPEG", "CMYK", "dogs")
     report = json.loads((out / "report.json").read_text())
-    assert report["n_usable"] == usable and sum(c["total"] for c in report["counts"].values()) == usable
+    assert (
+        report["n_usable"] == usable
+        and sum(c["total"] for c in report["counts"].values()) == usable
+    )
     cache = np.load(out / "cache_24x24.npy", mmap_mode="r")
     assert cache.shape == (usable, 24, 24, 3) and cache.dtype == np.uint8
     assert not list(out.glob(".tmp-*"))
@@ -130,11 +153,16 @@ def test_manifest_cache_and_html(prepared):
     assert len(images) == usable and images.cache is not None
     from imgcls.train.setup import infer_image_size
 
-    assert infer_image_size(images) == (24, 24)  # mixed-size files, but training uses the cache's size
+    assert infer_image_size(images) == (
+        24,
+        24,
+    )  # mixed-size files, but training uses the cache's size
     pixels, ok, left_out = decode_images(images, (24, 24))
     assert ok.all() and not left_out and np.array_equal(pixels, cache)
     row = next(i for i, r in enumerate(rows) if r["path"].endswith("cats/005.png"))
-    assert np.array_equal(pixels[row], np.asarray(Image.open(data / "cats" / "005.png").convert("RGB")))
+    assert np.array_equal(
+        pixels[row], np.asarray(Image.open(data / "cats" / "005.png").convert("RGB"))
+    )
     other_size, _, _ = decode_images(images, (16, 16))  # another size decodes the files as before
     assert other_size.shape == (usable, 16, 16, 3)
     html = (out / "report.html").read_text()
@@ -162,21 +190,27 @@ def test_on_error_fail_lists_every_bad_file_and_exits_1(prepared, tmp_path, caps
 
 def test_near_duplicates_share_a_split(tmp_path):
     data = write_folder(tmp_path / "d", per_class=20)
-    for i in range(10):  # near copies (re-encoded brighter JPEGs) must land in their original's split
+    for i in range(
+        10
+    ):  # near copies (re-encoded brighter JPEGs) must land in their original's split
         _smooth(100 + i).save(data / "cats" / f"{i:03d}.png")
         _near_copy(_smooth(100 + i), data / "cats" / f"{i:03d}_again.jpg")
     result = prepare(data, tmp_path / "out", image_size=(32, 32), val_split=0.3, test_split=0.3)
     with open(tmp_path / "out" / "manifest.csv", newline="") as f:
         split = {r["id"]: r["split"] for r in csv.DictReader(f)}
     assert all(split[f"cats/{i:03d}.png"] == split[f"cats/{i:03d}_again.jpg"] for i in range(10))
-    assert len({split[f"cats/{i:03d}.png"] for i in range(10)}) > 1  # groups still spread over splits
+    assert (
+        len({split[f"cats/{i:03d}.png"] for i in range(10)}) > 1
+    )  # groups still spread over splits
     assert result.report["issue_counts"]["near_duplicate"] == 10
 
 
 def test_predefined_split_leak_is_reported(tmp_path):
     for split in ("train", "test"):
         write_folder(tmp_path / "d" / split, per_class=6, seed=0 if split == "train" else 1)
-    shutil.copy(tmp_path / "d" / "train" / "cats" / "002.png", tmp_path / "d" / "test" / "cats" / "leak.png")
+    shutil.copy(
+        tmp_path / "d" / "train" / "cats" / "002.png", tmp_path / "d" / "test" / "cats" / "leak.png"
+    )
     report = prepare(tmp_path / "d", tmp_path / "out", image_size=(24, 24)).report
     leaks = [r for r in report["issues"] if r["kind"] == "cross_split_duplicate"]
     assert [r["path"] for r in leaks] == ["test/cats/leak.png"]
@@ -198,7 +232,11 @@ def test_nothing_usable_or_empty_class_exits_2(tmp_path, capsys):
         (bad / name / "x.jpg").write_bytes(b"not an image")
     assert main(["prepare", str(bad), "--out", str(tmp_path / "o1"), *SIZE]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("imgcls: error:") and "none of the 2 files is usable" in err and "\n" not in err
+    assert (
+        err.startswith("imgcls: error:")
+        and "none of the 2 files is usable" in err
+        and "\n" not in err
+    )
     data = write_folder(tmp_path / "d", per_class=5)
     (data / "birds").mkdir()
     assert main(["prepare", str(data), "--out", str(tmp_path / "o2"), *SIZE]) == 2
@@ -224,12 +262,18 @@ def test_label_issues_flags_flipped_labels(tmp_path):
     for k, name in enumerate(classes):
         (tmp_path / "img" / name).mkdir(parents=True)
         for i in range(40):
-            Image.fromarray(make_image(k, rng, size=32)).save(tmp_path / "img" / name / f"{i:02d}.png")
+            Image.fromarray(make_image(k, rng, size=32)).save(
+                tmp_path / "img" / name / f"{i:02d}.png"
+            )
             rows.append((f"img/{name}/{i:02d}.png", name))
     flipped = {3: "square", 45: "bar", 90: "stripe"}
-    (tmp_path / "noisy.csv").write_text("path,label\n" + "".join(
-        f"{p},{flipped.get(i, label)}\n" for i, (p, label) in enumerate(rows)))
-    report = prepare(tmp_path / "noisy.csv", tmp_path / "out", image_size=(32, 32), label_issues=True).report
+    (tmp_path / "noisy.csv").write_text(
+        "path,label\n"
+        + "".join(f"{p},{flipped.get(i, label)}\n" for i, (p, label) in enumerate(rows))
+    )
+    report = prepare(
+        tmp_path / "noisy.csv", tmp_path / "out", image_size=(32, 32), label_issues=True
+    ).report
     found = [r for r in report["issues"] if r["kind"] == "label_issue"]
     assert {r["path"] for r in found[:3]} == {rows[i][0] for i in flipped}
     assert found[0]["suggested"] != found[0]["given"]
@@ -240,19 +284,48 @@ def test_train_reads_the_prepared_folder(prepared, tmp_path):
     import imgcls
 
     _, out, _, _ = prepared
-    result = imgcls.train(str(out), out=tmp_path / "run", epochs=1, batch_size=16, image_size=(24, 24),
-                          model="classic", verbose=False, model_args={"filters": (8,), "dense_units": 8})
+    result = imgcls.train(
+        str(out),
+        out=tmp_path / "run",
+        epochs=1,
+        batch_size=16,
+        image_size=(24, 24),
+        model="classic",
+        verbose=False,
+        model_args={"filters": (8,), "dense_units": 8},
+    )
     assert result.left_out == []
     with open(tmp_path / "run" / "split.csv", newline="") as f:
         trained = {r["id"]: r["split"] for r in csv.DictReader(f)}
     with open(out / "manifest.csv", newline="") as f:
-        assert trained == {r["path"]: r["split"] for r in csv.DictReader(f)}  # the prepared split is kept
+        assert trained == {
+            r["path"]: r["split"] for r in csv.DictReader(f)
+        }  # the prepared split is kept
 
 
 def test_train_on_a_raw_folder_with_bad_files_names_them(prepared, tmp_path, capsys):
     data, _, expected, _ = prepared
-    code = main(["train", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "16",
-                 "--image-size", "16", "16", "--model", "classic", "--model-arg", "filters=[8]", "--model-arg", "dense_units=8"])
+    code = main(
+        [
+            "train",
+            str(data),
+            "--out",
+            str(tmp_path / "run"),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--image-size",
+            "16",
+            "16",
+            "--model",
+            "classic",
+            "--model-arg",
+            "filters=[8]",
+            "--model-arg",
+            "dense_units=8",
+        ]
+    )
     assert code == 0
     err = capsys.readouterr().err
     for path, kind in expected.items():
@@ -264,7 +337,9 @@ def test_train_on_a_raw_folder_with_bad_files_names_them(prepared, tmp_path, cap
 def test_cifar_sample_prepares_cleanly(tmp_path):
     rows = ["path,label"]
     for name in sorted(p.name for p in CIFAR_TRAIN.iterdir())[:3]:
-        rows += [f"{CIFAR_TRAIN / name / f},{name}" for f in sorted((CIFAR_TRAIN / name).iterdir())[:100]]
+        rows += [
+            f"{CIFAR_TRAIN / name / f},{name}" for f in sorted((CIFAR_TRAIN / name).iterdir())[:100]
+        ]
     (tmp_path / "sample.csv").write_text("\n".join(rows) + "\n")
     report = prepare(tmp_path / "sample.csv", tmp_path / "out").report
     assert report["image_size"] == [32, 32] and report["n_usable"] >= 295

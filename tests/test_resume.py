@@ -15,14 +15,34 @@ import pytest
 from imgcls.cli import main
 from tests.conftest import write_folder
 
-TRAIN = ["--model", "classic", "--epochs", "3", "--batch-size", "8", "--image-size", "16", "16", "--seed", "1",
-         "--model-arg", "filters=[16,32]", "--model-arg", "dense_units=64", "--checkpoint-every", "2", "--quiet"]
+TRAIN = [
+    "--model",
+    "classic",
+    "--epochs",
+    "3",
+    "--batch-size",
+    "8",
+    "--image-size",
+    "16",
+    "16",
+    "--seed",
+    "1",
+    "--model-arg",
+    "filters=[16,32]",
+    "--model-arg",
+    "dense_units=64",
+    "--checkpoint-every",
+    "2",
+    "--quiet",
+]
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 
 
 def start(data: Path, run: Path, *extra: str) -> subprocess.Popen:
     args = [sys.executable, "-m", "imgcls", "train", str(data), "--out", str(run), *TRAIN, *extra]
-    return subprocess.Popen(args, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        args, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def weights(run: Path) -> list[np.ndarray]:
@@ -59,7 +79,9 @@ def assert_same(a: list[np.ndarray], b: list[np.ndarray]) -> None:
 
 def files(folder: Path, prefix: str) -> list[Path]:
     """Files in ``folder`` whose names start with ``prefix``, sorted (none if it does not exist)."""
-    return sorted(p for p in folder.iterdir() if p.name.startswith(prefix)) if folder.is_dir() else []
+    return (
+        sorted(p for p in folder.iterdir() if p.name.startswith(prefix)) if folder.is_dir() else []
+    )
 
 
 def kill_when(proc: subprocess.Popen, predicate, every: float = 0.001) -> bool:
@@ -71,8 +93,13 @@ def kill_when(proc: subprocess.Popen, predicate, every: float = 0.001) -> bool:
 
 
 def resume(run: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "imgcls", "train", "--resume", str(run), "--quiet"],
-                          env=ENV, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "imgcls", "train", "--resume", str(run), "--quiet"],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_same_seed_gives_same_weights(reference, tmp_path):
@@ -98,7 +125,9 @@ def test_sigkill_during_checkpoint_write_then_resume(reference, tmp_path):
     run = tmp_path / "run"
     proc = start(data, run)
     ckpts = run / "checkpoints"
-    assert wait_for(lambda: files(ckpts, "ckpt-"))  # a good checkpoint exists; kill during a later write
+    assert wait_for(
+        lambda: files(ckpts, "ckpt-")
+    )  # a good checkpoint exists; kill during a later write
     if not kill_when(proc, lambda: files(ckpts, ".tmp-"), every=0.0002):
         pytest.skip("the checkpoint write was too quick to catch in flight on this machine")
     r = resume(run)

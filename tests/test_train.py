@@ -13,8 +13,13 @@ from imgcls.errors import ImgclsError
 from imgcls.train import checkpoint
 from tests.conftest import write_folder
 
-TINY = dict(model="classic", batch_size=8, image_size=(16, 16), verbose=False,
-            model_args={"filters": (8, 16), "dense_units": 16})
+TINY = dict(
+    model="classic",
+    batch_size=8,
+    image_size=(16, 16),
+    verbose=False,
+    model_args={"filters": (8, 16), "dense_units": 16},
+)
 
 
 @pytest.fixture
@@ -63,8 +68,15 @@ def test_balanced_class_weights_and_tensorboard(tmp_path):
     write_folder(tmp_path / "data", classes=("b",), per_class=30, seed=5)  # b now outnumbers a
     import keras
 
-    result = imgcls.train(str(data), out=tmp_path / "r", epochs=1, class_weight="balanced", tensorboard=True,
-                          precision="mixed_bfloat16", **TINY)
+    result = imgcls.train(
+        str(data),
+        out=tmp_path / "r",
+        epochs=1,
+        class_weight="balanced",
+        tensorboard=True,
+        precision="mixed_bfloat16",
+        **TINY,
+    )
     assert result.stopped == "completed"
     assert keras.config.dtype_policy().name == "float32"  # the run's precision does not leak out
     assert any((tmp_path / "r" / "tensorboard").rglob("events.out.tfevents.*"))
@@ -73,6 +85,8 @@ def test_balanced_class_weights_and_tensorboard(tmp_path):
 def test_changing_nothing_computed_is_allowed_on_resume(data, tmp_path):
     run = tmp_path / "r"
     imgcls.train(str(data), out=run, epochs=2, max_time=1e-4, **TINY)
-    result = imgcls.train(out=run, resume=True, keep_checkpoints=5, checkpoint_every=3, max_time=60, verbose=False)
+    result = imgcls.train(
+        out=run, resume=True, keep_checkpoints=5, checkpoint_every=3, max_time=60, verbose=False
+    )
     assert result.stopped == "completed"
     assert np.isfinite(result.history[-1]["loss"])

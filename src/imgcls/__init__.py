@@ -26,6 +26,17 @@ from imgcls.predict import Prediction, Predictor, load
 from imgcls.train.trainer import TrainResult, train
 
 __all__ = [
-    "ImgclsError", "Prediction", "Predictor", "TrainConfig", "TrainResult", "__version__",
-    "calibrate", "create_model", "evaluate", "explain", "list_models", "load", "train",
+    "ImgclsError",
+    "Prediction",
+    "Predictor",
+    "TrainConfig",
+    "TrainResult",
+    "__version__",
+    "calibrate",
+    "create_model",
+    "evaluate",
+    "explain",
+    "list_models",
+    "load",
+    "train",
 ]

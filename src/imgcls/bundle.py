@@ -53,14 +53,25 @@ class BundleMeta:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "bundle.json") -> BundleMeta:
-        check(d.get("format") == BUNDLE_FORMAT, f"{where} is not an imgcls bundle (format={d.get('format')!r})")
-        check(d.get("format_version", 0) <= BUNDLE_VERSION,
-              f"{where} has format_version {d.get('format_version')}; this imgcls reads up to {BUNDLE_VERSION}")
+        check(
+            d.get("format") == BUNDLE_FORMAT,
+            f"{where} is not an imgcls bundle (format={d.get('format')!r})",
+        )
+        check(
+            d.get("format_version", 0) <= BUNDLE_VERSION,
+            f"{where} has format_version {d.get('format_version')}; this imgcls reads up to {BUNDLE_VERSION}",
+        )
         try:
-            return cls(class_names=list(d["class_names"]), image_size=tuple(d["image_size"]),
-                       preprocessing=d["preprocessing"], config=d["config"], data=d.get("data", {}),
-                       temperature=float(d.get("temperature", 1.0)), metrics=d.get("metrics", {}),
-                       versions=d.get("versions", {}))
+            return cls(
+                class_names=list(d["class_names"]),
+                image_size=tuple(d["image_size"]),
+                preprocessing=d["preprocessing"],
+                config=d["config"],
+                data=d.get("data", {}),
+                temperature=float(d.get("temperature", 1.0)),
+                metrics=d.get("metrics", {}),
+                versions=d.get("versions", {}),
+            )
         except (KeyError, TypeError, ValueError) as e:
             raise ImgclsError(f"{where} is damaged: missing or bad field {e}") from None
 
@@ -92,7 +103,9 @@ def write_meta(run_dir: str | Path, meta: BundleMeta) -> None:
 def read_meta(run_dir: str | Path) -> BundleMeta:
     """Read ``RUN/bundle.json``; raise :class:`ImgclsError` if it is missing or damaged."""
     run_dir = Path(run_dir)
-    check(run_dir.is_dir(), f"RUN not found: {run_dir} (expected the --out folder of `imgcls train`)")
+    check(
+        run_dir.is_dir(), f"RUN not found: {run_dir} (expected the --out folder of `imgcls train`)"
+    )
     path = run_dir / META_FILE
     check(path.is_file(), f"RUN {run_dir} has no {META_FILE}; is it a finished training run?")
     try:
@@ -113,5 +126,7 @@ def load_model(run_dir: str | Path):
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as e:  # noqa: BLE001 - any failure here means the file is unusable
-        raise ImgclsError(f"cannot load {path}: the file is damaged or from an incompatible version "
-                          f"({type(e).__name__}: {str(e)[:200]})") from None
+        raise ImgclsError(
+            f"cannot load {path}: the file is damaged or from an incompatible version "
+            f"({type(e).__name__}: {str(e)[:200]})"
+        ) from None

@@ -16,19 +16,37 @@ from pathlib import Path
 
 from imgcls import __version__
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # hide TensorFlow's C++ log lines; errors still raise
+os.environ.setdefault(
+    "TF_CPP_MIN_LOG_LEVEL", "3"
+)  # hide TensorFlow's C++ log lines; errors still raise
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("data", nargs="?", help="folder per class, CSV manifest, prepared folder or built-in name "
-                                           "(digits, cifar10, cifar100, mnist, fashion_mnist)")
-    p.add_argument("--out", help="run folder to write (model bundle, split.csv, history.csv, checkpoints)")
+    p.add_argument(
+        "data",
+        nargs="?",
+        help="folder per class, CSV manifest, prepared folder or built-in name "
+        "(digits, cifar10, cifar100, mnist, fashion_mnist)",
+    )
+    p.add_argument(
+        "--out", help="run folder to write (model bundle, split.csv, history.csv, checkpoints)"
+    )
     p.add_argument("--resume", metavar="RUN", help="continue RUN from its newest good checkpoint")
-    p.add_argument("--config", metavar="FILE", help="JSON or TOML file of training settings (flags win)")
-    p.add_argument("--model", help="registered model name (see `imgcls models`); default: fast for images "
-                                   "up to 64x64, classic above")
-    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="model argument, value parsed as JSON, e.g. --model-arg 'filters=[32,64]'")
+    p.add_argument(
+        "--config", metavar="FILE", help="JSON or TOML file of training settings (flags win)"
+    )
+    p.add_argument(
+        "--model",
+        help="registered model name (see `imgcls models`); default: fast for images "
+        "up to 64x64, classic above",
+    )
+    p.add_argument(
+        "--model-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="model argument, value parsed as JSON, e.g. --model-arg 'filters=[32,64]'",
+    )
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"))
@@ -36,17 +54,36 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-split", type=float, help="fraction for validation (default 0.1)")
     p.add_argument("--test-split", type=float, help="fraction for test (default 0.1)")
     p.add_argument("--seed", type=int)
-    p.add_argument("--augment", help="comma list of flip,translate, or none (default: suits the data)")
+    p.add_argument(
+        "--augment", help="comma list of flip,translate, or none (default: suits the data)"
+    )
     p.add_argument("--label-smoothing", type=float)
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"])
-    p.add_argument("--patience", type=int, help="stop after this many epochs without val_loss improvement")
-    p.add_argument("--max-time", type=float, metavar="MINUTES", help="stop cleanly after this much training")
-    p.add_argument("--checkpoint-every", type=int, metavar="N", help="also checkpoint every N steps")
-    p.add_argument("--keep-checkpoints", type=int, metavar="K", help="newest checkpoints kept (best kept too)")
-    p.add_argument("--class-weight", choices=["balanced"], help="weight classes inversely to their size")
-    p.add_argument("--weights", help="pretrained backbones: imagenet (Keras cache), none, or a weights file")
-    p.add_argument("--tensorboard", action="store_true", default=None, help="write TensorBoard logs to RUN/tensorboard")
+    p.add_argument(
+        "--patience", type=int, help="stop after this many epochs without val_loss improvement"
+    )
+    p.add_argument(
+        "--max-time", type=float, metavar="MINUTES", help="stop cleanly after this much training"
+    )
+    p.add_argument(
+        "--checkpoint-every", type=int, metavar="N", help="also checkpoint every N steps"
+    )
+    p.add_argument(
+        "--keep-checkpoints", type=int, metavar="K", help="newest checkpoints kept (best kept too)"
+    )
+    p.add_argument(
+        "--class-weight", choices=["balanced"], help="weight classes inversely to their size"
+    )
+    p.add_argument(
+        "--weights", help="pretrained backbones: imagenet (Keras cache), none, or a weights file"
+    )
+    p.add_argument(
+        "--tensorboard",
+        action="store_true",
+        default=None,
+        help="write TensorBoard logs to RUN/tensorboard",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -62,20 +99,39 @@ def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         parser.error("DATA is required: a folder, a CSV manifest or a built-in name such as digits")
     base = TrainConfig.from_dict(load_config_file(args.config)) if args.config else TrainConfig()
     overrides = {
-        "model": args.model, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-        "image_size": tuple(args.image_size) if args.image_size else None, "val_split": args.val_split,
-        "test_split": args.test_split, "seed": args.seed, "label_smoothing": args.label_smoothing,
-        "weight_decay": args.weight_decay, "precision": args.precision, "patience": args.patience,
-        "max_time": args.max_time, "checkpoint_every": args.checkpoint_every,
-        "keep_checkpoints": args.keep_checkpoints, "class_weight": args.class_weight, "weights": args.weights,
+        "model": args.model,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "image_size": tuple(args.image_size) if args.image_size else None,
+        "val_split": args.val_split,
+        "test_split": args.test_split,
+        "seed": args.seed,
+        "label_smoothing": args.label_smoothing,
+        "weight_decay": args.weight_decay,
+        "precision": args.precision,
+        "patience": args.patience,
+        "max_time": args.max_time,
+        "checkpoint_every": args.checkpoint_every,
+        "keep_checkpoints": args.keep_checkpoints,
+        "class_weight": args.class_weight,
+        "weights": args.weights,
         "tensorboard": args.tensorboard,
         "augment": tuple(args.augment.split(",")) if args.augment else None,
         "model_args": _parse_model_args(args.model_arg, parser) if args.model_arg else None,
     }
-    result = train(args.data, out=args.resume or args.out, config=None if args.resume else base,
-                   resume=bool(args.resume), verbose=not args.quiet, **overrides)
+    result = train(
+        args.data,
+        out=args.resume or args.out,
+        config=None if args.resume else base,
+        resume=bool(args.resume),
+        verbose=not args.quiet,
+        **overrides,
+    )
     if result.test_metrics:
-        print(f"test accuracy {result.test_metrics['accuracy']:.4f} on {result.test_metrics['n_images']} images")
+        print(
+            f"test accuracy {result.test_metrics['accuracy']:.4f} on {result.test_metrics['n_images']} images"
+        )
     print(f"run saved to {result.run_dir}")
     return 0
 
@@ -99,7 +155,9 @@ def _cmd_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     from imgcls.evaluate import evaluate
 
     metrics = evaluate(args.run, args.data, out=args.out, split=args.split, tta=args.tta)
-    print(f"accuracy {metrics['accuracy']:.4f} on {metrics['n_images']} images ({metrics['split']})")
+    print(
+        f"accuracy {metrics['accuracy']:.4f} on {metrics['n_images']} images ({metrics['split']})"
+    )
     print(f"wrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'report.html'}")
     return 0
 
@@ -120,8 +178,10 @@ def _cmd_calibrate(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     from imgcls.evaluate.calibrate import calibrate
 
     r = calibrate(args.run, args.data, split=args.split)
-    print(f"temperature {r['temperature']:.4f} fitted on {r['n_images']} images ({r['split']}): "
-          f"NLL {r['nll_before']:.4f} -> {r['nll_after']:.4f}, ECE {r['ece_before']:.4f} -> {r['ece_after']:.4f}")
+    print(
+        f"temperature {r['temperature']:.4f} fitted on {r['n_images']} images ({r['split']}): "
+        f"NLL {r['nll_before']:.4f} -> {r['nll_after']:.4f}, ECE {r['ece_before']:.4f} -> {r['ece_after']:.4f}"
+    )
     print(f"stored in {Path(args.run) / 'bundle.json'}")
     return 0
 
@@ -160,8 +220,15 @@ def _cmd_predict(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         writer = csv.writer(sys.stdout)
         writer.writerow(["path", "label", "probability", "top_k", "error"])
         for r in results:
-            writer.writerow([r.source, r.label or "", "" if r.probability is None else f"{r.probability:.6f}",
-                             ";".join(f"{lab}:{p:.6f}" for lab, p in r.top_k), r.error or ""])
+            writer.writerow(
+                [
+                    r.source,
+                    r.label or "",
+                    "" if r.probability is None else f"{r.probability:.6f}",
+                    ";".join(f"{lab}:{p:.6f}" for lab, p in r.top_k),
+                    r.error or "",
+                ]
+            )
     else:
         width = max(len(r.source) for r in results)
         for r in results:
@@ -178,23 +245,42 @@ def _cmd_prepare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     from imgcls.data.prepare import prepare
 
     if args.from_run and not args.label_issues:
-        parser.error("--from-run RUN gives the probabilities for --label-issues; add --label-issues")
+        parser.error(
+            "--from-run RUN gives the probabilities for --label-issues; add --label-issues"
+        )
     if args.from_run:
         _import_tensorflow_quietly()
-    result = prepare(args.data, out=args.out, image_size=tuple(args.image_size) if args.image_size else None,
-                     on_error=args.on_error, val_split=args.val_split, test_split=args.test_split, seed=args.seed,
-                     label_issues=args.label_issues, from_run=args.from_run, verbose=not args.quiet)
+    result = prepare(
+        args.data,
+        out=args.out,
+        image_size=tuple(args.image_size) if args.image_size else None,
+        on_error=args.on_error,
+        val_split=args.val_split,
+        test_split=args.test_split,
+        seed=args.seed,
+        label_issues=args.label_issues,
+        from_run=args.from_run,
+        verbose=not args.quiet,
+    )
     report = result.report
     for issue in result.bad_files:
-        print(f"imgcls: {'bad file' if not result.completed else 'left out'} {issue['path']}: "
-              f"{issue['kind']}: {issue['detail']}", file=sys.stderr)
+        print(
+            f"imgcls: {'bad file' if not result.completed else 'left out'} {issue['path']}: "
+            f"{issue['kind']}: {issue['detail']}",
+            file=sys.stderr,
+        )
     if not result.completed:
-        print(f"imgcls: {len(result.bad_files)} bad file(s) with --on-error fail; nothing prepared. "
-              f"See {result.out / 'report.html'}", file=sys.stderr)
+        print(
+            f"imgcls: {len(result.bad_files)} bad file(s) with --on-error fail; nothing prepared. "
+            f"See {result.out / 'report.html'}",
+            file=sys.stderr,
+        )
         return 1
     counts = ", ".join(f"{k} {v}" for k, v in report["issue_counts"].items()) or "none"
-    print(f"{report['n_usable']} usable images of {report['n_files']} ({report['split_counts']['train']} train / "
-          f"{report['split_counts']['val']} val / {report['split_counts']['test']} test); issues: {counts}")
+    print(
+        f"{report['n_usable']} usable images of {report['n_files']} ({report['split_counts']['train']} train / "
+        f"{report['split_counts']['val']} val / {report['split_counts']['test']} test); issues: {counts}"
+    )
     for suggestion in report["suggestions"]:
         print(f"suggestion: {suggestion}")
     print(f"prepared {result.out} (manifest.csv, {report['cache']}, report.json, report.html)")
@@ -205,34 +291,66 @@ def _cmd_models(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     from imgcls.models import create_model, get_spec, list_models
 
     size = tuple(args.image_size)
-    print(f"{'model':<20} {'parameters':>12}  description   (for {size[0]}x{size[1]} RGB, {args.classes} classes)")
+    print(
+        f"{'model':<20} {'parameters':>12}  description   (for {size[0]}x{size[1]} RGB, {args.classes} classes)"
+    )
     for name in list_models():
         spec = get_spec(name)
-        model = create_model(name, (*size, 3), args.classes, **({"weights": "none"} if spec.pretrained else {}))
+        model = create_model(
+            name, (*size, 3), args.classes, **({"weights": "none"} if spec.pretrained else {})
+        )
         print(f"{name:<20} {model.count_params():>12,}  {spec.description}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="imgcls", description="Image classification with Keras: "
-                                     "prepare data, train, evaluate and predict.")
+    parser = argparse.ArgumentParser(
+        prog="imgcls",
+        description="Image classification with Keras: prepare data, train, evaluate and predict.",
+    )
     parser.add_argument("--version", action="version", version=f"imgcls {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("prepare", help="scan, clean, split and cache DATA; write a report of every issue")
+    p = sub.add_parser(
+        "prepare", help="scan, clean, split and cache DATA; write a report of every issue"
+    )
     p.add_argument("data", help="folder per class (optionally train/val/test) or CSV manifest")
-    p.add_argument("--out", required=True, help="folder for manifest.csv, the pixel cache, report.json and report.html")
-    p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="cache size (default: as train picks)")
-    p.add_argument("--on-error", choices=["skip", "fail"], default="skip",
-                   help="skip: leave bad files out and list them (default); fail: exit 1 listing them")
-    p.add_argument("--val-split", type=float, default=0.1, help="fraction for validation (default 0.1)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="folder for manifest.csv, the pixel cache, report.json and report.html",
+    )
+    p.add_argument(
+        "--image-size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="cache size (default: as train picks)",
+    )
+    p.add_argument(
+        "--on-error",
+        choices=["skip", "fail"],
+        default="skip",
+        help="skip: leave bad files out and list them (default); fail: exit 1 listing them",
+    )
+    p.add_argument(
+        "--val-split", type=float, default=0.1, help="fraction for validation (default 0.1)"
+    )
     p.add_argument("--test-split", type=float, default=0.1, help="fraction for test (default 0.1)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--label-issues", action="store_true", help="rank suspected mislabelled images (cleanlab)")
-    p.add_argument("--from-run", metavar="RUN", help="with --label-issues: probabilities from this run's model "
-                                                       "(default: k-fold cross-validation of a quick model)")
+    p.add_argument(
+        "--label-issues", action="store_true", help="rank suspected mislabelled images (cleanlab)"
+    )
+    p.add_argument(
+        "--from-run",
+        metavar="RUN",
+        help="with --label-issues: probabilities from this run's model "
+        "(default: k-fold cross-validation of a quick model)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress output")
-    p.set_defaults(func=_cmd_prepare, tensorflow=False)  # scanning never needs TensorFlow: skip its import
+    p.set_defaults(
+        func=_cmd_prepare, tensorflow=False
+    )  # scanning never needs TensorFlow: skip its import
 
     p = sub.add_parser("train", help="train a model and write a run folder")
     _train_args(p)
@@ -240,23 +358,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="metrics of a run on a data set (default: its test split)")
     p.add_argument("run", help="run folder written by `imgcls train`")
-    p.add_argument("data", help="the run's data (its test split is used) or other labelled data (all of it)")
+    p.add_argument(
+        "data", help="the run's data (its test split is used) or other labelled data (all of it)"
+    )
     p.add_argument("--out", required=True, help="folder for metrics.json and report.html")
-    p.add_argument("--split", choices=["test", "val", "train", "all"], help="split of the run's own data")
-    p.add_argument("--tta", action="store_true", help="average each image with its horizontal mirror")
+    p.add_argument(
+        "--split", choices=["test", "val", "train", "all"], help="split of the run's own data"
+    )
+    p.add_argument(
+        "--tta", action="store_true", help="average each image with its horizontal mirror"
+    )
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("explain", help="filters, feature maps, Grad-CAM and top classes for one image")
+    p = sub.add_parser(
+        "explain", help="filters, feature maps, Grad-CAM and top classes for one image"
+    )
     p.add_argument("run", help="run folder written by `imgcls train`")
     p.add_argument("image", help="an image file")
     p.add_argument("--out", required=True, help="folder for the PNGs and explain.json")
     p.add_argument("--top-k", type=int, default=5, help="classes shown (default 5)")
     p.set_defaults(func=_cmd_explain)
 
-    p = sub.add_parser("calibrate", help="fit a temperature on the validation split; predict uses it")
+    p = sub.add_parser(
+        "calibrate", help="fit a temperature on the validation split; predict uses it"
+    )
     p.add_argument("run", help="run folder written by `imgcls train` (its bundle.json is updated)")
     p.add_argument("data", nargs="?", help="the run's data (default: as recorded in the run)")
-    p.add_argument("--split", choices=["val", "test", "train", "all"], help="split of the run's data (default val)")
+    p.add_argument(
+        "--split",
+        choices=["val", "test", "train", "all"],
+        help="split of the run's data (default val)",
+    )
     p.set_defaults(func=_cmd_calibrate)
 
     p = sub.add_parser("predict", help="classify image files, folders or globs")

@@ -59,39 +59,61 @@ class TrainConfig:
         _positive_int("patience", self.patience, allow_none=True)
         _positive_int("keep_checkpoints", self.keep_checkpoints)
         if self.lr is not None:
-            check(_is_number(self.lr) and 0 < self.lr < 10,
-                  f"`lr` must be a number in (0, 10). Received: lr={self.lr!r}")
+            check(
+                _is_number(self.lr) and 0 < self.lr < 10,
+                f"`lr` must be a number in (0, 10). Received: lr={self.lr!r}",
+            )
         if self.max_time is not None:
-            check(_is_number(self.max_time) and self.max_time > 0,
-                  f"`max_time` must be a positive number of minutes. Received: max_time={self.max_time!r}")
+            check(
+                _is_number(self.max_time) and self.max_time > 0,
+                f"`max_time` must be a positive number of minutes. Received: max_time={self.max_time!r}",
+            )
         for name in ("val_split", "test_split"):
             value = getattr(self, name)
-            check(_is_number(value) and 0 <= value < 1,
-                  f"`{name}` must be a fraction in [0, 1). Received: {name}={value!r}")
-        check(self.val_split + self.test_split < 1,
-              "`val_split` + `test_split` must leave images to train on (sum below 1). "
-              f"Received: val_split={self.val_split}, test_split={self.test_split}")
+            check(
+                _is_number(value) and 0 <= value < 1,
+                f"`{name}` must be a fraction in [0, 1). Received: {name}={value!r}",
+            )
+        check(
+            self.val_split + self.test_split < 1,
+            "`val_split` + `test_split` must leave images to train on (sum below 1). "
+            f"Received: val_split={self.val_split}, test_split={self.test_split}",
+        )
         if self.image_size is not None:
             size = tuple(self.image_size)
-            check(len(size) == 2 and all(isinstance(s, int) and MIN_IMAGE_SIDE <= s <= MAX_IMAGE_SIDE for s in size),
-                  f"`image_size` must be two integers (height width) between {MIN_IMAGE_SIDE} and "
-                  f"{MAX_IMAGE_SIDE}. Received: image_size={self.image_size!r}")
+            check(
+                len(size) == 2
+                and all(isinstance(s, int) and MIN_IMAGE_SIDE <= s <= MAX_IMAGE_SIDE for s in size),
+                f"`image_size` must be two integers (height width) between {MIN_IMAGE_SIDE} and "
+                f"{MAX_IMAGE_SIDE}. Received: image_size={self.image_size!r}",
+            )
             self.image_size = size  # type: ignore[assignment]
-        check(self.precision in PRECISIONS,
-              f"`precision` must be one of {set(PRECISIONS)}. Received: precision={self.precision}")
+        check(
+            self.precision in PRECISIONS,
+            f"`precision` must be one of {set(PRECISIONS)}. Received: precision={self.precision}",
+        )
         if self.augment is not None:
             self.augment = tuple(a for a in self.augment if a and a != "none")
             bad = [a for a in self.augment if a not in AUGMENTATIONS]
-            check(not bad, f"`augment` items must be in {set(AUGMENTATIONS)} (or 'none'). Received: augment={bad[0] if bad else ''}")
-        check(self.class_weight in (None, "balanced"),
-              f"`class_weight` must be 'balanced' or unset. Received: class_weight={self.class_weight}")
+            check(
+                not bad,
+                f"`augment` items must be in {set(AUGMENTATIONS)} (or 'none'). Received: augment={bad[0] if bad else ''}",
+            )
+        check(
+            self.class_weight in (None, "balanced"),
+            f"`class_weight` must be 'balanced' or unset. Received: class_weight={self.class_weight}",
+        )
         for name in ("label_smoothing", "weight_decay"):
             value = getattr(self, name)
             if value is not None:
-                check(_is_number(value) and 0 <= value < 1,
-                      f"`{name}` must be a number in [0, 1). Received: {name}={value!r}")
-        check(isinstance(self.seed, int) and self.seed >= 0,
-              f"`seed` must be a non-negative integer. Received: seed={self.seed!r}")
+                check(
+                    _is_number(value) and 0 <= value < 1,
+                    f"`{name}` must be a number in [0, 1). Received: {name}={value!r}",
+                )
+        check(
+            isinstance(self.seed, int) and self.seed >= 0,
+            f"`seed` must be a non-negative integer. Received: seed={self.seed!r}",
+        )
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -133,7 +155,9 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         else:
             data = json.loads(text)
     except ValueError as e:
-        raise ImgclsError(f"`--config` file {path} is not valid {path.suffix.lstrip('.') or 'JSON'}: {e}") from None
+        raise ImgclsError(
+            f"`--config` file {path} is not valid {path.suffix.lstrip('.') or 'JSON'}: {e}"
+        ) from None
     check(isinstance(data, dict), f"`--config` file {path} must hold a table/object of settings")
     return data.get("train", data)
 
@@ -145,5 +169,7 @@ def _is_number(value: Any) -> bool:
 def _positive_int(name: str, value: Any, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
-    check(isinstance(value, int) and not isinstance(value, bool) and value > 0,
-          f"`{name}` must be a positive integer. Received: {name}={value!r}")
+    check(
+        isinstance(value, int) and not isinstance(value, bool) and value > 0,
+        f"`{name}` must be a positive integer. Received: {name}={value!r}",
+    )

@@ -47,7 +47,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=path.suffix, dir=path.parent)
-    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a report or model should read like any file
+    os.fchmod(
+        fd, 0o666 & ~_umask()
+    )  # mkstemp makes 0600; a report or model should read like any file
     os.close(fd)
     tmp = Path(tmp_name)
     try:

@@ -26,8 +26,12 @@ class Prediction:
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        d = {"path": self.source, "label": self.label, "probability": self.probability,
-             "top_k": [{"label": label, "probability": p} for label, p in self.top_k]}
+        d = {
+            "path": self.source,
+            "label": self.label,
+            "probability": self.probability,
+            "top_k": [{"label": label, "probability": p} for label, p in self.top_k],
+        }
         if self.error:
             d["error"] = self.error
         return d
@@ -61,7 +65,9 @@ class Predictor:
             source = Image.fromarray(np.asarray(source, dtype=np.uint8).squeeze())
         return load_image(source, self.image_size)
 
-    def predict_pixels(self, pixels: np.ndarray, temperature: float | None = None, tta: bool = False) -> np.ndarray:
+    def predict_pixels(
+        self, pixels: np.ndarray, temperature: float | None = None, tta: bool = False
+    ) -> np.ndarray:
         """Probabilities ``(N, n_classes)`` for decoded uint8 pixels ``(N, H, W, 3)``.
 
         Args:
@@ -75,9 +81,11 @@ class Predictor:
         x = np.asarray(pixels, np.float32)
         if tta:
             x = np.concatenate([x, x[:, :, ::-1]])
-        probs = np.asarray(self.model.predict(x, batch_size=PREDICT_BATCH, verbose=0), dtype=np.float64)
+        probs = np.asarray(
+            self.model.predict(x, batch_size=PREDICT_BATCH, verbose=0), dtype=np.float64
+        )
         if tta:
-            probs = (probs[:len(pixels)] + probs[len(pixels):]) / 2
+            probs = (probs[: len(pixels)] + probs[len(pixels) :]) / 2
         return apply_temperature(probs, self.temperature if temperature is None else temperature)
 
     def predict_proba(self, inputs: Sequence[Source | np.ndarray]) -> np.ndarray:
@@ -96,7 +104,9 @@ class Predictor:
                 ok.append(len(results) - 1)
             except DecodeError as e:
                 results[-1].error = f"{e.kind}: {e.detail}"
-        probs = self.predict_pixels(np.stack(pixels)) if pixels else np.zeros((0, len(self.classes_)))
+        probs = (
+            self.predict_pixels(np.stack(pixels)) if pixels else np.zeros((0, len(self.classes_)))
+        )
         k = max(1, min(top_k, len(self.classes_)))
         for row, i in zip(probs, ok, strict=True):
             best = np.argsort(-row, kind="stable")[:k]
@@ -121,7 +131,9 @@ def load(run_dir: str | Path) -> Predictor:
 
 
 def _as_list(inputs: Any) -> list:
-    if isinstance(inputs, (str, Path, bytes)) or (isinstance(inputs, np.ndarray) and inputs.ndim <= 3):
+    if isinstance(inputs, (str, Path, bytes)) or (
+        isinstance(inputs, np.ndarray) and inputs.ndim <= 3
+    ):
         return [inputs]
     from PIL import Image
 

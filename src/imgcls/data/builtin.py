@@ -10,8 +10,30 @@ import numpy as np
 
 from imgcls.errors import ImgclsError
 
-CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-FASHION_CLASSES = ["T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle_boot"]
+CIFAR10_CLASSES = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+]
+FASHION_CLASSES = [
+    "T-shirt_top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle_boot",
+]
 CIFAR100_CLASSES = (
     "apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly "
     "camel can castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup "
@@ -45,7 +67,9 @@ def load_digits_arrays() -> tuple[np.ndarray, np.ndarray, list[str], tuple[str, 
     return images, bunch.target.astype(np.int32), list(DIGIT_CLASSES), ("translate",)
 
 
-def load_keras_arrays(name: str) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray, tuple[str, ...]]:
+def load_keras_arrays(
+    name: str,
+) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray, tuple[str, ...]]:
     """Load a Keras data set through its downloader and cache.
 
     Returns images (uint8 NHWC), labels, class names, the official split of each image
@@ -61,7 +85,11 @@ def load_keras_arrays(name: str) -> tuple[np.ndarray, np.ndarray, list[str], np.
         (x_train, y_train), (x_test, y_test) = getattr(keras.datasets, module).load_data()
     except Exception as e:  # noqa: BLE001 - any download failure means the same thing to a user
         cached = (cache_dir / cache_name).exists()
-        reason = "the cached copy could not be read" if cached else "it is not cached and could not be downloaded (offline?)"
+        reason = (
+            "the cached copy could not be read"
+            if cached
+            else "it is not cached and could not be downloaded (offline?)"
+        )
         raise ImgclsError(
             f"built-in data set '{name}': {reason} [{type(e).__name__}]. Cache folder: {cache_dir}. "
             "To use local images instead, pass a folder with one sub-folder per class, e.g. "

@@ -33,8 +33,14 @@ PREPROCESSING = {  # stored in every bundle so later stages can check they decod
 
 # The formats Pillow may report for each extension we accept.
 _FORMATS_BY_EXT = {
-    ".jpg": {"JPEG", "MPO"}, ".jpeg": {"JPEG", "MPO"}, ".png": {"PNG"}, ".bmp": {"BMP", "DIB"},
-    ".gif": {"GIF"}, ".webp": {"WEBP"}, ".tif": {"TIFF"}, ".tiff": {"TIFF"},
+    ".jpg": {"JPEG", "MPO"},
+    ".jpeg": {"JPEG", "MPO"},
+    ".png": {"PNG"},
+    ".bmp": {"BMP", "DIB"},
+    ".gif": {"GIF"},
+    ".webp": {"WEBP"},
+    ".tif": {"TIFF"},
+    ".tiff": {"TIFF"},
 }
 
 Source = str | os.PathLike | bytes | Image.Image
@@ -133,7 +139,9 @@ def _open(source: Source, path: str | None) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(path if path is not None else io.BytesIO(source))
     except UnidentifiedImageError:
-        raise DecodeError("not_an_image", "content is not an image format Pillow reads", path) from None
+        raise DecodeError(
+            "not_an_image", "content is not an image format Pillow reads", path
+        ) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise DecodeError("too_large", f"refused before decoding: {_short(e)}", path) from None
     except (OSError, ValueError, SyntaxError) as e:
@@ -164,7 +172,9 @@ def _to_rgb(img: Image.Image) -> tuple[Image.Image, str | None]:
     if mode == "P" and "transparency" in img.info or mode in ("RGBA", "LA", "PA", "La", "RGBa"):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB"), f"{mode} with alpha composited on white"
+        return Image.alpha_composite(background, rgba).convert(
+            "RGB"
+        ), f"{mode} with alpha composited on white"
     if mode == "P":
         return img.convert("RGB"), "palette (P) converted to RGB"
     if mode in ("L", "1"):

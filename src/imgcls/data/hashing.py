@@ -32,7 +32,11 @@ def dhash(pixels: np.ndarray) -> int:
     The image is reduced to 9x8 grey cells; each bit says whether a cell is brighter than its
     right-hand neighbour. Brightness changes and re-encoding flip few bits.
     """
-    grey = Image.fromarray(pixels).convert("L").resize((HASH_SIDE + 1, HASH_SIDE), Image.Resampling.BOX)
+    grey = (
+        Image.fromarray(pixels)
+        .convert("L")
+        .resize((HASH_SIDE + 1, HASH_SIDE), Image.Resampling.BOX)
+    )
     cells = np.asarray(grey, dtype=np.int16)
     bits = (cells[:, 1:] > cells[:, :-1]).ravel()
     return int(np.packbits(bits).view(">u8")[0])
@@ -40,10 +44,14 @@ def dhash(pixels: np.ndarray) -> int:
 
 def popcount64(x: np.ndarray) -> np.ndarray:
     """Number of set bits of each uint64 in ``x``."""
-    return np.unpackbits(np.ascontiguousarray(x, dtype=">u8").view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
+    return np.unpackbits(
+        np.ascontiguousarray(x, dtype=">u8").view(np.uint8).reshape(-1, 8), axis=1
+    ).sum(axis=1)
 
 
-def near_pairs(hashes: np.ndarray, max_distance: int, valid: np.ndarray | None = None) -> np.ndarray:
+def near_pairs(
+    hashes: np.ndarray, max_distance: int, valid: np.ndarray | None = None
+) -> np.ndarray:
     """Index pairs ``(i, j)`` with ``i < j`` whose hashes differ in at most ``max_distance`` bits.
 
     Args:
@@ -66,7 +74,7 @@ def near_pairs(hashes: np.ndarray, max_distance: int, valid: np.ndarray | None =
         starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
         sizes = np.diff(np.r_[starts, len(sorted_keys)])
         for start, size in zip(starts[sizes > 1], sizes[sizes > 1], strict=True):
-            members = index[order[start:start + min(size, MAX_BUCKET)]]
+            members = index[order[start : start + min(size, MAX_BUCKET)]]
             h = hashes[members]
             a, b = np.triu_indices(len(members), k=1)
             close = popcount64(h[a] ^ h[b]) <= max_distance

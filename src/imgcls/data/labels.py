@@ -25,8 +25,14 @@ ENCODE_BATCH = 64  # images encoded at once (bounds memory: batch x 729 patches 
 LOGREG_C = 0.01  # inverse L2 strength of the logistic regression on standardised features
 
 
-def find_label_issues(cache: str | os.PathLike, labels: np.ndarray, class_names: list[str], ids: list[str],
-                      seed: int = 0, from_run: str | os.PathLike | None = None) -> list[dict]:
+def find_label_issues(
+    cache: str | os.PathLike,
+    labels: np.ndarray,
+    class_names: list[str],
+    ids: list[str],
+    seed: int = 0,
+    from_run: str | os.PathLike | None = None,
+) -> list[dict]:
     """Rank images whose given label looks wrong.
 
     Args:
@@ -52,21 +58,31 @@ def find_label_issues(cache: str | os.PathLike, labels: np.ndarray, class_names:
     # low_self_confidence flags cleanlab's estimated number of issues, least confident first.
     # On CIFAR-10 with 5% flipped labels and an 81%-accurate model it keeps the recall of the
     # default prune_by_noise_rate (0.86 vs 0.85) at much higher precision (0.60 vs 0.39).
-    ranked = cleanlab_find(labels, probs, filter_by="low_self_confidence", return_indices_ranked_by="self_confidence")
+    ranked = cleanlab_find(
+        labels, probs, filter_by="low_self_confidence", return_indices_ranked_by="self_confidence"
+    )
     source = f"run {from_run}" if from_run is not None else f"{FOLDS}-fold cross-validation"
     rows = []
     for i in ranked:
         given, suggested = int(labels[i]), int(np.argmax(probs[i]))
-        rows.append({"path": ids[i], "kind": "label_issue", "given": class_names[given],
-                     "suggested": class_names[suggested], "given_probability": round(float(probs[i, given]), 4),
-                     "suggested_probability": round(float(probs[i, suggested]), 4),
-                     "detail": f"labelled {class_names[given]} (p={probs[i, given]:.2f}) but looks like "
-                               f"{class_names[suggested]} (p={probs[i, suggested]:.2f}) by {source}"})
+        rows.append(
+            {
+                "path": ids[i],
+                "kind": "label_issue",
+                "given": class_names[given],
+                "suggested": class_names[suggested],
+                "given_probability": round(float(probs[i, given]), 4),
+                "suggested_probability": round(float(probs[i, suggested]), 4),
+                "detail": f"labelled {class_names[given]} (p={probs[i, given]:.2f}) but looks like "
+                f"{class_names[suggested]} (p={probs[i, suggested]:.2f}) by {source}",
+            }
+        )
     return rows
 
 
-def cross_val_probabilities(pixels: np.ndarray, labels: np.ndarray, n_classes: int, seed: int = 0,
-                            folds: int = FOLDS) -> np.ndarray:
+def cross_val_probabilities(
+    pixels: np.ndarray, labels: np.ndarray, n_classes: int, seed: int = 0, folds: int = FOLDS
+) -> np.ndarray:
     """Out-of-sample probabilities ``(N, n_classes)`` by stratified k-fold cross-validation."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
@@ -76,7 +92,9 @@ def cross_val_probabilities(pixels: np.ndarray, labels: np.ndarray, n_classes: i
     check(folds >= 2, "--label-issues needs at least 2 images in every class for cross-validation")
     features = patch_features(pixels, seed)
     probs = np.zeros((len(labels), n_classes))
-    for train, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(features, labels):
+    for train, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(
+        features, labels
+    ):
         model = LogisticRegression(C=LOGREG_C, max_iter=300)
         model.fit(features[train], labels[train])
         probs[np.ix_(test, model.classes_)] = model.predict_proba(features[test])
@@ -91,29 +109,39 @@ def patch_features(pixels: np.ndarray, seed: int = 0) -> np.ndarray:
     span = FEATURE_SIDE - PATCH + 1
     per_image = max(1, PATCH_SAMPLES // len(sample))
     r, c = rng.integers(0, span, (2, len(sample), per_image))
-    patches = np.stack([sample[i, r[i, k]:r[i, k] + PATCH, c[i, k]:c[i, k] + PATCH]
-                        for i in range(len(sample)) for k in range(per_image)]).reshape(-1, PATCH * PATCH * 3)
+    patches = np.stack(
+        [
+            sample[i, r[i, k] : r[i, k] + PATCH, c[i, k] : c[i, k] + PATCH]
+            for i in range(len(sample))
+            for k in range(per_image)
+        ]
+    ).reshape(-1, PATCH * PATCH * 3)
     patches = _normalise(patches)
     mean = patches.mean(axis=0)
     eigval, eigvec = np.linalg.eigh(np.cov(patches - mean, rowvar=False))
-    zca = ((eigvec / np.sqrt(eigval + 0.1)) @ eigvec.T).astype(np.float32)  # 0.1: regularises small eigenvalues
+    zca = ((eigvec / np.sqrt(eigval + 0.1)) @ eigvec.T).astype(
+        np.float32
+    )  # 0.1: regularises small eigenvalues
     mean = mean.astype(np.float32)
     centroids = _kmeans((patches - mean) @ zca, rng)
     out = np.empty((n, 4 * CENTROIDS), np.float32)
     for start in range(0, n, ENCODE_BATCH):
-        out[start:start + ENCODE_BATCH] = _encode(_images(pixels, np.arange(start, min(n, start + ENCODE_BATCH))),
-                                                  mean, zca, centroids)
+        out[start : start + ENCODE_BATCH] = _encode(
+            _images(pixels, np.arange(start, min(n, start + ENCODE_BATCH))), mean, zca, centroids
+        )
     out -= out.mean(axis=0)
     out /= out.std(axis=0) + 1e-6
     return out
 
 
-def _kmeans(patches: np.ndarray, rng: np.random.Generator, iterations: int = KMEANS_ITERATIONS) -> np.ndarray:
+def _kmeans(
+    patches: np.ndarray, rng: np.random.Generator, iterations: int = KMEANS_ITERATIONS
+) -> np.ndarray:
     """Plain Lloyd k-means from random patches: cheap, and all the features need (Coates & Ng)."""
     patches = patches.astype(np.float32)
     centroids = patches[rng.choice(len(patches), CENTROIDS, replace=False)].copy()
     for _ in range(iterations):
-        nearest = np.argmax(patches @ centroids.T - 0.5 * (centroids ** 2).sum(1), axis=1)
+        nearest = np.argmax(patches @ centroids.T - 0.5 * (centroids**2).sum(1), axis=1)
         counts = np.bincount(nearest, minlength=CENTROIDS)
         sums = np.zeros_like(centroids)
         np.add.at(sums, nearest, patches)
@@ -134,23 +162,31 @@ def _images(pixels: np.ndarray, index: np.ndarray) -> np.ndarray:
 
 def _normalise(patches: np.ndarray) -> np.ndarray:
     patches = patches - patches.mean(axis=1, keepdims=True)
-    return patches / np.sqrt(patches.var(axis=1, keepdims=True) + 10.0)  # 10: brightness-noise floor (0..255)
+    return patches / np.sqrt(
+        patches.var(axis=1, keepdims=True) + 10.0
+    )  # 10: brightness-noise floor (0..255)
 
 
-def _encode(images: np.ndarray, mean: np.ndarray, zca: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+def _encode(
+    images: np.ndarray, mean: np.ndarray, zca: np.ndarray, centroids: np.ndarray
+) -> np.ndarray:
     """Triangle k-means activations of every patch, sum-pooled over the four image quadrants."""
     windows = np.lib.stride_tricks.sliding_window_view(images, (PATCH, PATCH), axis=(1, 2))
     b, h, w = windows.shape[:3]
     patches = windows.transpose(0, 1, 2, 4, 5, 3).reshape(-1, PATCH * PATCH * 3)
     z = ((_normalise(patches) - mean) @ zca).astype(np.float32)
-    dist = np.sqrt(np.maximum((z * z).sum(1, keepdims=True) - 2 * z @ centroids.T + (centroids ** 2).sum(1), 0))
+    dist = np.sqrt(
+        np.maximum((z * z).sum(1, keepdims=True) - 2 * z @ centroids.T + (centroids**2).sum(1), 0)
+    )
     act = np.maximum(dist.mean(axis=1, keepdims=True) - dist, 0).reshape(b, h, w, -1)
     hh, hw = h // 2, w // 2
     quads = [act[:, :hh, :hw], act[:, :hh, hw:], act[:, hh:, :hw], act[:, hh:, hw:]]
     return np.concatenate([q.sum(axis=(1, 2)) for q in quads], axis=1)
 
 
-def run_probabilities(run: str | os.PathLike, pixels: np.ndarray, class_names: list[str]) -> np.ndarray:
+def run_probabilities(
+    run: str | os.PathLike, pixels: np.ndarray, class_names: list[str]
+) -> np.ndarray:
     """Probabilities over ``class_names`` from a training run's model (classes matched by name)."""
     from imgcls.data.decode import resize_array
     from imgcls.predict import Predictor
@@ -158,13 +194,15 @@ def run_probabilities(run: str | os.PathLike, pixels: np.ndarray, class_names: l
     predictor = Predictor(run)
     missing = sorted(set(class_names) - set(predictor.classes_))
     if missing:
-        raise ImgclsError(f"--from-run {run} does not know class(es) {', '.join(missing)}; "
-                          f"its classes are {', '.join(predictor.classes_)}")
+        raise ImgclsError(
+            f"--from-run {run} does not know class(es) {', '.join(missing)}; "
+            f"its classes are {', '.join(predictor.classes_)}"
+        )
     columns = [predictor.classes_.index(name) for name in class_names]
     probs = np.zeros((len(pixels), len(class_names)))
     for start in range(0, len(pixels), 1024):
-        batch = np.asarray(pixels[start:start + 1024])
+        batch = np.asarray(pixels[start : start + 1024])
         if batch.shape[1:3] != predictor.image_size:
             batch = resize_array(batch, predictor.image_size)
-        probs[start:start + len(batch)] = predictor.predict_pixels(batch)[:, columns]
+        probs[start : start + len(batch)] = predictor.predict_pixels(batch)[:, columns]
     return probs / probs.sum(axis=1, keepdims=True)

@@ -18,7 +18,9 @@ from imgcls.data.sources import ImageSet
 DECODE_CHUNK = 256  # images per decode task: large enough to amortise scheduling
 
 
-def decode_images(images: ImageSet, size: tuple[int, int], workers: int | None = None) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+def decode_images(
+    images: ImageSet, size: tuple[int, int], workers: int | None = None
+) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     """Decode and resize every image with the shared decoder.
 
     Images from a folder written by ``imgcls prepare`` whose pixel cache holds ``size`` are
@@ -78,9 +80,17 @@ def steps_per_epoch(n_images: int, batch_size: int) -> int:
     return max(1, n_images // max(1, min(batch_size, n_images)))
 
 
-def train_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, epoch: int,
-                  augment: tuple[str, ...] = (), skip_steps: int = 0,
-                  sample_weight: np.ndarray | None = None, num_classes: int | None = None):
+def train_dataset(
+    x: np.ndarray,
+    y: np.ndarray,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    augment: tuple[str, ...] = (),
+    skip_steps: int = 0,
+    sample_weight: np.ndarray | None = None,
+    num_classes: int | None = None,
+):
     """The batches of one training epoch, starting after ``skip_steps`` batches.
 
     Shuffling uses ``(seed, epoch)``; each batch's augmentation uses ``(seed, epoch, step)``.
@@ -92,15 +102,25 @@ def train_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, epoc
     bs = min(batch_size, n)
     steps = steps_per_epoch(n, batch_size)
     order = np.random.default_rng([seed, epoch]).permutation(n)[: steps * bs].reshape(steps, bs)
-    ds = tf.data.Dataset.from_tensor_slices((order[skip_steps:], np.arange(skip_steps, steps, dtype=np.int64)))
+    ds = tf.data.Dataset.from_tensor_slices(
+        (order[skip_steps:], np.arange(skip_steps, steps, dtype=np.int64))
+    )
     height, width = x.shape[1:3]
 
     def gather(index, step):
-        images, labels = tf.numpy_function(lambda i: (x[i], y[i]), [index], (tf.uint8, tf.int32), stateful=False)
+        images, labels = tf.numpy_function(
+            lambda i: (x[i], y[i]), [index], (tf.uint8, tf.int32), stateful=False
+        )
         images = tf.ensure_shape(images, (bs, height, width, 3))
         labels = tf.ensure_shape(labels, (bs,))
-        images = augment_batch(images, tf.stack([tf.constant(seed * 1_000_003 + epoch, tf.int64), step]), augment)
-        weights = None if sample_weight is None else tf.gather(tf.constant(sample_weight, tf.float32), labels)
+        images = augment_batch(
+            images, tf.stack([tf.constant(seed * 1_000_003 + epoch, tf.int64), step]), augment
+        )
+        weights = (
+            None
+            if sample_weight is None
+            else tf.gather(tf.constant(sample_weight, tf.float32), labels)
+        )
         if num_classes:
             labels = tf.one_hot(labels, num_classes)
         return (images, labels) if weights is None else (images, labels, weights)
@@ -109,7 +129,9 @@ def train_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, epoc
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def eval_dataset(x: np.ndarray, y: np.ndarray | None, batch_size: int, num_classes: int | None = None):
+def eval_dataset(
+    x: np.ndarray, y: np.ndarray | None, batch_size: int, num_classes: int | None = None
+):
     """Batches in order, no augmentation; the last batch may be smaller (one-hot with ``num_classes``)."""
     import tensorflow as tf
 
@@ -120,13 +142,19 @@ def eval_dataset(x: np.ndarray, y: np.ndarray | None, batch_size: int, num_class
     height, width = x.shape[1:3]
 
     def gather(start):
-        images, lab = tf.numpy_function(lambda s: (x[s:s + batch_size], labels[s:s + batch_size]), [start],
-                                        (tf.uint8, tf.int32), stateful=False)
+        images, lab = tf.numpy_function(
+            lambda s: (x[s : s + batch_size], labels[s : s + batch_size]),
+            [start],
+            (tf.uint8, tf.int32),
+            stateful=False,
+        )
         images = tf.cast(tf.ensure_shape(images, (None, height, width, 3)), tf.float32)
         lab = tf.ensure_shape(lab, (None,))
         return images, (tf.one_hot(lab, num_classes) if num_classes else lab)
 
-    return ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
+    return ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(
+        tf.data.AUTOTUNE
+    )
 
 
 def augment_batch(images, seed, augment: tuple[str, ...]):
@@ -147,7 +175,9 @@ def augment_batch(images, seed, augment: tuple[str, ...]):
     if "translate" in augment:
         pad = max(1, images.shape[1] // 8)  # pixels: 4 for 32x32, the usual CIFAR setting
         padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
-        offsets = tf.random.stateless_uniform([2, batch], seed=seed + 1, maxval=2 * pad + 1, dtype=tf.int32)
+        offsets = tf.random.stateless_uniform(
+            [2, batch], seed=seed + 1, maxval=2 * pad + 1, dtype=tf.int32
+        )
         rows = tf.range(height)[None, :] + offsets[0][:, None]
         cols = tf.range(width)[None, :] + offsets[1][:, None]
         images = tf.gather(padded, rows, axis=1, batch_dims=1)

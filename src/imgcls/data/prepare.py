@@ -32,7 +32,9 @@ from imgcls.io import TMP_PREFIX, write_csv, write_json
 
 ON_ERROR = ("skip", "fail")
 NEAR_BITS = 4  # dHash bits (of 64) two near duplicates may differ in
-NEAR_MAX_DIFF = 12.0  # mean |difference| (0..255) of brightness-normalised 8x8 thumbnails to confirm a pair
+NEAR_MAX_DIFF = (
+    12.0  # mean |difference| (0..255) of brightness-normalised 8x8 thumbnails to confirm a pair
+)
 IMBALANCE_RATIO = 3.0  # largest class / smallest class above which imbalance is reported
 COPY_ROWS = 4096  # cache rows copied per block when compacting the cache
 MANIFEST_COLUMNS = ["path", "label", "split", "sha256", "width", "height", "format", "mode", "id"]
@@ -60,10 +62,19 @@ class PrepareResult:
         return int(self.report["n_usable"])
 
 
-def prepare(data: str | os.PathLike, out: str | os.PathLike, image_size: tuple[int, int] | None = None,
-            on_error: str = "skip", val_split: float = 0.1, test_split: float = 0.1, seed: int = 0,
-            label_issues: bool = False, from_run: str | os.PathLike | None = None,
-            workers: int | None = None, verbose: bool = False) -> PrepareResult:
+def prepare(
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    image_size: tuple[int, int] | None = None,
+    on_error: str = "skip",
+    val_split: float = 0.1,
+    test_split: float = 0.1,
+    seed: int = 0,
+    label_issues: bool = False,
+    from_run: str | os.PathLike | None = None,
+    workers: int | None = None,
+    verbose: bool = False,
+) -> PrepareResult:
     """Scan, clean, split and cache DATA into the folder ``out``.
 
     Args:
@@ -93,32 +104,57 @@ def prepare(data: str | os.PathLike, out: str | os.PathLike, image_size: tuple[i
         >>> r.report["issue_counts"]                          # doctest: +SKIP
         {'unreadable': 2, 'exact_duplicate': 5}
     """
-    check(on_error in ON_ERROR, f"`on_error` must be one of {{{', '.join(ON_ERROR)}}}. Received: on_error={on_error}")
+    check(
+        on_error in ON_ERROR,
+        f"`on_error` must be one of {{{', '.join(ON_ERROR)}}}. Received: on_error={on_error}",
+    )
     for name, value in (("val_split", val_split), ("test_split", test_split)):
         check(0 <= value < 1, f"`{name}` must be a fraction in [0, 1). Received: {name}={value}")
-    check(val_split + test_split < 1, f"`val_split` + `test_split` must be below 1. Received: {val_split} + {test_split}")
+    check(
+        val_split + test_split < 1,
+        f"`val_split` + `test_split` must be below 1. Received: {val_split} + {test_split}",
+    )
     if image_size is not None:
-        check(len(image_size) == 2 and all(int(s) > 0 for s in image_size),
-              f"`image_size` must be two positive integers (H W). Received: image_size={image_size}")
+        check(
+            len(image_size) == 2 and all(int(s) > 0 for s in image_size),
+            f"`image_size` must be two positive integers (H W). Received: image_size={image_size}",
+        )
     if from_run is not None:
-        check(Path(from_run, "bundle.json").is_file(), f"--from-run {from_run} is not a run folder (no bundle.json)")
+        check(
+            Path(from_run, "bundle.json").is_file(),
+            f"--from-run {from_run} is not a run folder (no bundle.json)",
+        )
     t0 = time.perf_counter()
     log = (lambda m: print(m, file=sys.stderr, flush=True)) if verbose else (lambda m: None)
     images = load_source(data)
-    check(images.paths is not None, f"DATA {data} is a built-in data set, already decoded and clean; "
-                                    "prepare reads image files (a folder per class or a CSV manifest)")
+    check(
+        images.paths is not None,
+        f"DATA {data} is a built-in data set, already decoded and clean; "
+        "prepare reads image files (a folder per class or a CSV manifest)",
+    )
     out = Path(out)
     _check_out(out, images.source)
     size = tuple(int(s) for s in image_size) if image_size else _default_size(images)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in ("report.json", "manifest.csv"):  # until both are rewritten, `out` is not "prepared"
+    for stale in (
+        "report.json",
+        "manifest.csv",
+    ):  # until both are rewritten, `out` is not "prepared"
         (out / stale).unlink(missing_ok=True)
     scratch = out / f"{TMP_PREFIX}scan-{os.getpid()}.u8"
     try:
-        log(f"scanning {len(images)} files with {workers or os.cpu_count()} processes at {size[0]}x{size[1]}")
-        scan = scan_files(images.paths, size, str(scratch), workers,
-                          progress=(lambda d, n: log(f"  {d}/{n}") if d % 10240 < 128 or d == n else None)
-                          if verbose else None)
+        log(
+            f"scanning {len(images)} files with {workers or os.cpu_count()} processes at {size[0]}x{size[1]}"
+        )
+        scan = scan_files(
+            images.paths,
+            size,
+            str(scratch),
+            workers,
+            progress=(lambda d, n: log(f"  {d}/{n}") if d % 10240 < 128 or d == n else None)
+            if verbose
+            else None,
+        )
         plan = _plan(images, scan, scratch, size, val_split, test_split, seed, _class_folders(data))
         report = _report(images, plan, size, t0)
         bad = [i for i in report["issues"] if i["kind"] in UNUSABLE_KINDS]
@@ -134,15 +170,26 @@ def prepare(data: str | os.PathLike, out: str | os.PathLike, image_size: tuple[i
         if label_issues:
             from imgcls.data.labels import find_label_issues
 
-            log("finding label issues" + (f" with run {from_run}" if from_run else " by cross-validation"))
-            found = find_label_issues(cache, images.labels[plan["keep"]], images.class_names,
-                                      [images.ids[i] for i in plan["keep"]], seed=seed, from_run=from_run)
+            log(
+                "finding label issues"
+                + (f" with run {from_run}" if from_run else " by cross-validation")
+            )
+            found = find_label_issues(
+                cache,
+                images.labels[plan["keep"]],
+                images.class_names,
+                [images.ids[i] for i in plan["keep"]],
+                seed=seed,
+                from_run=from_run,
+            )
             report["issues"] += found
             report["issue_counts"]["label_issue"] = len(found)
         report["seconds"] = round(time.perf_counter() - t0, 2)
         _write_reports(out, report, images, plan, size)
-        log(f"{report['n_usable']} usable images of {report['n_files']}; {len(report['issues'])} issues; "
-            f"wrote {out} in {report['seconds']} s")
+        log(
+            f"{report['n_usable']} usable images of {report['n_files']}; {len(report['issues'])} issues; "
+            f"wrote {out} in {report['seconds']} s"
+        )
         return PrepareResult(out, report, bad)
     finally:
         scratch.unlink(missing_ok=True)
@@ -158,8 +205,10 @@ def _check_out(out: Path, source: str) -> None:
     root, resolved = Path(source), out.resolve()
     if root.suffix.lower() == ".csv":
         return  # a CSV lists its files; a folder beside it is never read as a class
-    check(resolved != root and root not in resolved.parents,
-          f"--out {out} lies inside DATA {root}; it would become a class folder. Choose a folder outside DATA")
+    check(
+        resolved != root and root not in resolved.parents,
+        f"--out {out} lies inside DATA {root}; it would become a class folder. Choose a folder outside DATA",
+    )
 
 
 def _class_folders(data: str | os.PathLike) -> list[str]:
@@ -167,15 +216,29 @@ def _class_folders(data: str | os.PathLike) -> list[str]:
     root = Path(data)
     if not root.is_dir() or (root / "manifest.csv").is_file():
         return []
-    visible = lambda p: [d for d in sorted(p.iterdir()) if d.is_dir() and not d.name.startswith(".")]  # noqa: E731
+
+    def visible(folder: Path) -> list[Path]:
+        return [d for d in sorted(folder.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+
     subdirs = visible(root)
-    if subdirs and all(d.name.lower() in SPLIT_NAMES + ("training", "valid", "validation", "testing") for d in subdirs):
+    if subdirs and all(
+        d.name.lower() in SPLIT_NAMES + ("training", "valid", "validation", "testing")
+        for d in subdirs
+    ):
         return sorted({c.name for d in subdirs for c in visible(d)})
     return [d.name for d in subdirs]
 
 
-def _plan(images: ImageSet, scan: ScanResult, scratch: Path, size: tuple[int, int], val_split: float,
-          test_split: float, seed: int, folders: list[str]) -> dict:
+def _plan(
+    images: ImageSet,
+    scan: ScanResult,
+    scratch: Path,
+    size: tuple[int, int],
+    val_split: float,
+    test_split: float,
+    seed: int,
+    folders: list[str],
+) -> dict:
     """Decide which images are kept, their split, and every issue."""
     ids, labels, n = images.ids, images.labels, len(images)
     issues = [dict(i) for i in images.issues]  # "ignored": hidden, system and non-image files
@@ -187,13 +250,19 @@ def _plan(images: ImageSet, scan: ScanResult, scratch: Path, size: tuple[int, in
     key = scan.sha256.view(np.dtype((np.void, 32))).ravel()
     order = np.flatnonzero(usable)[np.argsort(key[usable], kind="stable")]
     sorted_keys = key[order]
-    starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]]) if len(order) else np.array([], int)
+    starts = (
+        np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+        if len(order)
+        else np.array([], int)
+    )
     for group in np.split(order, starts[1:]) if len(order) else []:
         if len(group) < 2:
             continue
         group = np.sort(group)
         if images.splits is not None:  # keep the training copy; copies in val/test would leak
-            group = group[np.argsort([SPLIT_NAMES.index(images.splits[i]) for i in group], kind="stable")]
+            group = group[
+                np.argsort([SPLIT_NAMES.index(images.splits[i]) for i in group], kind="stable")
+            ]
         names = sorted({images.class_names[labels[i]] for i in group})
         first = group[0]
         for i in group:
@@ -201,18 +270,37 @@ def _plan(images: ImageSet, scan: ScanResult, scratch: Path, size: tuple[int, in
         if len(names) > 1:
             for i in group:
                 keep[i] = False
-                others = ", ".join(f"{ids[j]} ({images.class_names[labels[j]]})" for j in group if j != i)
-                issues.append({"path": ids[i], "kind": "conflicting_labels", "index": int(i),
-                               "detail": f"same bytes as {others}; labelled {' and '.join(names)}, so every copy is left out"})
+                others = ", ".join(
+                    f"{ids[j]} ({images.class_names[labels[j]]})" for j in group if j != i
+                )
+                issues.append(
+                    {
+                        "path": ids[i],
+                        "kind": "conflicting_labels",
+                        "index": int(i),
+                        "detail": f"same bytes as {others}; labelled {' and '.join(names)}, so every copy is left out",
+                    }
+                )
             continue
         for i in group[1:]:
             keep[i] = False
             kind = "exact_duplicate"
             if images.splits is not None and images.splits[i] != images.splits[first]:
                 kind = "cross_split_duplicate"
-            issues.append({"path": ids[i], "kind": kind, "index": int(i),
-                           "detail": f"same bytes as {ids[first]}" + (f" ({images.splits[first]} vs {images.splits[i]})" if kind != "exact_duplicate" else "")
-                           + "; left out, the first copy is kept"})
+            issues.append(
+                {
+                    "path": ids[i],
+                    "kind": kind,
+                    "index": int(i),
+                    "detail": f"same bytes as {ids[first]}"
+                    + (
+                        f" ({images.splits[first]} vs {images.splits[i]})"
+                        if kind != "exact_duplicate"
+                        else ""
+                    )
+                    + "; left out, the first copy is kept",
+                }
+            )
     near = _near_duplicates(scan, keep, scratch, size)
     reported: set[int] = set()
     for i, j, bits in near:
@@ -223,7 +311,14 @@ def _plan(images: ImageSet, scan: ScanResult, scratch: Path, size: tuple[int, in
         detail = f"looks like {ids[i]} (dHash differs in {bits} of 64 bits)"
         if labels[i] != labels[j]:
             detail += f"; labelled {images.class_names[labels[i]]} there and {images.class_names[labels[j]]} here"
-        issues.append({"path": ids[j], "kind": "near_duplicate", "index": int(j), "detail": detail + "; kept, same split"})
+        issues.append(
+            {
+                "path": ids[j],
+                "kind": "near_duplicate",
+                "index": int(j),
+                "detail": detail + "; kept, same split",
+            }
+        )
     roots = sets.roots()
     splits = _split(labels, keep, roots, images.splits, val_split, test_split, seed)
     if images.splits is not None:  # predefined splits cannot be moved: report leakage
@@ -234,26 +329,46 @@ def _plan(images: ImageSet, scan: ScanResult, scratch: Path, size: tuple[int, in
                 partner = partners[j]
                 if splits[partner] != splits[j]:
                     row["kind"] = "cross_split_duplicate"
-                    row["detail"] = row["detail"].replace("kept, same split", f"{splits[partner]} vs {splits[j]}: leakage")
+                    row["detail"] = row["detail"].replace(
+                        "kept, same split", f"{splits[partner]} vs {splits[j]}: leakage"
+                    )
     counts = np.bincount(labels[keep], minlength=len(images.class_names))
     for name, c in zip(images.class_names, counts, strict=True):
         if c == 0:
-            issues.append({"path": name, "kind": "empty_class", "detail": f"class {name} has no usable images left"})
+            issues.append(
+                {
+                    "path": name,
+                    "kind": "empty_class",
+                    "detail": f"class {name} has no usable images left",
+                }
+            )
     for name in sorted(set(folders) - set(images.class_names)):
-        issues.append({"path": name, "kind": "empty_class", "detail": f"folder {name} holds no image files"})
+        issues.append(
+            {"path": name, "kind": "empty_class", "detail": f"folder {name} holds no image files"}
+        )
     nonzero = counts[counts > 0]
     if len(nonzero) > 1 and nonzero.max() / nonzero.min() >= IMBALANCE_RATIO:
-        big, small = int(np.argmax(counts)), int(np.argmin(np.where(counts > 0, counts, counts.max() + 1)))
-        issues.append({"path": images.class_names[small], "kind": "class_imbalance",
-                       "detail": f"largest class {images.class_names[big]} has {counts[big]} images, smallest "
-                                 f"{images.class_names[small]} {counts[small]} ({counts[big] / counts[small]:.1f}x); "
-                                 "train with --class-weight balanced"})
+        big, small = (
+            int(np.argmax(counts)),
+            int(np.argmin(np.where(counts > 0, counts, counts.max() + 1))),
+        )
+        issues.append(
+            {
+                "path": images.class_names[small],
+                "kind": "class_imbalance",
+                "detail": f"largest class {images.class_names[big]} has {counts[big]} images, smallest "
+                f"{images.class_names[small]} {counts[small]} ({counts[big] / counts[small]:.1f}x); "
+                "train with --class-weight balanced",
+            }
+        )
     for row in issues:
         row.pop("index", None)
     return {"keep": np.flatnonzero(keep), "splits": splits, "issues": issues}
 
 
-def _near_duplicates(scan: ScanResult, keep: np.ndarray, scratch: Path, size: tuple[int, int]) -> list[tuple[int, int, int]]:
+def _near_duplicates(
+    scan: ScanResult, keep: np.ndarray, scratch: Path, size: tuple[int, int]
+) -> list[tuple[int, int, int]]:
     """Confirmed near-duplicate pairs ``(earlier, later, differing bits)`` among kept images."""
     pairs = near_pairs(scan.dhash, NEAR_BITS, valid=keep)
     if not len(pairs):
@@ -264,6 +379,7 @@ def _near_duplicates(scan: ScanResult, keep: np.ndarray, scratch: Path, size: tu
     row_bytes = size[0] * size[1] * 3
     thumbs: dict[int, np.ndarray] = {}
     with open(scratch, "rb") as f:
+
         def thumb(i: int) -> np.ndarray:
             if i not in thumbs:
                 f.seek(int(i) * row_bytes)
@@ -271,8 +387,11 @@ def _near_duplicates(scan: ScanResult, keep: np.ndarray, scratch: Path, size: tu
                 thumbs[i] = _normalised_thumb(pixels)
             return thumbs[i]
 
-        found = [(int(i), int(j), int(b)) for (i, j), b in zip(pairs, bits, strict=True)
-                 if np.abs(thumb(i) - thumb(j)).mean() <= NEAR_MAX_DIFF]
+        found = [
+            (int(i), int(j), int(b))
+            for (i, j), b in zip(pairs, bits, strict=True)
+            if np.abs(thumb(i) - thumb(j)).mean() <= NEAR_MAX_DIFF
+        ]
     return sorted(found, key=lambda t: (t[1], t[0]))
 
 
@@ -283,8 +402,15 @@ def _normalised_thumb(pixels: np.ndarray) -> np.ndarray:
     return small - small.mean(axis=(0, 1))  # per-channel brightness shifts do not count
 
 
-def _split(labels: np.ndarray, keep: np.ndarray, roots: np.ndarray, predefined: np.ndarray | None,
-           val_split: float, test_split: float, seed: int) -> np.ndarray:
+def _split(
+    labels: np.ndarray,
+    keep: np.ndarray,
+    roots: np.ndarray,
+    predefined: np.ndarray | None,
+    val_split: float,
+    test_split: float,
+    seed: int,
+) -> np.ndarray:
     """A split per image; images in one duplicate group get the same one."""
     splits = np.full(len(labels), "", dtype="<U5")
     kept = np.flatnonzero(keep)
@@ -313,11 +439,19 @@ def _report(images: ImageSet, plan: dict, size: tuple[int, int], t0: float) -> d
     if any(k in issue_counts for k in ("conflicting_labels", "near_duplicate", "label_issue")):
         suggestions.append("review the images listed under conflicting_labels and near_duplicate")
     return {
-        "data": images.source, "image_size": list(size), "n_files": len(images), "n_usable": int(len(keep)),
-        "n_left_out": len(images) - int(len(keep)), "class_names": images.class_names, "counts": counts,
+        "data": images.source,
+        "image_size": list(size),
+        "n_files": len(images),
+        "n_usable": int(len(keep)),
+        "n_left_out": len(images) - int(len(keep)),
+        "class_names": images.class_names,
+        "counts": counts,
         "split_counts": {s: int((splits[keep] == s).sum()) for s in ("train", "val", "test")},
-        "issue_counts": issue_counts, "suggestions": suggestions, "issues": plan["issues"],
-        "cache": f"cache_{size[0]}x{size[1]}.npy", "seconds": round(time.perf_counter() - t0, 2),
+        "issue_counts": issue_counts,
+        "suggestions": suggestions,
+        "issues": plan["issues"],
+        "cache": f"cache_{size[0]}x{size[1]}.npy",
+        "seconds": round(time.perf_counter() - t0, 2),
     }
 
 
@@ -343,14 +477,18 @@ def _write_cache(scratch: Path, out: Path, keep: np.ndarray, size: tuple[int, in
         with open(scratch, "rb") as src, open(tmp, "r+b") as dst:
             dst.seek(header)
             for start in range(0, len(keep), COPY_ROWS):
-                rows = keep[start:start + COPY_ROWS]
+                rows = keep[start : start + COPY_ROWS]
                 lo, hi = int(rows[0]), int(rows[-1]) + 1
                 src.seek(lo * row_bytes)
-                block = np.frombuffer(src.read((hi - lo) * row_bytes), np.uint8).reshape(hi - lo, row_bytes)
+                block = np.frombuffer(src.read((hi - lo) * row_bytes), np.uint8).reshape(
+                    hi - lo, row_bytes
+                )
                 dst.write(block[rows - lo].tobytes())
             dst.flush()
             os.fsync(dst.fileno())
-        for old in out.glob("cache_*x*.npy"):  # a cache at another size belongs to an older manifest
+        for old in out.glob(
+            "cache_*x*.npy"
+        ):  # a cache at another size belongs to an older manifest
             old.unlink()
         os.replace(tmp, target)
     finally:
@@ -359,13 +497,26 @@ def _write_cache(scratch: Path, out: Path, keep: np.ndarray, size: tuple[int, in
 
 
 def _write_manifest(out: Path, images: ImageSet, scan: ScanResult, plan: dict) -> None:
-    rows = ([images.paths[i], images.class_names[images.labels[i]], plan["splits"][i], scan.sha256[i].tobytes().hex(),
-             int(scan.width[i]), int(scan.height[i]), scan.format[i], scan.mode[i], images.ids[i]]
-            for i in plan["keep"])
+    rows = (
+        [
+            images.paths[i],
+            images.class_names[images.labels[i]],
+            plan["splits"][i],
+            scan.sha256[i].tobytes().hex(),
+            int(scan.width[i]),
+            int(scan.height[i]),
+            scan.format[i],
+            scan.mode[i],
+            images.ids[i],
+        ]
+        for i in plan["keep"]
+    )
     write_csv(out / "manifest.csv", MANIFEST_COLUMNS, rows)
 
 
-def _write_reports(out: Path, report: dict, images: ImageSet, plan: dict, size: tuple[int, int]) -> None:
+def _write_reports(
+    out: Path, report: dict, images: ImageSet, plan: dict, size: tuple[int, int]
+) -> None:
     from imgcls.data.prepare_report import write_html
 
     paths = {images.ids[i]: images.paths[i] for i in range(len(images))}

@@ -50,12 +50,24 @@ class ScanResult:
 
     @classmethod
     def empty(cls, n: int) -> ScanResult:
-        return cls(np.zeros(n, bool), np.zeros((n, 32), np.uint8), np.zeros(n, np.uint64),
-                   np.zeros(n, np.int32), np.zeros(n, np.int32), [""] * n, [""] * n)
+        return cls(
+            np.zeros(n, bool),
+            np.zeros((n, 32), np.uint8),
+            np.zeros(n, np.uint64),
+            np.zeros(n, np.int32),
+            np.zeros(n, np.int32),
+            [""] * n,
+            [""] * n,
+        )
 
 
-def scan_files(paths: list[str], size: tuple[int, int], cache_file: str, workers: int | None = None,
-               progress: Callable[[int, int], None] | None = None) -> ScanResult:
+def scan_files(
+    paths: list[str],
+    size: tuple[int, int],
+    cache_file: str,
+    workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ScanResult:
     """Decode, hash and cache every file in ``paths``.
 
     Args:
@@ -73,14 +85,16 @@ def scan_files(paths: list[str], size: tuple[int, int], cache_file: str, workers
     with open(cache_file, "wb") as f:
         f.truncate(n * size[0] * size[1] * 3)
     result = ScanResult.empty(n)
-    tasks = ((start, paths[start:start + SCAN_CHUNK]) for start in range(0, n, SCAN_CHUNK))
+    tasks = ((start, paths[start : start + SCAN_CHUNK]) for start in range(0, n, SCAN_CHUNK))
     workers = max(1, min(workers or os.cpu_count() or 1, (n + SCAN_CHUNK - 1) // SCAN_CHUNK))
     if workers == 1:
         _init_worker(size, cache_file)
         chunks = map(_scan_chunk, tasks)
         _collect(chunks, paths, result, progress)
     else:
-        with _context().Pool(workers, initializer=_init_worker, initargs=(size, cache_file)) as pool:
+        with _context().Pool(
+            workers, initializer=_init_worker, initargs=(size, cache_file)
+        ) as pool:
             _collect(pool.imap(_scan_chunk, tasks), paths, result, progress)
     return result
 
@@ -96,7 +110,9 @@ def _context():
 def _collect(chunks, paths: list[str], result: ScanResult, progress) -> None:
     done = 0
     for start, records in chunks:
-        for offset, (kind, detail, digest, fmt, mode, w, h, conversion, ext_ok, dh) in enumerate(records):
+        for offset, (kind, detail, digest, fmt, mode, w, h, conversion, ext_ok, dh) in enumerate(
+            records
+        ):
             i = start + offset
             result.format[i], result.mode[i] = fmt, mode
             result.width[i], result.height[i] = w, h
@@ -109,10 +125,18 @@ def _collect(chunks, paths: list[str], result: ScanResult, progress) -> None:
                 continue
             if not ext_ok:
                 ext = os.path.splitext(paths[i])[1]
-                result.issues.append({"index": i, "path": paths[i], "kind": "extension_mismatch",
-                                      "detail": f"content is {fmt} but the name ends in {ext}; read as {fmt}"})
+                result.issues.append(
+                    {
+                        "index": i,
+                        "path": paths[i],
+                        "kind": "extension_mismatch",
+                        "detail": f"content is {fmt} but the name ends in {ext}; read as {fmt}",
+                    }
+                )
             if conversion:
-                result.issues.append({"index": i, "path": paths[i], "kind": "converted", "detail": conversion})
+                result.issues.append(
+                    {"index": i, "path": paths[i], "kind": "converted", "detail": conversion}
+                )
         done += len(records)
         if progress is not None:
             progress(done, len(paths))
@@ -146,14 +170,47 @@ def _scan_one(path: str, size: tuple[int, int], block: np.ndarray, k: int) -> tu
     except DecodeError as e:
         return e.kind, e.detail, b"", "", "", 0, 0, None, True, 0
     except Exception as e:  # noqa: BLE001 - a scan reports every bad file and never stops on one
-        return "unreadable", f"cannot decode ({type(e).__name__}: {str(e)[:120]})", b"", "", "", 0, 0, None, True, 0
+        return (
+            "unreadable",
+            f"cannot decode ({type(e).__name__}: {str(e)[:120]})",
+            b"",
+            "",
+            "",
+            0,
+            0,
+            None,
+            True,
+            0,
+        )
     fmt, mode = info.format or "", info.mode
     try:
         digest = bytes.fromhex(sha256_file(path))
     except OSError as e:
-        return "unreadable", f"cannot read file ({e.strerror or e})", b"", fmt, mode, info.width, info.height, None, True, 0
+        return (
+            "unreadable",
+            f"cannot read file ({e.strerror or e})",
+            b"",
+            fmt,
+            mode,
+            info.width,
+            info.height,
+            None,
+            True,
+            0,
+        )
     if min(info.width, info.height) < MIN_SIDE:
         detail = f"{info.width}x{info.height} pixels; each side must be at least {MIN_SIDE}"
         return "too_small", detail, digest, fmt, mode, info.width, info.height, None, True, 0
     block[k] = pixels
-    return None, "", digest, fmt, mode, info.width, info.height, info.conversion, info.extension_ok, dhash(pixels)
+    return (
+        None,
+        "",
+        digest,
+        fmt,
+        mode,
+        info.width,
+        info.height,
+        info.conversion,
+        info.extension_ok,
+        dhash(pixels),
+    )

@@ -19,8 +19,15 @@ from imgcls.data.decode import IMAGE_EXTENSIONS, is_image_file
 from imgcls.errors import check
 
 SPLIT_NAMES = ("train", "val", "test")
-_SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
-                  "validation": "val", "test": "test", "testing": "test"}
+_SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
 _IGNORED_NAMES = {"Thumbs.db", "desktop.ini", "__MACOSX", ".DS_Store"}
 
 
@@ -60,7 +67,11 @@ class ImageSet:
 
     def subset(self, index: np.ndarray) -> ImageSet:
         """The images at ``index`` (a boolean mask or integer positions)."""
-        index = np.flatnonzero(index) if np.asarray(index).dtype == bool else np.asarray(index, dtype=np.int64)
+        index = (
+            np.flatnonzero(index)
+            if np.asarray(index).dtype == bool
+            else np.asarray(index, dtype=np.int64)
+        )
         return ImageSet(
             class_names=self.class_names,
             labels=self.labels[index],
@@ -95,10 +106,16 @@ def load_source(data: str | os.PathLike, min_classes: int = 2) -> ImageSet:
     if text in builtin.BUILTIN_NAMES and not path.exists():
         result = _load_builtin(text)
     else:
-        check(path.exists(), f"DATA not found: {text} (expected a folder with one sub-folder per class, "
-                             f"a .csv manifest, or one of {', '.join(builtin.BUILTIN_NAMES)})")
+        check(
+            path.exists(),
+            f"DATA not found: {text} (expected a folder with one sub-folder per class, "
+            f"a .csv manifest, or one of {', '.join(builtin.BUILTIN_NAMES)})",
+        )
         if path.is_file():
-            check(path.suffix.lower() == ".csv", f"DATA file {text} must be a .csv manifest with columns path,label[,split]")
+            check(
+                path.suffix.lower() == ".csv",
+                f"DATA file {text} must be a .csv manifest with columns path,label[,split]",
+            )
             result = _load_csv(path)
         elif (path / "manifest.csv").is_file() and (path / "report.json").is_file():
             result = _load_csv(path / "manifest.csv")  # a folder written by `imgcls prepare`
@@ -108,11 +125,16 @@ def load_source(data: str | os.PathLike, min_classes: int = 2) -> ImageSet:
                 result.cache, result.cache_rows = str(caches[-1]), np.arange(len(result))
         else:
             result = _load_folder(path)
-    check(len(result) > 0, f"DATA {text}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)} files)")
+    check(
+        len(result) > 0,
+        f"DATA {text}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)} files)",
+    )
     present = [n for n, c in result.class_counts().items() if c > 0]
-    check(len(present) >= min_classes,
-          f"DATA {text}: found {len(present)} class(es) with images ({', '.join(present) or 'none'}); "
-          f"training a classifier needs at least {min_classes} (one sub-folder per class)")
+    check(
+        len(present) >= min_classes,
+        f"DATA {text}: found {len(present)} class(es) with images ({', '.join(present) or 'none'}); "
+        f"training a classifier needs at least {min_classes} (one sub-folder per class)",
+    )
     return result
 
 
@@ -122,8 +144,15 @@ def _load_builtin(name: str) -> ImageSet:
         images, labels, classes, augment = builtin.load_digits_arrays()
     else:
         images, labels, classes, splits, augment = builtin.load_keras_arrays(name)
-    return ImageSet(classes, labels, [f"{name}/{i:05d}" for i in range(len(labels))], images=images,
-                    splits=splits, source=f"builtin:{name}", augment=augment)
+    return ImageSet(
+        classes,
+        labels,
+        [f"{name}/{i:05d}" for i in range(len(labels))],
+        images=images,
+        splits=splits,
+        source=f"builtin:{name}",
+        augment=augment,
+    )
 
 
 def _load_folder(root: Path) -> ImageSet:
@@ -172,7 +201,12 @@ def _walk_classes(folder: Path, root: Path, issues: list[dict]) -> list[tuple[st
                     elif _hidden(name):
                         _ignore(issues, Path(path), root, "hidden or system file")
                     else:
-                        _ignore(issues, Path(path), root, f"extension not one of {', '.join(IMAGE_EXTENSIONS)}")
+                        _ignore(
+                            issues,
+                            Path(path),
+                            root,
+                            f"extension not one of {', '.join(IMAGE_EXTENSIONS)}",
+                        )
     return found
 
 
@@ -181,20 +215,36 @@ def _load_csv(csv_path: Path) -> ImageSet:
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         columns = [c.strip() for c in reader.fieldnames or []]
-        check({"path", "label"} <= set(columns),
-              f"CSV {csv_path} must have columns path,label (and optionally split). Received columns: {columns}")
+        check(
+            {"path", "label"} <= set(columns),
+            f"CSV {csv_path} must have columns path,label (and optionally split). Received columns: {columns}",
+        )
         rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
     check(rows, f"CSV {csv_path} has a header but no rows")
     missing = [(i + 2, r["path"]) for i, r in enumerate(rows) if not (base / r["path"]).is_file()]
-    check(not missing, f"CSV {csv_path}: {len(missing)} path(s) do not exist (relative to {base}); "
-                       f"first: line {missing[0][0]} '{missing[0][1]}'" if missing else "")
+    check(
+        not missing,
+        f"CSV {csv_path}: {len(missing)} path(s) do not exist (relative to {base}); "
+        f"first: line {missing[0][0]} '{missing[0][1]}'"
+        if missing
+        else "",
+    )
     empty = [i + 2 for i, r in enumerate(rows) if not r["label"]]
     check(not empty, f"CSV {csv_path}: empty label on line {empty[0] if empty else 0}")
     splits = None
     if "split" in columns and any(r.get("split") for r in rows):
-        bad = [(i + 2, r.get("split")) for i, r in enumerate(rows) if r.get("split", "").lower() not in _SPLIT_ALIASES]
-        check(not bad, f"CSV {csv_path}: `split` must be one of train, val, test. "
-                       f"Received: split={bad[0][1]!r} on line {bad[0][0]}" if bad else "")
+        bad = [
+            (i + 2, r.get("split"))
+            for i, r in enumerate(rows)
+            if r.get("split", "").lower() not in _SPLIT_ALIASES
+        ]
+        check(
+            not bad,
+            f"CSV {csv_path}: `split` must be one of train, val, test. "
+            f"Received: split={bad[0][1]!r} on line {bad[0][0]}"
+            if bad
+            else "",
+        )
         splits = np.array([_SPLIT_ALIASES[r["split"].lower()] for r in rows])
     classes = sorted({r["label"] for r in rows})
     index = {c: i for i, c in enumerate(classes)}

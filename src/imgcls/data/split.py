@@ -12,8 +12,13 @@ from imgcls.errors import ImgclsError, check
 from imgcls.io import write_csv
 
 
-def assign_splits(labels: np.ndarray, val_split: float, test_split: float, seed: int,
-                  predefined: np.ndarray | None = None) -> np.ndarray:
+def assign_splits(
+    labels: np.ndarray,
+    val_split: float,
+    test_split: float,
+    seed: int,
+    predefined: np.ndarray | None = None,
+) -> np.ndarray:
     """Name a split ("train", "val" or "test") for every image, stratified by class.
 
     Each class contributes ``round(n * fraction)`` images to validation and to test, so class
@@ -49,13 +54,16 @@ def _stratified(labels: np.ndarray, val_split: float, test_split: float, seed: i
         n_test = min(int(round(n * test_split)), max(n - 1, 0))
         n_val = min(int(round(n * val_split)), max(n - 1 - n_test, 0))
         out[members[:n_test]] = "test"
-        out[members[n_test:n_test + n_val]] = "val"
+        out[members[n_test : n_test + n_val]] = "val"
     return out
 
 
 def write_split_csv(path: str | Path, images: ImageSet, splits: np.ndarray) -> None:
     """Write ``id,label,split`` for every image, atomically."""
-    rows = ((i, images.class_names[label], s) for i, label, s in zip(images.ids, images.labels, splits, strict=True))
+    rows = (
+        (i, images.class_names[label], s)
+        for i, label, s in zip(images.ids, images.labels, splits, strict=True)
+    )
     write_csv(path, ["id", "label", "split"], rows)
 
 
@@ -72,5 +80,7 @@ def read_split_csv(path: str | Path, images: ImageSet) -> np.ndarray:
     splits = np.array([recorded.get(i, "") for i in images.ids], dtype="<U5")
     unknown = int((splits == "").sum())
     if unknown and unknown == len(splits):
-        raise ImgclsError(f"none of the images in DATA appear in {path}; is this the data the run was trained on?")
+        raise ImgclsError(
+            f"none of the images in DATA appear in {path}; is this the data the run was trained on?"
+        )
     return splits

@@ -21,13 +21,22 @@ __all__ = ["SPLIT_CHOICES", "evaluate", "write_predictions"]
 def write_predictions(path: Path, ids: list[str], y_true, probs, class_names: list[str]) -> None:
     """One row per image: id, true and predicted label, and every class probability."""
     header = ["id", "label", "predicted", *(f"p_{name}" for name in class_names)]
-    rows = ([i, class_names[t], class_names[int(p.argmax())], *(f"{v:.7g}" for v in p)]
-            for i, t, p in zip(ids, y_true, probs, strict=True))
+    rows = (
+        [i, class_names[t], class_names[int(p.argmax())], *(f"{v:.7g}" for v in p)]
+        for i, t, p in zip(ids, y_true, probs, strict=True)
+    )
     write_csv(path, header, rows)
 
 
-def evaluate(run: str | Path, data: str | Path, out: str | Path | None = None, split: str | None = None,
-             predictor=None, tta: bool = False, report: bool = True) -> dict[str, Any]:
+def evaluate(
+    run: str | Path,
+    data: str | Path,
+    out: str | Path | None = None,
+    split: str | None = None,
+    predictor=None,
+    tta: bool = False,
+    report: bool = True,
+) -> dict[str, Any]:
     """Evaluate RUN on DATA; write ``out/metrics.json``, ``out/predictions.csv`` and ``out/report.html``.
 
     When DATA is the data set RUN was trained on, only its ``split`` (default: test) counts,
@@ -63,25 +72,44 @@ def evaluate(run: str | Path, data: str | Path, out: str | Path | None = None, s
     raw = predictor.predict_pixels(ev.pixels, temperature=1.0, tta=tta)  # one batched forward pass
     probs = apply_temperature(raw, meta.temperature)
     metrics = compute_metrics(ev.y_true, probs, meta.class_names)
-    metrics.update({
-        "run": str(run), "data": str(data), "split": ev.split, "left_out": ev.left_out,
-        "tta": bool(tta), "temperature": meta.temperature,
-        "checkpoint": checkpoint_info(run), "dataset": ev.describe(data, meta.class_names),
-    })
+    metrics.update(
+        {
+            "run": str(run),
+            "data": str(data),
+            "split": ev.split,
+            "left_out": ev.left_out,
+            "tta": bool(tta),
+            "temperature": meta.temperature,
+            "checkpoint": checkpoint_info(run),
+            "dataset": ev.describe(data, meta.class_names),
+        }
+    )
     if meta.temperature != 1.0:
         from imgcls.evaluate.metrics import calibration, log_loss
 
-        metrics["uncalibrated"] = {"log_loss": log_loss(ev.y_true, raw), "ece": calibration(ev.y_true, raw)["ece"]}
+        metrics["uncalibrated"] = {
+            "log_loss": log_loss(ev.y_true, raw),
+            "ece": calibration(ev.y_true, raw)["ece"],
+        }
     if out is None:
         return metrics
     page = None
     if report:
         from imgcls.evaluate.report import ReportInputs, build_report
 
-        page = build_report(ReportInputs(
-            metrics=metrics, run=Path(run), pixels=ev.pixels, ids=ev.ids, y_true=ev.y_true, probs=probs,
-            raw_probs=raw if meta.temperature != 1.0 else None, model=predictor.model,
-            calibration=meta.metrics.get("calibration") or {}))
+        page = build_report(
+            ReportInputs(
+                metrics=metrics,
+                run=Path(run),
+                pixels=ev.pixels,
+                ids=ev.ids,
+                y_true=ev.y_true,
+                probs=probs,
+                raw_probs=raw if meta.temperature != 1.0 else None,
+                model=predictor.model,
+                calibration=meta.metrics.get("calibration") or {},
+            )
+        )
     out = Path(out)
     write_predictions(out / "predictions.csv", ev.ids, ev.y_true, probs, meta.class_names)
     write_json(out / "metrics.json", metrics)

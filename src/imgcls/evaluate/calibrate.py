@@ -50,7 +50,9 @@ def fit_temperature(y_true: np.ndarray, probs: np.ndarray) -> float:
     return float(np.exp(result.x))
 
 
-def calibrate(run: str | Path, data: str | Path | None = None, split: str | None = None) -> dict[str, Any]:
+def calibrate(
+    run: str | Path, data: str | Path | None = None, split: str | None = None
+) -> dict[str, Any]:
     """Fit RUN's temperature on held-out data and store it in ``RUN/bundle.json``.
 
     Args:
@@ -85,9 +87,14 @@ def calibrate(run: str | Path, data: str | Path | None = None, split: str | None
     temperature = fit_temperature(y, raw)
     scaled = apply_temperature(raw, temperature)
     result = {
-        "temperature": temperature, "n_images": int(len(y)), "split": held_out.split, "data": str(data),
-        "nll_before": log_loss(y, raw), "nll_after": log_loss(y, scaled),
-        "ece_before": calibration(y, raw)["ece"], "ece_after": calibration(y, scaled)["ece"],
+        "temperature": temperature,
+        "n_images": int(len(y)),
+        "split": held_out.split,
+        "data": str(data),
+        "nll_before": log_loss(y, raw),
+        "nll_after": log_loss(y, scaled),
+        "ece_before": calibration(y, raw)["ece"],
+        "ece_after": calibration(y, scaled)["ece"],
     }
     meta.temperature = temperature
     meta.metrics = {**meta.metrics, "calibration": result}

@@ -44,13 +44,24 @@ class EvalSet:
         for i, y in zip(self.ids, self.y_true, strict=True):
             h.update(f"{i}\t{class_names[y]}\n".encode())
         counts = np.bincount(self.y_true, minlength=len(class_names))
-        return {"argument": str(data), "source": self.images.source, "split": self.split,
-                "n_images": int(len(self.ids)), "n_left_out": len(self.left_out), "fingerprint": h.hexdigest(),
-                "class_counts": {name: int(c) for name, c in zip(class_names, counts, strict=True)}}
+        return {
+            "argument": str(data),
+            "source": self.images.source,
+            "split": self.split,
+            "n_images": int(len(self.ids)),
+            "n_left_out": len(self.left_out),
+            "fingerprint": h.hexdigest(),
+            "class_counts": {name: int(c) for name, c in zip(class_names, counts, strict=True)},
+        }
 
 
-def load_eval_set(run: str | Path, data: str | Path, meta: BundleMeta, split: str | None,
-                  default_split: str = "test") -> EvalSet:
+def load_eval_set(
+    run: str | Path,
+    data: str | Path,
+    meta: BundleMeta,
+    split: str | None,
+    default_split: str = "test",
+) -> EvalSet:
     """Read and decode DATA for RUN.
 
     When DATA is the data set RUN was trained on, only ``split`` (default ``default_split``)
@@ -60,23 +71,35 @@ def load_eval_set(run: str | Path, data: str | Path, meta: BundleMeta, split: st
         ImgclsError: DATA holds labels the model does not know, the split is empty, or no
             image could be decoded.
     """
-    check(split is None or split in SPLIT_CHOICES,
-          f"`split` must be one of {set(SPLIT_CHOICES)}. Received: split={split}")
+    check(
+        split is None or split in SPLIT_CHOICES,
+        f"`split` must be one of {set(SPLIT_CHOICES)}. Received: split={split}",
+    )
     images = load_source(data, min_classes=1)
     unknown = sorted(set(images.class_names) - set(meta.class_names))
-    check(not unknown, f"DATA {data} has label(s) the model does not know: {unknown[:5]}; "
-                       f"the model knows {meta.class_names[:20]}")
+    check(
+        not unknown,
+        f"DATA {data} has label(s) the model does not know: {unknown[:5]}; "
+        f"the model knows {meta.class_names[:20]}",
+    )
     same_data = images.source == meta.data.get("source")
     if same_data and split != "all":
         split = split or default_split
         splits = read_split_csv(Path(run) / "split.csv", images)
         images = images.subset(splits == split)
-        check(len(images) > 0, f"the {split} split of run {run} is empty; pass --split all or another split")
+        check(
+            len(images) > 0,
+            f"the {split} split of run {run} is empty; pass --split all or another split",
+        )
     elif split not in (None, "all"):
-        raise ImgclsError(f"--split {split} applies only to the data the run was trained on "
-                          f"({meta.data.get('argument')}); {data} is evaluated whole")
+        raise ImgclsError(
+            f"--split {split} applies only to the data the run was trained on "
+            f"({meta.data.get('argument')}); {data} is evaluated whole"
+        )
     pixels, ok, issues = decode_images(images, tuple(meta.image_size))
-    check(len(pixels) > 0, f"DATA {data}: no image could be decoded ({len(issues)} file(s) left out)")
+    check(
+        len(pixels) > 0, f"DATA {data}: no image could be decoded ({len(issues)} file(s) left out)"
+    )
     remap = np.array([meta.class_names.index(c) for c in images.class_names])
     ids = [i for i, good in zip(images.ids, ok, strict=True) if good]
     return EvalSet(images, pixels, remap[images.labels[ok]], ids, split or "all", issues)
@@ -93,4 +116,9 @@ def checkpoint_info(run: str | Path) -> dict:
     from datetime import datetime, timezone
 
     mtime = datetime.fromtimestamp(stat.st_mtime, tz=timezone.utc).isoformat(timespec="seconds")
-    return {"path": str(path.resolve()), "bytes": stat.st_size, "mtime": mtime, "sha256": h.hexdigest()}
+    return {
+        "path": str(path.resolve()),
+        "bytes": stat.st_size,
+        "mtime": mtime,
+        "sha256": h.hexdigest(),
+    }

@@ -22,7 +22,9 @@ from imgcls.errors import ImgclsError, check
 from imgcls.io import atomic_open
 
 EXPLAIN_TOP_K = 5  # classes shown by `imgcls explain`
-_BLOCK_NAME = re.compile(r"^(.*?block_?\d+)[a-z]?(?:_|$)")  # block1_conv2, conv_block3_1, block5a_dwconv
+_BLOCK_NAME = re.compile(
+    r"^(.*?block_?\d+)[a-z]?(?:_|$)"
+)  # block1_conv2, conv_block3_1, block5a_dwconv
 
 
 def _conv_types() -> tuple[type, ...]:
@@ -82,10 +84,16 @@ def conv_layers(model) -> list[ConvTarget]:
         if len(layer.output.shape) == 4:
             found.append(ConvTarget(layer))
         elif isinstance(layer, keras.Model):
-            found += [ConvTarget(inner, layer) for inner in layer.layers
-                      if isinstance(inner, _conv_types()) and len(inner.output.shape) == 4]
-    check(bool(found), f"model {model.name!r} has no convolution layer with a 4-D output; "
-                       "feature maps and Grad-CAM need a CNN")
+            found += [
+                ConvTarget(inner, layer)
+                for inner in layer.layers
+                if isinstance(inner, _conv_types()) and len(inner.output.shape) == 4
+            ]
+    check(
+        bool(found),
+        f"model {model.name!r} has no convolution layer with a 4-D output; "
+        "feature maps and Grad-CAM need a CNN",
+    )
     return found
 
 
@@ -144,8 +152,10 @@ def _score_output(model) -> tuple[Any, bool]:
     if "logits" in names:
         return model.get_layer("logits").output, True
     last = model.layers[-1]
-    if isinstance(last, layers.Softmax) or (isinstance(last, layers.Activation)
-                                             and getattr(last.activation, "__name__", "") == "softmax"):
+    if isinstance(last, layers.Softmax) or (
+        isinstance(last, layers.Activation)
+        and getattr(last.activation, "__name__", "") == "softmax"
+    ):
         return last.input, True
     return model.outputs[0], False
 
@@ -165,9 +175,13 @@ def _forward(model, targets: list[ConvTarget], with_scores: bool):
             return (values[:-1], values[-1]) if with_scores else (values, None)
 
         return run
-    enter, leave = _call_tensors(parent)  # the backbone's input and pooled output in the outer graph
+    enter, leave = _call_tensors(
+        parent
+    )  # the backbone's input and pooled output in the outer graph
     before = keras.Model(_model_input(model), enter)
-    inside = keras.Model(_model_input(parent), [t.layer.output for t in targets] + [parent.outputs[0]])
+    inside = keras.Model(
+        _model_input(parent), [t.layer.output for t in targets] + [parent.outputs[0]]
+    )
     after = keras.Model(leave, scores) if with_scores else None
 
     def run(x):
@@ -177,8 +191,9 @@ def _forward(model, targets: list[ConvTarget], with_scores: bool):
     return run
 
 
-def grad_cam(model, pixels: np.ndarray, class_index: np.ndarray | list[int],
-             target: ConvTarget | None = None) -> np.ndarray:
+def grad_cam(
+    model, pixels: np.ndarray, class_index: np.ndarray | list[int], target: ConvTarget | None = None
+) -> np.ndarray:
     """Grad-CAM heat maps in 0..1, one per image, at the resolution of ``target`` (default: last conv).
 
     Args:
@@ -205,8 +220,13 @@ def grad_cam(model, pixels: np.ndarray, class_index: np.ndarray | list[int],
         chosen = tf.gather(out, index, batch_dims=1)
     grads = tape.gradient(chosen, fmap)
     if grads is None:
-        raise ImgclsError(f"Grad-CAM: no gradient flows from the class scores to layer {target.name!r}")
-    fmap, grads = tf.cast(fmap, tf.float32), tf.cast(grads, tf.float32)  # mixed precision runs in 16 bits
+        raise ImgclsError(
+            f"Grad-CAM: no gradient flows from the class scores to layer {target.name!r}"
+        )
+    fmap, grads = (
+        tf.cast(fmap, tf.float32),
+        tf.cast(grads, tf.float32),
+    )  # mixed precision runs in 16 bits
     weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
     cam = tf.nn.relu(tf.reduce_sum(weights * fmap, axis=-1)).numpy()
     peak = cam.max(axis=(1, 2), keepdims=True)
@@ -232,7 +252,9 @@ def _write_png(path: Path, data: bytes) -> None:
         f.write(data)
 
 
-def explain(run: str | Path, image: str | Path, out: str | Path, top_k: int = EXPLAIN_TOP_K) -> dict[str, Any]:
+def explain(
+    run: str | Path, image: str | Path, out: str | Path, top_k: int = EXPLAIN_TOP_K
+) -> dict[str, Any]:
     """Write pictures of what RUN's model sees in IMAGE into ``out``.
 
     Files: ``filters.png`` (first-layer filters), ``feature_maps_<i>_<layer>.png`` per
@@ -265,7 +287,7 @@ def explain(run: str | Path, image: str | Path, out: str | Path, top_k: int = EX
         raise ImgclsError(f"IMAGE {image} cannot be read: {e.kind}: {e.detail}") from None
     model, classes = predictor.model, predictor.classes_
     probs = predictor.predict_pixels(pixels[None])[0]
-    best = np.argsort(-probs, kind="stable")[:min(top_k, len(classes))]
+    best = np.argsort(-probs, kind="stable")[: min(top_k, len(classes))]
     ranked = [{"label": classes[i], "probability": float(probs[i])} for i in best]
 
     blocks, last = block_layers(model), conv_layers(model)[-1]
@@ -273,16 +295,27 @@ def explain(run: str | Path, image: str | Path, out: str | Path, top_k: int = EX
     cam = grad_cam(model, pixels[None], [int(best[0])], target=last)[0]
     figures = {"filters.png": plots.filter_grid(first_conv_kernel(model))}
     for i, (layer, fmap) in enumerate(zip(blocks, maps, strict=True)):
-        figures[f"feature_maps_{i + 1}_{layer.name}.png"] = plots.feature_map_grid(fmap, f"block {i + 1} ({layer.name})")
-    figures["gradcam.png"] = _gradcam_figure(pixels, cam, f"Grad-CAM for {classes[best[0]]} "
-                                                          f"({probs[best[0]]:.2f}), layer {last.name}")
-    figures["top_k.png"] = plots.top_k_bars([r["label"] for r in ranked], [r["probability"] for r in ranked])
+        figures[f"feature_maps_{i + 1}_{layer.name}.png"] = plots.feature_map_grid(
+            fmap, f"block {i + 1} ({layer.name})"
+        )
+    figures["gradcam.png"] = _gradcam_figure(
+        pixels, cam, f"Grad-CAM for {classes[best[0]]} ({probs[best[0]]:.2f}), layer {last.name}"
+    )
+    figures["top_k.png"] = plots.top_k_bars(
+        [r["label"] for r in ranked], [r["probability"] for r in ranked]
+    )
     out = Path(out)
     for name, data in figures.items():
         _write_png(out / name, data)
-    result = {"run": str(run), "image": str(image), "top_k": ranked, "temperature": predictor.temperature,
-              "grad_cam_layer": last.name, "blocks": [layer.name for layer in blocks],
-              "files": sorted(figures)}
+    result = {
+        "run": str(run),
+        "image": str(image),
+        "top_k": ranked,
+        "temperature": predictor.temperature,
+        "grad_cam_layer": last.name,
+        "blocks": [layer.name for layer in blocks],
+        "files": sorted(figures),
+    }
     with atomic_open(out / "explain.json", "w", encoding="utf-8") as f:
         json.dump(result, f, indent=2)
         f.write("\n")
@@ -294,7 +327,11 @@ def _gradcam_figure(pixels: np.ndarray, cam: np.ndarray, title: str) -> bytes:
 
     fig = plots._figure(7.5, 2.8)
     axes = fig.subplots(1, 3)
-    panels = (("image", pixels, None), ("heat map", cam, "jet"), ("overlay", plots.overlay(pixels, cam), None))
+    panels = (
+        ("image", pixels, None),
+        ("heat map", cam, "jet"),
+        ("overlay", plots.overlay(pixels, cam), None),
+    )
     for ax, (name, img, cmap) in zip(axes, panels, strict=True):
         ax.imshow(img, cmap=cmap, interpolation="nearest" if cmap is None else "bilinear")
         ax.set_title(name, fontsize=9)

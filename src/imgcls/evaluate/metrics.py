@@ -11,7 +11,9 @@ TOP_K = 5  # top-k accuracy uses k=5 when there are more than 5 classes, else n_
 PROB_FLOOR = 1e-15  # probabilities are clipped here before a log, as scikit-learn's log_loss does
 
 
-def compute_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: list[str]) -> dict[str, Any]:
+def compute_metrics(
+    y_true: np.ndarray, probs: np.ndarray, class_names: list[str]
+) -> dict[str, Any]:
     """Accuracy, per-class and averaged precision/recall/F1, the confusion matrix, top-k
     accuracy, balanced accuracy, log loss and expected calibration error.
 
@@ -33,7 +35,8 @@ def compute_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: list[str
     y_pred = probs.argmax(axis=1) if len(probs) else np.zeros(0, np.int64)
     labels = np.arange(n_classes)
     precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0)
+        y_true, y_pred, labels=labels, zero_division=0
+    )
     seen = np.union1d(y_true, y_pred)
     k = top_k_for(n_classes)
     metrics = {
@@ -41,18 +44,29 @@ def compute_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: list[str
         "n_images": int(len(y_true)),
         "class_names": list(class_names),
         "per_class": {
-            name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-                   "support": int(support[i])}
+            name: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
             for i, name in enumerate(class_names)
         },
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
         "top_k": k,
         "top_k_accuracy": top_k_accuracy(y_true, probs, k),
-        "balanced_accuracy": float(recall[support > 0].mean()) if (support > 0).any() else float("nan"),
+        "balanced_accuracy": float(recall[support > 0].mean())
+        if (support > 0).any()
+        else float("nan"),
     }
     for average in ("macro", "weighted"):
-        p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, labels=seen, average=average,
-                                                     zero_division=0) if len(y_true) else (np.nan,) * 4
+        p, r, f, _ = (
+            precision_recall_fscore_support(
+                y_true, y_pred, labels=seen, average=average, zero_division=0
+            )
+            if len(y_true)
+            else (np.nan,) * 4
+        )
         metrics[average] = {"precision": float(p), "recall": float(r), "f1": float(f)}
     metrics["log_loss"] = log_loss(y_true, probs)
     metrics.update(calibration(y_true, probs))
@@ -98,8 +112,13 @@ def calibration(y_true: np.ndarray, probs: np.ndarray, n_bins: int = ECE_BINS) -
     for b in range(n_bins):
         members = which == b
         count = int(members.sum())
-        row = {"lower": float(edges[b]), "upper": float(edges[b + 1]), "count": count,
-               "confidence": None, "accuracy": None}
+        row = {
+            "lower": float(edges[b]),
+            "upper": float(edges[b + 1]),
+            "count": count,
+            "confidence": None,
+            "accuracy": None,
+        }
         if count:
             row["confidence"] = float(conf[members].mean())
             row["accuracy"] = float(correct[members].mean())

@@ -44,7 +44,9 @@ def array_png(pixels: np.ndarray, side: int | None = THUMB_SIDE) -> bytes:
     img = Image.fromarray(np.asarray(pixels, np.uint8).squeeze())
     if side and max(img.size) < side:
         scale = side / max(img.size)
-        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.NEAREST)
+        img = img.resize(
+            (max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.NEAREST
+        )
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=True)
     return buf.getvalue()
@@ -72,7 +74,9 @@ def training_curves(history: list[dict[str, float]]) -> bytes:
         for name, style in ((key, "-o"), (f"val_{key}", "-s")):
             values = [row.get(name) for row in history]
             if any(v is not None for v in values):
-                ax.plot(epochs, [np.nan if v is None else v for v in values], style, ms=3, label=name)
+                ax.plot(
+                    epochs, [np.nan if v is None else v for v in values], style, ms=3, label=name
+                )
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(key)
@@ -115,8 +119,15 @@ def confusion_heatmap(cm: np.ndarray, class_names: Sequence[str]) -> bytes:
         for i in range(n):
             for j in range(n):
                 if sub[i, j]:
-                    ax.text(j, i, str(sub[i, j]), ha="center", va="center", fontsize=8,
-                            color="white" if rates[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        str(sub[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=8,
+                        color="white" if rates[i, j] > 0.5 else "black",
+                    )
     return to_png(fig)
 
 
@@ -132,8 +143,12 @@ def per_class_bars(per_class: dict[str, dict[str, float]]) -> bytes:
     ax = fig.subplots()
     y = np.arange(n)
     height = 0.27
-    for k, (key, color) in enumerate((("precision", "#4c72b0"), ("recall", "#dd8452"), ("f1", "#55a868"))):
-        ax.barh(y + (k - 1) * height, [per_class[c][key] for c in names], height, label=key, color=color)
+    for k, (key, color) in enumerate(
+        (("precision", "#4c72b0"), ("recall", "#dd8452"), ("f1", "#55a868"))
+    ):
+        ax.barh(
+            y + (k - 1) * height, [per_class[c][key] for c in names], height, label=key, color=color
+        )
     ax.set_yticks(y, [f"{c} ({per_class[c]['support']})" for c in names], fontsize=_label_size(n))
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
@@ -153,10 +168,28 @@ def reliability_diagram(panels: Sequence[tuple[str, list[dict], float]]) -> byte
         width = bins[0]["upper"] - bins[0]["lower"]
         acc = np.array([b["accuracy"] if b["count"] else 0.0 for b in bins])
         conf = np.array([b["confidence"] if b["count"] else np.nan for b in bins])
-        ax.bar(lows, acc, width=width, align="edge", color="#4c72b0", edgecolor="white", label="accuracy")
+        ax.bar(
+            lows,
+            acc,
+            width=width,
+            align="edge",
+            color="#4c72b0",
+            edgecolor="white",
+            label="accuracy",
+        )
         gap = np.nan_to_num(conf - acc)
-        ax.bar(lows, np.abs(gap), bottom=np.minimum(acc, np.nan_to_num(conf)), width=width, align="edge",
-               facecolor="none", edgecolor="#c44e52", hatch="///", lw=0.8, label="gap to mean confidence")
+        ax.bar(
+            lows,
+            np.abs(gap),
+            bottom=np.minimum(acc, np.nan_to_num(conf)),
+            width=width,
+            align="edge",
+            facecolor="none",
+            edgecolor="#c44e52",
+            hatch="///",
+            lw=0.8,
+            label="gap to mean confidence",
+        )
         ax.plot([0, 1], [0, 1], "--", color="gray", lw=1)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
@@ -179,8 +212,15 @@ def top_k_bars(labels: Sequence[str], probs: Sequence[float]) -> bytes:
     ax.set_xlabel("probability")
     for i, p in enumerate(probs):
         inside = p > 0.8  # no room right of a long bar: write inside it
-        ax.text(p - 0.01 if inside else p + 0.01, i, f"{p:.3f}", va="center", fontsize=8,
-                ha="right" if inside else "left", color="white" if inside else "black")
+        ax.text(
+            p - 0.01 if inside else p + 0.01,
+            i,
+            f"{p:.3f}",
+            va="center",
+            fontsize=8,
+            ha="right" if inside else "left",
+            color="white" if inside else "black",
+        )
     return to_png(fig)
 
 
@@ -199,9 +239,14 @@ def filter_grid(kernel: np.ndarray, max_filters: int = 64) -> bytes:
         tile = kernel[..., i]
         tile = tile if tile.shape[-1] == 3 else tile.mean(axis=-1)
         lo, hi = tile.min(), tile.max()
-        ax.imshow((tile - lo) / (hi - lo + 1e-12), cmap=None if tile.ndim == 3 else "gray",
-                  interpolation="nearest")
-    fig.suptitle(f"first convolution: {n} filters of {kernel.shape[0]}x{kernel.shape[1]}", fontsize=9)
+        ax.imshow(
+            (tile - lo) / (hi - lo + 1e-12),
+            cmap=None if tile.ndim == 3 else "gray",
+            interpolation="nearest",
+        )
+    fig.suptitle(
+        f"first convolution: {n} filters of {kernel.shape[0]}x{kernel.shape[1]}", fontsize=9
+    )
     return to_png(fig)
 
 
@@ -220,6 +265,9 @@ def feature_map_grid(fmap: np.ndarray, title: str, max_maps: int = 16) -> bytes:
         m = fmap[..., c]
         ax.imshow((m - m.min()) / (np.ptp(m) + 1e-12), cmap="viridis", interpolation="nearest")
         ax.set_title(f"ch {c}", fontsize=7)
-    fig.suptitle(f"{title}: {fmap.shape[0]}x{fmap.shape[1]}x{fmap.shape[2]} "
-                 f"({len(order)} most active channels)", fontsize=9)
+    fig.suptitle(
+        f"{title}: {fmap.shape[0]}x{fmap.shape[1]}x{fmap.shape[2]} "
+        f"({len(order)} most active channels)",
+        fontsize=9,
+    )
     return to_png(fig)

@@ -40,8 +40,13 @@ class ModelSpec:
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
-def register_model(name: str, description: str, recipe: dict[str, Any] | None = None,
-                   min_side: int = 8, pretrained: bool = False) -> Callable:
+def register_model(
+    name: str,
+    description: str,
+    recipe: dict[str, Any] | None = None,
+    min_side: int = 8,
+    pretrained: bool = False,
+) -> Callable:
     """Decorator adding a builder ``fn(input_shape, num_classes, **kwargs) -> keras.Model``."""
 
     def wrap(fn: Callable) -> Callable:
@@ -81,9 +86,13 @@ def create_model(name: str, input_shape: tuple[int, int, int], num_classes: int,
     spec = get_spec(name)
     side = min(input_shape[:2])
     if side < spec.min_side:
-        raise ImgclsError(f"model '{name}' needs images of at least {spec.min_side}x{spec.min_side} pixels. "
-                          f"Received: image_size={input_shape[0]} {input_shape[1]}")
+        raise ImgclsError(
+            f"model '{name}' needs images of at least {spec.min_side}x{spec.min_side} pixels. "
+            f"Received: image_size={input_shape[0]} {input_shape[1]}"
+        )
     try:
         return spec.build(tuple(input_shape), int(num_classes), **kwargs)
     except TypeError as e:
-        raise ImgclsError(f"model '{name}' does not take these arguments {sorted(kwargs)}: {e}") from None
+        raise ImgclsError(
+            f"model '{name}' does not take these arguments {sorted(kwargs)}: {e}"
+        ) from None

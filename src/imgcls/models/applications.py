@@ -50,8 +50,13 @@ def _caffe_layer():
     return CaffePreprocess
 
 
-def build_transfer(name: str, input_shape: tuple[int, int, int], num_classes: int,
-                   weights: str | None = "imagenet", dropout: float = 0.2):
+def build_transfer(
+    name: str,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    weights: str | None = "imagenet",
+    dropout: float = 0.2,
+):
     """A backbone + dropout + dense softmax head.
 
     Args:
@@ -66,15 +71,25 @@ def build_transfer(name: str, input_shape: tuple[int, int, int], num_classes: in
     source = None if weights in (None, "none") else weights
     path = None if source in (None, "imagenet") else Path(os.path.expanduser(source))
     if path is not None and not path.is_file():
-        raise ImgclsError(f"`weights` must be imagenet, none or an existing weights file. Received: weights={source}")
+        raise ImgclsError(
+            f"`weights` must be imagenet, none or an existing weights file. Received: weights={source}"
+        )
     try:
-        base = getattr(keras.applications, attr)(include_top=False, weights="imagenet" if source == "imagenet" else None,
-                                                 input_shape=input_shape, pooling="avg", name="backbone", **extra)
+        base = getattr(keras.applications, attr)(
+            include_top=False,
+            weights="imagenet" if source == "imagenet" else None,
+            input_shape=input_shape,
+            pooling="avg",
+            name="backbone",
+            **extra,
+        )
     except Exception as e:  # noqa: BLE001 - a failed download is the usual cause
         if source != "imagenet":
             raise
-        raise ImgclsError(f"ImageNet weights for {name} are not in Keras' cache (~/.keras/models) and could not be "
-                          f"downloaded (offline?) [{type(e).__name__}]; pass --weights PATH or --weights none") from None
+        raise ImgclsError(
+            f"ImageNet weights for {name} are not in Keras' cache (~/.keras/models) and could not be "
+            f"downloaded (offline?) [{type(e).__name__}]; pass --weights PATH or --weights none"
+        ) from None
     if path is not None:
         try:
             base.load_weights(path)
@@ -92,8 +107,13 @@ def build_transfer(name: str, input_shape: tuple[int, int, int], num_classes: in
 def _register(name: str) -> None:
     attr = BACKBONES[name][0]
 
-    @register_model(name, f"Keras Applications {attr} backbone + new head (transfer learning)",
-                    recipe=TRANSFER_RECIPE, min_side=32, pretrained=True)
+    @register_model(
+        name,
+        f"Keras Applications {attr} backbone + new head (transfer learning)",
+        recipe=TRANSFER_RECIPE,
+        min_side=32,
+        pretrained=True,
+    )
     def build(input_shape, num_classes, weights="imagenet", dropout=0.2):
         return build_transfer(name, input_shape, num_classes, weights=weights, dropout=dropout)
 

@@ -17,11 +17,21 @@ CLASSIC_RECIPE = {
 }
 
 
-@register_model("classic", "3x3 conv blocks + BN + ReLU + max-pool + dropout, dense head",
-                recipe=CLASSIC_RECIPE, min_side=8)
-def classic(input_shape: tuple[int, int, int], num_classes: int, filters: tuple[int, ...] = (32, 64, 128),
-            convs_per_block: int = 2, dense_units: int = 256, dropout: float = 0.1,
-            dense_dropout: float = 0.3):
+@register_model(
+    "classic",
+    "3x3 conv blocks + BN + ReLU + max-pool + dropout, dense head",
+    recipe=CLASSIC_RECIPE,
+    min_side=8,
+)
+def classic(
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    filters: tuple[int, ...] = (32, 64, 128),
+    convs_per_block: int = 2,
+    dense_units: int = 256,
+    dropout: float = 0.1,
+    dense_dropout: float = 0.3,
+):
     """Build the classic network.
 
     Args:
@@ -40,14 +50,18 @@ def classic(input_shape: tuple[int, int, int], num_classes: int, filters: tuple[
 
     from imgcls.errors import check
 
-    check(min(input_shape[:2]) >= 2 ** len(filters),
-          f"model 'classic' with {len(filters)} blocks needs images of at least {2 ** len(filters)} pixels a side. "
-          f"Received: image_size={input_shape[0]} {input_shape[1]}")
+    check(
+        min(input_shape[:2]) >= 2 ** len(filters),
+        f"model 'classic' with {len(filters)} blocks needs images of at least {2 ** len(filters)} pixels a side. "
+        f"Received: image_size={input_shape[0]} {input_shape[1]}",
+    )
     inputs = keras.Input(input_shape, name="pixels")
     x = layers.Rescaling(1.0 / 255, name="scale")(inputs)
     for b, f in enumerate(filters):
         for c in range(convs_per_block):
-            x = layers.Conv2D(f, 3, padding="same", use_bias=False, name=f"block{b + 1}_conv{c + 1}")(x)
+            x = layers.Conv2D(
+                f, 3, padding="same", use_bias=False, name=f"block{b + 1}_conv{c + 1}"
+            )(x)
             x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"block{b + 1}_bn{c + 1}")(x)
             x = layers.ReLU(name=f"block{b + 1}_relu{c + 1}")(x)
         x = layers.MaxPooling2D(2, name=f"block{b + 1}_pool")(x)

@@ -29,9 +29,15 @@ BN_MOMENTUM = 0.8  # short runs: statistics must follow fast-moving weights
 LOGIT_SCALE = 1 / 9  # airbench: smaller logits train better with label smoothing
 
 
-@register_model("fast", "airbench-style: frozen patch whitening, 3 conv-pool-BN-GELU blocks, max pool",
-                recipe=FAST_RECIPE, min_side=16)
-def fast(input_shape: tuple[int, int, int], num_classes: int, widths: tuple[int, ...] = (48, 160, 160)):
+@register_model(
+    "fast",
+    "airbench-style: frozen patch whitening, 3 conv-pool-BN-GELU blocks, max pool",
+    recipe=FAST_RECIPE,
+    min_side=16,
+)
+def fast(
+    input_shape: tuple[int, int, int], num_classes: int, widths: tuple[int, ...] = (48, 160, 160)
+):
     """Build the fast network; call :func:`init_from_data` before training.
 
     Args:
@@ -44,7 +50,9 @@ def fast(input_shape: tuple[int, int, int], num_classes: int, widths: tuple[int,
 
     inputs = keras.Input(input_shape, name="pixels")
     x = layers.Rescaling(1.0 / 255, name="scale")(inputs)
-    x = layers.Conv2D(2 * WHITEN_PATCH * WHITEN_PATCH * 3, WHITEN_PATCH, trainable=False, name="whiten")(x)
+    x = layers.Conv2D(
+        2 * WHITEN_PATCH * WHITEN_PATCH * 3, WHITEN_PATCH, trainable=False, name="whiten"
+    )(x)
     x = layers.Activation("gelu", name="whiten_gelu")(x)
     for b, w in enumerate(widths):
         x = layers.Conv2D(w, 3, padding="same", use_bias=False, name=f"block{b + 1}_conv1")(x)
@@ -68,9 +76,17 @@ def init_from_data(model, images: np.ndarray, seed: int = 0) -> None:
     n, h, w = images.shape[:3]
     k = WHITEN_PATCH
     count = min(WHITEN_SAMPLES, n * (h - k + 1) * (w - k + 1))
-    idx, rows, cols = rng.integers(0, n, count), rng.integers(0, h - k + 1, count), rng.integers(0, w - k + 1, count)
-    patches = np.stack([images[idx, rows + dy, cols + dx] for dy in range(k) for dx in range(k)], axis=1)
-    patches = patches.reshape(count, -1).astype(np.float64) / 255.0  # (count, k*k*3) in (dy, dx, c) order
+    idx, rows, cols = (
+        rng.integers(0, n, count),
+        rng.integers(0, h - k + 1, count),
+        rng.integers(0, w - k + 1, count),
+    )
+    patches = np.stack(
+        [images[idx, rows + dy, cols + dx] for dy in range(k) for dx in range(k)], axis=1
+    )
+    patches = (
+        patches.reshape(count, -1).astype(np.float64) / 255.0
+    )  # (count, k*k*3) in (dy, dx, c) order
     mean = patches.mean(axis=0)
     eigvals, eigvecs = np.linalg.eigh(np.cov(patches, rowvar=False))
     filters = eigvecs / np.sqrt(eigvals + WHITEN_EPS)  # columns whiten the patch vector

@@ -40,16 +40,20 @@ class Progress(keras.callbacks.Callback):
         rate = (batch + 1) / max(now - self.t0, 1e-9)  # steps per second this session
         eta = (self.steps - done) / rate
         bar = "=" * int(24 * done / self.steps)
-        self.stream.write(f"\repoch {self.epoch + 1}/{self.epochs} [{bar:<24}] {done}/{self.steps} "
-                          f"ETA {_clock(eta)} {rate * self.batch_size:,.0f} img/s {_fmt(logs)}\x1b[K")
+        self.stream.write(
+            f"\repoch {self.epoch + 1}/{self.epochs} [{bar:<24}] {done}/{self.steps} "
+            f"ETA {_clock(eta)} {rate * self.batch_size:,.0f} img/s {_fmt(logs)}\x1b[K"
+        )
         self.stream.flush()
 
     def end(self, row: dict[str, float], images: int) -> None:
         seconds = time.perf_counter() - self.t0
         if not self.enabled:
             return
-        line = (f"epoch {self.epoch + 1}/{self.epochs} {_clock(seconds)} "
-                f"{images / max(seconds, 1e-9):,.0f} img/s {_fmt(row)}")
+        line = (
+            f"epoch {self.epoch + 1}/{self.epochs} {_clock(seconds)} "
+            f"{images / max(seconds, 1e-9):,.0f} img/s {_fmt(row)}"
+        )
         self.stream.write(f"\r{line}\x1b[K\n" if self.tty else f"{line}\n")
         self.stream.flush()
 
@@ -68,9 +72,17 @@ class StepHook(keras.callbacks.Callback):
 
 def _fmt(logs) -> str:
     keys = ("loss", "accuracy", "val_loss", "val_accuracy")
-    return " ".join(f"{k} {float(logs[k]):.4f}" for k in keys if logs and k in logs and not math.isnan(float(logs[k])))
+    return " ".join(
+        f"{k} {float(logs[k]):.4f}"
+        for k in keys
+        if logs and k in logs and not math.isnan(float(logs[k]))
+    )
 
 
 def _clock(seconds: float) -> str:
     seconds = max(0, int(seconds))
-    return f"{seconds // 60}:{seconds % 60:02d}" if seconds < 3600 else f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+    return (
+        f"{seconds // 60}:{seconds % 60:02d}"
+        if seconds < 3600
+        else f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+    )

@@ -52,8 +52,10 @@ class CheckpointManager:
                     _write_npz(tmp, arrays)
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise ImgclsError(f"disk full while writing checkpoint {path}; the previous checkpoint "
-                                  f"is intact: free space and run `imgcls train --resume {self.dir.parent}`") from None
+                raise ImgclsError(
+                    f"disk full while writing checkpoint {path}; the previous checkpoint "
+                    f"is intact: free space and run `imgcls train --resume {self.dir.parent}`"
+                ) from None
             raise
         self._prune()
         return path
@@ -70,8 +72,11 @@ class CheckpointManager:
             try:
                 return path, _read_npz(path)
             except (OSError, ValueError, zipfile.BadZipFile, KeyError, EOFError) as e:
-                print(f"imgcls: warning: checkpoint {path} is damaged ({type(e).__name__}); "
-                      "falling back to the previous one", file=sys.stderr)
+                print(
+                    f"imgcls: warning: checkpoint {path} is damaged ({type(e).__name__}); "
+                    "falling back to the previous one",
+                    file=sys.stderr,
+                )
         return None
 
     def clean_temporaries(self) -> None:
@@ -91,19 +96,27 @@ def peek_state(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
     return json.loads(bytes(arrays["state"]).decode("utf-8"))
 
 
-def restore(model, optimizer, arrays: dict[str, np.ndarray], optimizer_too: bool = True) -> dict[str, Any]:
+def restore(
+    model, optimizer, arrays: dict[str, np.ndarray], optimizer_too: bool = True
+) -> dict[str, Any]:
     """Assign saved values to the model's (and optimizer's) variables; return the trainer state."""
     state = peek_state(arrays)
-    groups = [("model", model.variables)] + ([("optimizer", optimizer.variables)] if optimizer_too else [])
+    groups = [("model", model.variables)] + (
+        [("optimizer", optimizer.variables)] if optimizer_too else []
+    )
     for prefix, variables in groups:
         n = int(state[f"n_{prefix}"])
         if n != len(variables):
-            raise ImgclsError(f"checkpoint holds {n} {prefix} variables but the {prefix} has {len(variables)}; "
-                              "was the model or optimizer changed?")
+            raise ImgclsError(
+                f"checkpoint holds {n} {prefix} variables but the {prefix} has {len(variables)}; "
+                "was the model or optimizer changed?"
+            )
         for i, v in enumerate(variables):
             value = arrays[f"{prefix}_{i:05d}"]
             if tuple(value.shape) != tuple(v.shape):
-                raise ImgclsError(f"checkpoint {prefix} variable {v.path} has shape {value.shape}, expected {v.shape}")
+                raise ImgclsError(
+                    f"checkpoint {prefix} variable {v.path} has shape {value.shape}, expected {v.shape}"
+                )
             v.assign(value)
     return state
 
@@ -145,8 +158,10 @@ class RunLock:
         except OSError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             os.close(fd)
-            raise ImgclsError(f"RUN {self.path.parent} is being trained by another process (pid {holder}); "
-                              "wait for it to finish or use another --out") from None
+            raise ImgclsError(
+                f"RUN {self.path.parent} is being trained by another process (pid {holder}); "
+                "wait for it to finish or use another --out"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._fd = fd

@@ -41,8 +41,9 @@ def infer_image_size(images: ImageSet) -> tuple[int, int]:
     return clamp(h), clamp(w)
 
 
-def prepare_arrays(images: ImageSet, splits: np.ndarray, size: tuple[int, int]
-                   ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[dict]]:
+def prepare_arrays(
+    images: ImageSet, splits: np.ndarray, size: tuple[int, int]
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[dict]]:
     """Decode every image once and group pixels and labels by split.
 
     Returns ``({"train": (x, y), "val": ..., "test": ...}, left_out)``; files that fail to
@@ -68,8 +69,13 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def build_optimizer(config: TrainConfig, recipe: dict[str, Any], steps_per_epoch: int,
-                    epochs: int | None = None, lr: float | None = None) -> Any:
+def build_optimizer(
+    config: TrainConfig,
+    recipe: dict[str, Any],
+    steps_per_epoch: int,
+    epochs: int | None = None,
+    lr: float | None = None,
+) -> Any:
     """The recipe's optimizer (AdamW or Nesterov SGD) with warm-up then cosine or linear decay.
 
     ``epochs`` and ``lr`` default to the config's; a training phase passes its own.
@@ -83,11 +89,15 @@ def build_optimizer(config: TrainConfig, recipe: dict[str, Any], steps_per_epoch
         schedule = __getattr__("WarmupLinear")(lr, warmup, total)
     else:
         schedule = keras.optimizers.schedules.CosineDecay(
-            initial_learning_rate=lr * 0.01 if warmup else lr, decay_steps=max(1, total - warmup),
-            warmup_target=lr if warmup else None, warmup_steps=warmup,
+            initial_learning_rate=lr * 0.01 if warmup else lr,
+            decay_steps=max(1, total - warmup),
+            warmup_target=lr if warmup else None,
+            warmup_steps=warmup,
         )
     if recipe.get("optimizer") == "sgd":
-        return keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True, weight_decay=config.weight_decay or None)
+        return keras.optimizers.SGD(
+            schedule, momentum=0.9, nesterov=True, weight_decay=config.weight_decay or None
+        )
     return keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay or 0.0)
 
 

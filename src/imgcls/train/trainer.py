@@ -49,8 +49,15 @@ class TrainResult:
     left_out: list[dict] = field(default_factory=list)
 
 
-def train(data: str | Path | None = None, out: str | Path = "runs/latest", config: TrainConfig | None = None,
-          *, resume: bool = False, verbose: bool = True, **overrides: Any) -> TrainResult:
+def train(
+    data: str | Path | None = None,
+    out: str | Path = "runs/latest",
+    config: TrainConfig | None = None,
+    *,
+    resume: bool = False,
+    verbose: bool = True,
+    **overrides: Any,
+) -> TrainResult:
     """Train a model on DATA and write the run folder ``out``.
 
     Args:
@@ -79,8 +86,10 @@ def train(data: str | Path | None = None, out: str | Path = "runs/latest", confi
             get_spec(config.model)  # an unknown name fails before any data is read
         taken = [n for n in (RUN_FILE, "bundle.json", "checkpoints") if (out / n).exists()]
         if taken:
-            raise ImgclsError(f"--out {out} already holds a run ({taken[0]}); pass --resume to continue it "
-                              "or choose another --out")
+            raise ImgclsError(
+                f"--out {out} already holds a run ({taken[0]}); pass --resume to continue it "
+                "or choose another --out"
+            )
     import keras
 
     policy = keras.config.dtype_policy()
@@ -88,7 +97,9 @@ def train(data: str | Path | None = None, out: str | Path = "runs/latest", confi
         with RunLock(out):
             return _Trainer(data, out, config, resume, verbose).run()
     finally:
-        keras.config.set_dtype_policy(policy)  # the run's precision does not leak into the caller's models
+        keras.config.set_dtype_policy(
+            policy
+        )  # the run's precision does not leak into the caller's models
 
 
 def _resume_config(out: Path, data: Any, overrides: dict[str, Any]) -> tuple[TrainConfig, str]:
@@ -100,14 +111,19 @@ def _resume_config(out: Path, data: Any, overrides: dict[str, Any]) -> tuple[Tra
         old = getattr(config, key, None)
         if value is None or value == old or (isinstance(old, tuple) and tuple(value) == old):
             continue
-        check(key in RESUME_SAFE_KEYS, f"--resume: `{key}` differs from the run's ({value!r} vs {old!r}); "
-                                       "resuming with a changed recipe is refused. Start a new run instead")
+        check(
+            key in RESUME_SAFE_KEYS,
+            f"--resume: `{key}` differs from the run's ({value!r} vs {old!r}); "
+            "resuming with a changed recipe is refused. Start a new run instead",
+        )
     config = config.updated(**{k: v for k, v in overrides.items() if k in RESUME_SAFE_KEYS})
     return config, str(data) if data is not None else saved["data"]["argument"]
 
 
 class _Trainer:
-    def __init__(self, data: str | Path, out: Path, config: TrainConfig, resume: bool, verbose: bool):
+    def __init__(
+        self, data: str | Path, out: Path, config: TrainConfig, resume: bool, verbose: bool
+    ):
         self.data_arg, self.out, self.resume, self.verbose = str(data), out, resume, verbose
         self.config = config  # completed from the model's recipe once the data is known
         self.ckpt = CheckpointManager(out, keep=self.config.keep_checkpoints)
@@ -134,8 +150,10 @@ class _Trainer:
             self.log(f"imgcls: left out {issue['path']}: {issue['kind']}: {issue['detail']}")
         counts = {s: len(self.arrays[s][0]) for s in ("train", "val", "test")}
         check(counts["train"] > 0, f"DATA {self.data_arg}: no training images left after the split")
-        self.log(f"data: {len(images.class_names)} classes, {counts['train']} train / {counts['val']} val / "
-                 f"{counts['test']} test images at {size[0]}x{size[1]}")
+        self.log(
+            f"data: {len(images.class_names)} classes, {counts['train']} train / {counts['val']} val / "
+            f"{counts['test']} test images at {size[0]}x{size[1]}"
+        )
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()
@@ -146,16 +164,23 @@ class _Trainer:
     def write_run_file(self) -> None:
         self.run_info = {
             "config": self.config.to_dict(),
-            "data": {"argument": self.data_arg, "source": self.images.source,
-                     "class_names": self.images.class_names, "fingerprint": self.fingerprint(),
-                     "n_images": len(self.images), "left_out": self.left_out,
-                     "split_counts": {s: len(self.arrays[s][0]) for s in ("train", "val", "test")}},
+            "data": {
+                "argument": self.data_arg,
+                "source": self.images.source,
+                "class_names": self.images.class_names,
+                "fingerprint": self.fingerprint(),
+                "n_images": len(self.images),
+                "left_out": self.left_out,
+                "split_counts": {s: len(self.arrays[s][0]) for s in ("train", "val", "test")},
+            },
         }
         if self.resume:
             saved = json.loads((self.out / RUN_FILE).read_text(encoding="utf-8"))
-            check(saved["data"]["fingerprint"] == self.run_info["data"]["fingerprint"],
-                  f"--resume: the data at {self.data_arg} differs from what run {self.out} was trained on "
-                  "(images, labels or split changed); resuming is refused. Start a new run instead")
+            check(
+                saved["data"]["fingerprint"] == self.run_info["data"]["fingerprint"],
+                f"--resume: the data at {self.data_arg} differs from what run {self.out} was trained on "
+                "(images, labels or split changed); resuming is refused. Start a new run instead",
+            )
             return
         self.out.mkdir(parents=True, exist_ok=True)
         write_split_csv(self.out / "split.csv", self.images, self.splits)
@@ -174,10 +199,15 @@ class _Trainer:
         keras.config.set_dtype_policy(self.precision)
         kwargs = dict(c.model_args)
         if c.weights is not None:
-            check(self.spec.pretrained, f"`weights` applies only to pretrained backbones, not model '{c.model}'. "
-                                        f"Received: weights={c.weights}")
+            check(
+                self.spec.pretrained,
+                f"`weights` applies only to pretrained backbones, not model '{c.model}'. "
+                f"Received: weights={c.weights}",
+            )
             kwargs["weights"] = c.weights
-        self.model = create_model(c.model, (*c.image_size, 3), len(self.images.class_names), **kwargs)
+        self.model = create_model(
+            c.model, (*c.image_size, 3), len(self.images.class_names), **kwargs
+        )
         self.spec.init_from_data(self.model, self.arrays["train"][0], c.seed)
         self.steps = steps_per_epoch(len(self.arrays["train"][0]), c.batch_size)
         self.phase = None
@@ -217,16 +247,30 @@ class _Trainer:
         self.write_run_file()
         self.build()
         state = self.initial_state()
-        self.log(f"model {self.config.model}: {self.model.count_params():,} parameters, precision {self.precision}, "
-                 f"{self.config.epochs} epochs of {self.steps} steps")
+        self.log(
+            f"model {self.config.model}: {self.model.count_params():,} parameters, precision {self.precision}, "
+            f"{self.config.epochs} epochs of {self.steps} steps"
+        )
         stopped = self.loop(state)
         return self.finish(state, stopped)
 
     def initial_state(self) -> dict[str, Any]:
-        state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best": None, "best_epoch": None,
-                 "bad_epochs": 0, "history": [], "elapsed_s": 0.0, "stopped": None, "phase": None}
+        state = {
+            "epoch": 0,
+            "step_in_epoch": 0,
+            "global_step": 0,
+            "best": None,
+            "best_epoch": None,
+            "bad_epochs": 0,
+            "history": [],
+            "elapsed_s": 0.0,
+            "stopped": None,
+            "phase": None,
+        }
         found = self.ckpt.load_latest() if self.resume else None
-        if self.resume and found is None:  # killed before the first checkpoint: same seed, so start over
+        if (
+            self.resume and found is None
+        ):  # killed before the first checkpoint: same seed, so start over
             self.log(f"no readable checkpoint in {self.ckpt.dir}; starting from the first step")
         if found is None:
             self.compile_for(0)
@@ -236,10 +280,14 @@ class _Trainer:
         self.compile_for(saved["epoch"])
         # A checkpoint from the previous phase holds that phase's optimizer; the new phase starts
         # with a fresh one, exactly as an uninterrupted run does.
-        state = restore(self.model, self.optimizer, arrays, optimizer_too=saved.get("phase") == self.phase)
+        state = restore(
+            self.model, self.optimizer, arrays, optimizer_too=saved.get("phase") == self.phase
+        )
         if state.get("stopped") == "max_time":
             state["stopped"] = None  # resuming is the request to go on (under the new --max-time)
-        self.log(f"resumed from {path.name}: epoch {state['epoch'] + 1}, step {state['step_in_epoch']}")
+        self.log(
+            f"resumed from {path.name}: epoch {state['epoch'] + 1}, step {state['step_in_epoch']}"
+        )
         return state
 
     def loop(self, state: dict[str, Any]) -> str:
@@ -261,8 +309,10 @@ class _Trainer:
 
             import keras
 
-            check(importlib.util.find_spec("tensorboard") is not None,
-                  "`--tensorboard` needs the tensorboard package: pip install 'imgcls[tensorboard]'")
+            check(
+                importlib.util.find_spec("tensorboard") is not None,
+                "`--tensorboard` needs the tensorboard package: pip install 'imgcls[tensorboard]'",
+            )
             extra.append(keras.callbacks.TensorBoard(log_dir=str(self.out / "tensorboard")))
         t_start = time.perf_counter() - state["elapsed_s"]
         self.t_start = t_start
@@ -270,23 +320,36 @@ class _Trainer:
             epoch, skip = state["epoch"], state["step_in_epoch"]
             self.compile_for(epoch)
             state["phase"] = self.phase
-            ds = train_dataset(x, y, c.batch_size, c.seed, epoch, c.augment, skip, weights, n_classes)
+            ds = train_dataset(
+                x, y, c.batch_size, c.seed, epoch, c.augment, skip, weights, n_classes
+            )
             progress.begin(epoch, skip)
             hook.first_step = skip
             try:
-                fit = self.model.fit(ds, epochs=epoch + 1, initial_epoch=epoch, validation_data=val_ds,
-                                     callbacks=[progress, hook, *extra], shuffle=False, verbose=0)
+                fit = self.model.fit(
+                    ds,
+                    epochs=epoch + 1,
+                    initial_epoch=epoch,
+                    validation_data=val_ds,
+                    callbacks=[progress, hook, *extra],
+                    shuffle=False,
+                    verbose=0,
+                )
             except Exception as e:  # noqa: BLE001 - re-raised unless it is a known resource failure
                 _raise_resource_error(e, c.batch_size)
                 raise
             if self.flags.get("nan"):
-                raise ImgclsError(f"loss became NaN at epoch {epoch + 1}, step {self.flags['nan']}; the last good "
-                                  f"checkpoint is in {self.ckpt.dir}. Try a lower --lr (now {c.lr})")
+                raise ImgclsError(
+                    f"loss became NaN at epoch {epoch + 1}, step {self.flags['nan']}; the last good "
+                    f"checkpoint is in {self.ckpt.dir}. Try a lower --lr (now {c.lr})"
+                )
             state["elapsed_s"] = time.perf_counter() - t_start
             if self.flags.get("max_time"):
                 state["stopped"] = "max_time"
                 self.ckpt.save(self.model, self.optimizer, state)
-                self.log(f"stopped: --max-time {c.max_time} min reached at epoch {epoch + 1}, step {state['step_in_epoch']}")
+                self.log(
+                    f"stopped: --max-time {c.max_time} min reached at epoch {epoch + 1}, step {state['step_in_epoch']}"
+                )
                 break
             self.end_epoch(state, fit.history, progress)
         return state.get("stopped") or "completed"
@@ -299,18 +362,30 @@ class _Trainer:
             self.flags["nan"] = step
             self.model.stop_training = True
             return
-        if c.max_time and time.perf_counter() - self.t_start > c.max_time * 60 and step < self.steps:
+        if (
+            c.max_time
+            and time.perf_counter() - self.t_start > c.max_time * 60
+            and step < self.steps
+        ):
             self.flags["max_time"] = True
             self.model.stop_training = True
             return
-        if c.checkpoint_every and state["global_step"] % c.checkpoint_every == 0 and step < self.steps:
+        if (
+            c.checkpoint_every
+            and state["global_step"] % c.checkpoint_every == 0
+            and step < self.steps
+        ):
             state["elapsed_s"] = time.perf_counter() - self.t_start
             self.ckpt.save(self.model, self.optimizer, state)
 
     def end_epoch(self, state: dict[str, Any], logs: dict[str, list], progress) -> None:
         c = self.config
-        row = {"epoch": state["epoch"] + 1, **{k: float(v[-1]) for k, v in logs.items()},
-               "lr": float(self.optimizer.learning_rate), "elapsed_s": round(state["elapsed_s"], 2)}
+        row = {
+            "epoch": state["epoch"] + 1,
+            **{k: float(v[-1]) for k, v in logs.items()},
+            "lr": float(self.optimizer.learning_rate),
+            "elapsed_s": round(state["elapsed_s"], 2),
+        }
         progress.end(row, self.steps * min(c.batch_size, len(self.arrays["train"][0])))
         state["history"].append(row)
         state["epoch"] += 1
@@ -324,8 +399,15 @@ class _Trainer:
             state["bad_epochs"] += 1
         if c.patience and state["bad_epochs"] >= c.patience and state["epoch"] < c.epochs:
             state["stopped"] = "early_stopping"
-            self.log(f"early stopping: no val_loss improvement for {c.patience} epochs (best epoch {state['best_epoch']})")
-        if c.max_time and state["elapsed_s"] > c.max_time * 60 and state["epoch"] < c.epochs and not state["stopped"]:
+            self.log(
+                f"early stopping: no val_loss improvement for {c.patience} epochs (best epoch {state['best_epoch']})"
+            )
+        if (
+            c.max_time
+            and state["elapsed_s"] > c.max_time * 60
+            and state["epoch"] < c.epochs
+            and not state["stopped"]
+        ):
             state["stopped"] = "max_time"
             self.log(f"stopped: --max-time {c.max_time} min reached after epoch {state['epoch']}")
         self.write_history(state["history"])
@@ -333,7 +415,9 @@ class _Trainer:
 
     def write_history(self, history: list[dict]) -> None:
         keys = list(dict.fromkeys(k for row in history for k in row))
-        write_csv(self.out / HISTORY_FILE, keys, [[row.get(k, "") for k in keys] for row in history])
+        write_csv(
+            self.out / HISTORY_FILE, keys, [[row.get(k, "") for k in keys] for row in history]
+        )
 
     # ---- end ---------------------------------------------------------------------------------
     def finish(self, state: dict[str, Any], stopped: str) -> TrainResult:
@@ -343,16 +427,25 @@ class _Trainer:
         xt, yt = self.arrays["test"]
         test_metrics = None
         if len(xt):
-            probs = self.model.predict(xt.astype(np.float32), batch_size=self.config.batch_size, verbose=0)
+            probs = self.model.predict(
+                xt.astype(np.float32), batch_size=self.config.batch_size, verbose=0
+            )
             test_metrics = compute_metrics(yt, probs, self.images.class_names)
             self.log(f"test accuracy: {test_metrics['accuracy']:.4f} ({len(xt)} images)")
         meta = BundleMeta(
-            class_names=self.images.class_names, image_size=tuple(self.config.image_size),
-            preprocessing=dict(PREPROCESSING), config=self.config.to_dict(),
-            data=self.run_info["data"], versions=library_versions(),
-            metrics={"test_accuracy": test_metrics["accuracy"] if test_metrics else None,
-                     "epochs_run": state["epoch"], "stopped": stopped, "precision": self.precision,
-                     "train_seconds": round(state["elapsed_s"], 2)},
+            class_names=self.images.class_names,
+            image_size=tuple(self.config.image_size),
+            preprocessing=dict(PREPROCESSING),
+            config=self.config.to_dict(),
+            data=self.run_info["data"],
+            versions=library_versions(),
+            metrics={
+                "test_accuracy": test_metrics["accuracy"] if test_metrics else None,
+                "epochs_run": state["epoch"],
+                "stopped": stopped,
+                "precision": self.precision,
+                "train_seconds": round(state["elapsed_s"], 2),
+            },
         )
         save_bundle(self.out, self.model, meta)
         self.log(f"saved {self.out}/model.keras")
@@ -367,12 +460,25 @@ def _with_recipe(config: TrainConfig, n_train: int) -> TrainConfig:
     the batch size or learning rate were given.
     """
     if config.model is None:
-        config = config.updated(model="fast" if max(config.image_size) <= FAST_MAX_SIDE else "classic")
+        config = config.updated(
+            model="fast" if max(config.image_size) <= FAST_MAX_SIDE else "classic"
+        )
     recipe = get_spec(config.model).recipe
-    fills = {k: recipe[k] for k in ("epochs", "batch_size", "lr", "label_smoothing", "weight_decay")
-             if getattr(config, k) is None and k in recipe}
-    defaults = {"epochs": 10, "batch_size": 64, "lr": 1e-3, "label_smoothing": 0.0, "weight_decay": 0.0}
-    fills.update({k: v for k, v in defaults.items() if getattr(config, k) is None and k not in fills})
+    fills = {
+        k: recipe[k]
+        for k in ("epochs", "batch_size", "lr", "label_smoothing", "weight_decay")
+        if getattr(config, k) is None and k in recipe
+    }
+    defaults = {
+        "epochs": 10,
+        "batch_size": 64,
+        "lr": 1e-3,
+        "label_smoothing": 0.0,
+        "weight_decay": 0.0,
+    }
+    fills.update(
+        {k: v for k, v in defaults.items() if getattr(config, k) is None and k not in fills}
+    )
     min_steps = recipe.get("min_steps_per_epoch")
     if min_steps and "batch_size" in fills and n_train // fills["batch_size"] < min_steps:
         batch = max(MIN_ADAPTED_BATCH, 2 ** int(math.log2(max(n_train / min_steps, 1))))
@@ -390,6 +496,7 @@ def _class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
 def _raise_resource_error(e: Exception, batch_size: int) -> None:
     name = type(e).__name__
     if name == "ResourceExhaustedError" or isinstance(e, MemoryError):
-        raise ImgclsError(f"out of memory with --batch-size {batch_size}; the last good checkpoint is intact. "
-                          f"Start a new run with --batch-size {max(1, batch_size // 2)}") from None
-
+        raise ImgclsError(
+            f"out of memory with --batch-size {batch_size}; the last good checkpoint is intact. "
+            f"Start a new run with --batch-size {max(1, batch_size // 2)}"
+        ) from None
