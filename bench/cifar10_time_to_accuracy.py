@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from _common import ROOT, timed, write_result
+from _common import IMGCLS, ROOT, timed, write_result
 
 CIFAR = ROOT.parent / "shared" / "datasets" / "cifar10" / "train"
 TEST_PER_CLASS = 500  # 5,000 held-out test images in all
@@ -49,7 +49,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     manifest = write_manifest(out)
-    imgcls = [sys.executable, "-m", "imgcls"]
+    imgcls = IMGCLS
     results = []
     for model in args.models:
         run_dir = out / f"tta-{model}"

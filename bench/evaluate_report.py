@@ -17,12 +17,11 @@ import json
 import os
 import platform
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from _common import timed, write_result
+from _common import IMGCLS, timed, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR = ROOT.parent / "shared" / "datasets" / "cifar10" / "train"
@@ -82,7 +81,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     source = "cifar10" if CIFAR.is_dir() else "synthetic"
     manifest = cifar_manifest(out) if source == "cifar10" else synthetic_manifest(out)
-    imgcls = [sys.executable, "-m", "imgcls"]
+    imgcls = IMGCLS
     run = out / f"evaluate-report-{source}-run"
     train_s = None
     if args.fresh or not (run / "bundle.json").is_file():
