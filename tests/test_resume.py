@@ -102,6 +102,14 @@ def resume(run: Path) -> subprocess.CompletedProcess:
     )
 
 
+def resume_matches(run: Path, ref: list[np.ndarray]) -> subprocess.CompletedProcess:
+    """Resume ``run``; it must finish with the reference weights. Returns the finished process."""
+    r = resume(run)
+    assert r.returncode == 0, r.stderr
+    assert_same(weights(run), ref)
+    return r
+
+
 def test_same_seed_gives_same_weights(reference, tmp_path):
     data, ref = reference
     proc = start(data, tmp_path / "again")
@@ -115,9 +123,7 @@ def test_sigkill_mid_epoch_then_resume(reference, tmp_path):
     proc = start(data, run)
     assert kill_when(proc, lambda: files(run / "checkpoints", "ckpt-"))
     assert not (run / "model.keras").exists()  # it really died before finishing
-    r = resume(run)
-    assert r.returncode == 0, r.stderr
-    assert_same(weights(run), ref)
+    resume_matches(run, ref)
 
 
 def test_sigkill_during_checkpoint_write_then_resume(reference, tmp_path):
@@ -125,15 +131,12 @@ def test_sigkill_during_checkpoint_write_then_resume(reference, tmp_path):
     run = tmp_path / "run"
     proc = start(data, run)
     ckpts = run / "checkpoints"
-    assert wait_for(
-        lambda: files(ckpts, "ckpt-")
-    )  # a good checkpoint exists; kill during a later write
+    # A good checkpoint exists first; then kill during a later write.
+    assert wait_for(lambda: files(ckpts, "ckpt-"))
     if not kill_when(proc, lambda: files(ckpts, ".tmp-"), every=0.0002):
         pytest.skip("the checkpoint write was too quick to catch in flight on this machine")
-    r = resume(run)
-    assert r.returncode == 0, r.stderr
+    resume_matches(run, ref)
     assert not files(ckpts, ".tmp-")  # leftovers cleaned
-    assert_same(weights(run), ref)
 
 
 def test_truncated_latest_checkpoint_falls_back(reference, tmp_path):
@@ -144,10 +147,8 @@ def test_truncated_latest_checkpoint_falls_back(reference, tmp_path):
     assert kill_when(proc, lambda: len(files(ckpts, "ckpt-")) >= 2)
     newest = files(ckpts, "ckpt-")[-1]
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # a torn write
-    r = resume(run)
-    assert r.returncode == 0, r.stderr
+    r = resume_matches(run, ref)
     assert "damaged" in r.stderr and newest.name in r.stderr
-    assert_same(weights(run), ref)
 
 
 def test_second_trainer_on_same_run_is_refused(reference, tmp_path):

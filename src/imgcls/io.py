@@ -11,7 +11,6 @@ import contextlib
 import csv
 import json
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -84,20 +83,6 @@ def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterator | l
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows(rows)
-
-
-def replace_dir(tmp_dir: Path, target: Path) -> None:
-    """Move a fully written folder ``tmp_dir`` to ``target``, replacing an older one."""
-    old = None
-    if target.exists():
-        old = target.with_name(f"{TMP_PREFIX}old-{target.name}")
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(target, old)
-    os.replace(tmp_dir, target)
-    _fsync_dir(target.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _json_default(obj: Any) -> Any:

@@ -12,7 +12,6 @@ import io
 import os
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -185,12 +184,3 @@ def _to_rgb(img: Image.Image) -> tuple[Image.Image, str | None]:
 def _short(e: BaseException) -> str:
     text = str(e).strip() or type(e).__name__
     return text if len(text) <= 160 else text[:157] + "..."
-
-
-def sniff_format(path: str | Path) -> str | None:
-    """The image format Pillow detects from the content, or ``None``."""
-    try:
-        with Image.open(path) as img:
-            return img.format
-    except Exception:  # noqa: BLE001 - any failure means "not recognisably an image"
-        return None
