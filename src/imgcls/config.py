@@ -68,17 +68,7 @@ class TrainConfig:
                 _is_number(self.max_time) and self.max_time > 0,
                 f"`max_time` must be a positive number of minutes. Received: max_time={self.max_time!r}",
             )
-        for name in ("val_split", "test_split"):
-            value = getattr(self, name)
-            check(
-                _is_number(value) and 0 <= value < 1,
-                f"`{name}` must be a fraction in [0, 1). Received: {name}={value!r}",
-            )
-        check(
-            self.val_split + self.test_split < 1,
-            "`val_split` + `test_split` must leave images to train on (sum below 1). "
-            f"Received: val_split={self.val_split}, test_split={self.test_split}",
-        )
+        check_splits(self.val_split, self.test_split)
         if self.image_size is not None:
             size = tuple(self.image_size)
             check(
@@ -160,6 +150,20 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         ) from None
     check(isinstance(data, dict), f"`--config` file {path} must hold a table/object of settings")
     return data.get("train", data)
+
+
+def check_splits(val_split: Any, test_split: Any) -> None:
+    """Both fractions in [0, 1) and leaving images to train on; else :class:`ImgclsError`."""
+    for name, value in (("val_split", val_split), ("test_split", test_split)):
+        check(
+            _is_number(value) and 0 <= value < 1,
+            f"`{name}` must be a fraction in [0, 1). Received: {name}={value!r}",
+        )
+    check(
+        val_split + test_split < 1,
+        "`val_split` + `test_split` must leave images to train on (sum below 1). "
+        f"Received: val_split={val_split}, test_split={test_split}",
+    )
 
 
 def _is_number(value: Any) -> bool:

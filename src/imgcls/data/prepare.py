@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from imgcls.config import check_splits
 from imgcls.data.hashing import DisjointSets, near_pairs
 from imgcls.data.scan import UNUSABLE_KINDS, ScanResult, scan_files
 from imgcls.data.sources import SPLIT_NAMES, ImageSet, load_source
@@ -108,12 +109,7 @@ def prepare(
         on_error in ON_ERROR,
         f"`on_error` must be one of {{{', '.join(ON_ERROR)}}}. Received: on_error={on_error}",
     )
-    for name, value in (("val_split", val_split), ("test_split", test_split)):
-        check(0 <= value < 1, f"`{name}` must be a fraction in [0, 1). Received: {name}={value}")
-    check(
-        val_split + test_split < 1,
-        f"`val_split` + `test_split` must be below 1. Received: {val_split} + {test_split}",
-    )
+    check_splits(val_split, test_split)
     if image_size is not None:
         check(
             len(image_size) == 2 and all(int(s) > 0 for s in image_size),
