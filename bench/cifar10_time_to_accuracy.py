@@ -2,8 +2,10 @@
 
 The 50,000 training JPEGs are split once (seeded, stratified) into 45,000 for training and
 5,000 held-out test images that no run tunes on. Each model trains through the real CLI with
-``--max-time`` as its budget (first epoch, decoding and compilation included in the wall
-time), then `imgcls evaluate` scores it on the held-out images.
+its recipe and ``--max-time`` set to the budget less a set-up allowance, so the whole command
+(start-up, decoding, first epoch, compilation, final test pass) fits in the budget's wall
+time; under a binding budget the learning-rate schedule decays by the clock. Then `imgcls evaluate` scores it on the held-out images, with the test-time
+augmentation its recipe saved in the bundle (`fast`: flips and 1-pixel shifts) and without.
 
 Usage: python bench/cifar10_time_to_accuracy.py [--budget-min 20] [--models fast classic]
 """
@@ -23,6 +25,9 @@ from _common import IMGCLS, ROOT, timed, write_result
 
 CIFAR = ROOT.parent / "shared" / "datasets" / "cifar10" / "train"
 TEST_PER_CLASS = 500  # 5,000 held-out test images in all
+# --max-time counts training only; start-up, decoding 50,000 JPEGs and the final test pass
+# (~40 s together) must fit in the same wall-clock budget, so training gets this much less.
+SETUP_ALLOWANCE_MIN = 0.75
 
 
 def write_manifest(out: Path, seed: int = 0) -> Path:
@@ -53,9 +58,7 @@ def main() -> None:
     results = []
     for model in args.models:
         run_dir = out / f"tta-{model}"
-        subprocess.run(
-            ["rm", "-rf", str(run_dir), str(run_dir) + "-eval", str(run_dir) + "-tta"], check=True
-        )
+        subprocess.run(["rm", "-rf", str(run_dir)], check=True)
         wall, log = timed(
             [
                 *imgcls,
@@ -68,33 +71,27 @@ def main() -> None:
                 "--val-split",
                 "0",
                 "--max-time",
-                str(args.budget_min),
+                str(args.budget_min - SETUP_ALLOWANCE_MIN),
                 "--quiet",
             ]
         )
         meta = json.loads((run_dir / "bundle.json").read_text())
-        _, _ = timed(
-            [*imgcls, "evaluate", str(run_dir), str(manifest), "--out", str(run_dir) + "-eval"]
-        )
-        metrics = json.loads((Path(str(run_dir) + "-eval") / "metrics.json").read_text())
-        _, _ = timed(
-            [
-                *imgcls,
-                "evaluate",
-                str(run_dir),
-                str(manifest),
-                "--out",
-                str(run_dir) + "-tta",
-                "--tta",
-            ]
-        )
-        tta = json.loads((Path(str(run_dir) + "-tta") / "metrics.json").read_text())
+        scores = {}
+        for tta in ("recipe", "none"):  # the test-time augmentation the bundle asks for, and none
+            eval_dir = Path(f"{run_dir}-eval-{tta}")
+            subprocess.run(["rm", "-rf", str(eval_dir)], check=True)
+            extra = [] if tta == "recipe" else ["--tta", "none"]
+            timed(
+                [*imgcls, "evaluate", str(run_dir), str(manifest), "--out", str(eval_dir), *extra]
+            )
+            scores[tta] = json.loads((eval_dir / "metrics.json").read_text())
         results.append(
             {
                 "model": model,
-                "test_accuracy": metrics["accuracy"],
-                "n_test": metrics["n_images"],
-                "test_accuracy_flip_tta": tta["accuracy"],
+                "test_accuracy": scores["recipe"]["accuracy"],
+                "tta": scores["recipe"]["tta"],
+                "test_accuracy_no_tta": scores["none"]["accuracy"],
+                "n_test": scores["recipe"]["n_images"],
                 "wall_s": round(wall, 1),
                 "train_s": meta["metrics"]["train_seconds"],
                 "epochs_run": meta["metrics"]["epochs_run"],
@@ -106,12 +103,14 @@ def main() -> None:
         print(f"{model}: {results[-1]}", flush=True)
     base = next((r for r in results if r["model"] == "classic"), results[0])
     print(
-        f"\n{'model':<8} {'test acc':>8} {'+flip TTA':>9} {'wall min':>9} {'epochs':>7} {'acc vs classic':>15}"
+        f"\n{'model':<8} {'test acc':>8} {'TTA':>15} {'no TTA':>7} {'wall min':>9} {'epochs':>7} "
+        f"{'acc vs classic':>15}"
     )
     for r in results:
         print(
-            f"{r['model']:<8} {r['test_accuracy']:>8.4f} {r['test_accuracy_flip_tta']:>9.4f} {r['wall_s'] / 60:>9.1f} "
-            f"{r['epochs_run']:>3}/{r['epochs_planned']:<3} {r['test_accuracy'] / base['test_accuracy']:>14.3f}x"
+            f"{r['model']:<8} {r['test_accuracy']:>8.4f} {r['tta']:>15} {r['test_accuracy_no_tta']:>7.4f} "
+            f"{r['wall_s'] / 60:>9.1f} {r['epochs_run']:>3}/{r['epochs_planned']:<3} "
+            f"{r['test_accuracy'] / base['test_accuracy']:>14.3f}x"
         )
     record = {
         "budget_min": args.budget_min,

@@ -183,18 +183,38 @@ def test_calibrate_stores_a_temperature_that_predict_and_evaluate_use(
     assert "before temperature scaling" in page and "fit set" in page
 
 
-def test_tta_averages_each_image_with_its_mirror(trained_run, tmp_path):
+def test_tta_averages_the_log_probabilities_of_each_view(trained_run, tmp_path):
     import imgcls
     from imgcls.data.pipeline import decode_images
     from imgcls.data.sources import load_source
 
     run, data = trained_run
     predictor = imgcls.load(run)
+    assert predictor.tta == "none"  # the classic recipe asks for none
     pixels = decode_images(load_source(data).subset(np.arange(6)), predictor.image_size)[0]
-    both = (predictor.predict_pixels(pixels) + predictor.predict_pixels(pixels[:, :, ::-1])) / 2
-    assert np.allclose(predictor.predict_pixels(pixels, tta=True), both, atol=1e-6)
+
+    def mean_of(views, weights):
+        log_p = sum(
+            w * np.log(predictor.predict_pixels(v)) for v, w in zip(views, weights, strict=True)
+        )
+        p = np.exp(log_p)
+        return p / p.sum(axis=1, keepdims=True)
+
+    mirror = pixels[:, :, ::-1]
+    assert np.allclose(
+        predictor.predict_pixels(pixels, tta=True), mean_of([pixels, mirror], [0.5, 0.5]), atol=1e-5
+    )
+    padded = np.pad(pixels, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    h, w = pixels.shape[1:3]
+    down, up = padded[:, :h, :w], padded[:, 2:, 2:]
+    views = [pixels, mirror, down, down[:, :, ::-1], up, up[:, :, ::-1]]
+    expected = mean_of(views, [0.25, 0.25, 0.125, 0.125, 0.125, 0.125])
+    assert np.allclose(predictor.predict_pixels(pixels, tta="flip_translate"), expected, atol=1e-5)
+    assert not np.allclose(expected, predictor.predict_pixels(pixels), atol=1e-4)
     m = imgcls.evaluate(run, data, out=tmp_path, tta=True, report=False, predictor=predictor)
-    assert m["tta"] is True and not (tmp_path / "report.html").exists()
+    assert m["tta"] == "flip" and not (tmp_path / "report.html").exists()
+    with pytest.raises(imgcls.ImgclsError, match="`tta` must be one of"):
+        predictor.predict_pixels(pixels, tta="rotate")
 
 
 def test_long_class_lists_collapse_to_the_most_confused():

@@ -185,3 +185,26 @@ def test_resume_with_changed_data_is_refused(reference, tmp_path, capsys):
         assert "differs from what run" in capsys.readouterr().err
     finally:
         (data / "dogs" / "moved.png").rename(data / "cats" / "000.png")
+
+
+def test_fast_recipe_resumes_exactly_from_a_mid_epoch_checkpoint(tmp_path):
+    """The fast recipe's extra state (lookahead weights, alternating flips) survives a resume."""
+    import shutil
+
+    import imgcls
+
+    data = write_folder(tmp_path / "data", per_class=20)
+    kw = dict(model="fast", epochs=3, batch_size=8, checkpoint_every=5, keep_checkpoints=50)
+    ref = imgcls.train(str(data), out=tmp_path / "ref", verbose=False, **kw)
+    assert ref.stopped == "completed"
+    run = tmp_path / "cut"
+    shutil.copytree(tmp_path / "ref", run)
+    steps = sorted(int(p.stem.split("-")[1]) for p in (run / "checkpoints").glob("ckpt-*.npz"))
+    cut = next(s for s in steps if s > steps[-1] // 3 and s % (steps[-1] // 3))  # mid-epoch 2
+    for p in (run / "checkpoints").glob("ckpt-*.npz"):
+        if int(p.stem.split("-")[1]) > cut:
+            p.unlink()
+    (run / "model.keras").unlink()
+    (run / "bundle.json").unlink()
+    imgcls.train(out=run, resume=True, verbose=False)
+    assert_same(weights(run), weights(tmp_path / "ref"))

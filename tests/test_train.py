@@ -90,3 +90,94 @@ def test_changing_nothing_computed_is_allowed_on_resume(data, tmp_path):
     )
     assert result.stopped == "completed"
     assert np.isfinite(result.history[-1]["loss"])
+
+
+def _poisoned_model(input_shape, num_classes, after_steps: int = 4):
+    """A tiny classifier whose output turns NaN once it has trained ``after_steps`` steps."""
+    import keras
+    from keras import layers, ops
+
+    class PoisonAfter(layers.Layer):
+        def build(self, shape):
+            self.count = self.add_weight(shape=(), initializer="zeros", trainable=False)
+
+        def call(self, x, training=False):
+            if training:
+                self.count.assign_add(1.0)
+            return x + ops.cast(ops.where(self.count > after_steps, float("nan"), 0.0), x.dtype)
+
+    inputs = keras.Input(input_shape)
+    x = layers.Rescaling(1 / 255)(inputs)
+    x = layers.GlobalAveragePooling2D()(x)
+    x = PoisonAfter()(layers.Dense(num_classes)(x))
+    return keras.Model(inputs, layers.Softmax(dtype="float32")(x))
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(data, tmp_path):
+    from imgcls.models import register_model
+
+    register_model("poisoned", "test only: NaN after 4 steps")(_poisoned_model)
+    run = tmp_path / "r"
+    with pytest.raises(ImgclsError, match=r"loss became NaN at epoch 2, step \d.*--lr"):
+        imgcls.train(str(data), out=run, model="poisoned", epochs=3, batch_size=8, verbose=False)
+    found = checkpoint.CheckpointManager(run).load_latest()
+    assert found is not None
+    path, arrays = found
+    assert checkpoint.peek_state(arrays)["epoch"] == 1  # epoch 1 finished before the NaN
+    weights = [v for k, v in arrays.items() if k != "state" and v.dtype.kind == "f"]
+    assert weights and all(np.isfinite(w).all() for w in weights)
+    assert not (run / "model.keras").exists()  # no bundle from a diverged model
+
+
+def test_out_of_memory_names_a_smaller_batch_and_keeps_the_checkpoint(data, tmp_path, monkeypatch):
+    import keras
+    import tensorflow as tf
+
+    real_fit, calls = keras.Model.fit, {"n": 0}
+
+    def fit_then_oom(self, *args, **kwargs):  # TF raises this when a batch does not fit
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+        return real_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "fit", fit_then_oom)
+    run = tmp_path / "r"
+    with pytest.raises(ImgclsError, match="out of memory with --batch-size 8.*--batch-size 4"):
+        imgcls.train(str(data), out=run, epochs=3, **TINY)
+    monkeypatch.setattr(keras.Model, "fit", real_fit)
+    assert checkpoint.peek_state(checkpoint.CheckpointManager(run).load_latest()[1])["epoch"] == 1
+    assert imgcls.train(out=run, resume=True, verbose=False).stopped == "completed"
+
+
+def test_lookahead_pulls_the_weights_back_toward_their_average_every_k_steps():
+    import keras
+
+    from imgcls.train.setup import LookaheadSGD
+
+    var = keras.Variable(np.zeros(3, np.float32))
+    opt = LookaheadSGD(0.1, lookahead_every=2, lookahead_decay=0.9, momentum=0.0)
+    opt.build([var])
+    for step in range(1, 5):
+        progress = step / 4
+        opt.progress.assign(progress)  # the trainer sets it from its learning-rate plan
+        opt.apply([keras.ops.ones(3)], [var])  # constant gradient: plain SGD reaches -0.1*step
+        if step % 2:
+            continue
+        m = 0.9**2 * progress**3
+        slow = keras.ops.convert_to_numpy(opt._model_variables_moving_average[0])
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(var), slow, rtol=1e-6)
+        if step == 2:  # the first sync mixes the fresh slow weights (zero) with the fast ones
+            np.testing.assert_allclose(slow, (1 - m) * -0.2, rtol=1e-5)
+    assert keras.ops.convert_to_numpy(var)[0] > -0.4  # averaging held it back
+    restored = LookaheadSGD.from_config(opt.get_config())
+    assert (restored.lookahead_every, restored.lookahead_decay) == (2, 0.9)
+
+
+def test_a_binding_time_budget_decays_the_learning_rate_before_it_stops(data, tmp_path):
+    result = imgcls.train(str(data), out=tmp_path / "r", epochs=500, lr=0.01, max_time=0.1, **TINY)
+    assert result.stopped == "max_time" and 2 < len(result.history) < 250
+    lrs = [row["lr"] for row in result.history]
+    # By steps alone the rate would still be near its peak (under half the epochs ran); the
+    # clock decays it instead, so the run ends nearly annealed rather than cut off at full rate.
+    assert lrs[-1] < 0.3 * 0.01 and lrs[1:] == sorted(lrs[1:], reverse=True)  # after warm-up

@@ -34,6 +34,7 @@ class BundleMeta:
     config: dict[str, Any]
     data: dict[str, Any] = field(default_factory=dict)
     temperature: float = 1.0
+    tta: str = "none"  # test-time augmentation predict and evaluate use by default
     metrics: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
 
@@ -45,6 +46,7 @@ class BundleMeta:
             "image_size": list(self.image_size),
             "preprocessing": self.preprocessing,
             "temperature": self.temperature,
+            "tta": self.tta,
             "config": self.config,
             "data": self.data,
             "metrics": self.metrics,
@@ -69,6 +71,7 @@ class BundleMeta:
                 config=d["config"],
                 data=d.get("data", {}),
                 temperature=float(d.get("temperature", 1.0)),
+                tta=str(d.get("tta", "none")),
                 metrics=d.get("metrics", {}),
                 versions=d.get("versions", {}),
             )

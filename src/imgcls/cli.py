@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from imgcls import __version__
+from imgcls.config import TTA_MODES
 
 os.environ.setdefault(
     "TF_CPP_MIN_LOG_LEVEL", "3"
@@ -59,6 +60,11 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--label-smoothing", type=float)
     p.add_argument("--weight-decay", type=float)
+    p.add_argument(
+        "--tta",
+        choices=TTA_MODES,
+        help="test-time augmentation the bundle asks for (default: the model's recipe)",
+    )
     p.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"])
     p.add_argument(
         "--patience", type=int, help="stop after this many epochs without val_loss improvement"
@@ -117,6 +123,7 @@ def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         "class_weight": args.class_weight,
         "weights": args.weights,
         "tensorboard": args.tensorboard,
+        "tta": args.tta,
         "augment": tuple(args.augment.split(",")) if args.augment else None,
         "model_args": _parse_model_args(args.model_arg, parser) if args.model_arg else None,
     }
@@ -213,7 +220,7 @@ def _cmd_predict(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     if not paths:
         print(f"imgcls: error: no image files found in {' '.join(args.paths)}", file=sys.stderr)
         return 2
-    results = Predictor(args.run).predict(paths, top_k=args.top_k)
+    results = Predictor(args.run).predict(paths, top_k=args.top_k, tta=args.tta)
     if args.format == "json":
         print(json.dumps([r.to_dict() for r in results], indent=2))
     elif args.format == "csv":
@@ -365,9 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--split", choices=["test", "val", "train", "all"], help="split of the run's own data"
     )
-    p.add_argument(
-        "--tta", action="store_true", help="average each image with its horizontal mirror"
-    )
+    _tta_arg(p)
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser(
@@ -396,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or glob patterns")
     p.add_argument("--top-k", type=int, default=3, help="classes shown per image (default 3)")
     p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    _tta_arg(p)
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("models", help="list registered models with their parameter counts")
@@ -403,6 +409,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", type=int, default=10)
     p.set_defaults(func=_cmd_models)
     return parser
+
+
+def _tta_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tta",
+        nargs="?",
+        const="flip",
+        choices=TTA_MODES,
+        help="test-time augmentation: none, flip (alone: --tta), translate or flip_translate; "
+        "default: what the run's bundle.json says",
+    )
 
 
 def _import_tensorflow_quietly() -> None:

@@ -17,6 +17,7 @@ from imgcls.errors import ImgclsError, check
 
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 AUGMENTATIONS = ("flip", "translate")
+TTA_MODES = ("none", "flip", "translate", "flip_translate")  # test-time augmentation choices
 MIN_IMAGE_SIDE = 8  # pixels; below this no model here has anything to convolve
 MAX_IMAGE_SIDE = 1024  # pixels; larger inputs belong to a different kind of model
 
@@ -50,6 +51,7 @@ class TrainConfig:
     weights: str | None = None  # pretrained weights for application backbones
     deterministic: bool = True  # same seed, same weights on CPU
     tensorboard: bool = False  # write TensorBoard logs to RUN/tensorboard
+    tta: str | None = None  # test-time augmentation the bundle asks for; None: the recipe's
 
     def validate(self) -> TrainConfig:
         """Check every field; raise :class:`ImgclsError` naming the first bad one."""
@@ -89,6 +91,10 @@ class TrainConfig:
                 not bad,
                 f"`augment` items must be in {set(AUGMENTATIONS)} (or 'none'). Received: augment={bad[0] if bad else ''}",
             )
+        check(
+            self.tta is None or self.tta in TTA_MODES,
+            f"`tta` must be one of {set(TTA_MODES)}. Received: tta={self.tta!r}",
+        )
         check(
             self.class_weight in (None, "balanced"),
             f"`class_weight` must be 'balanced' or unset. Received: class_weight={self.class_weight}",

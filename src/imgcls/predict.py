@@ -10,7 +10,9 @@ from typing import Any
 import numpy as np
 
 from imgcls.bundle import BundleMeta, load_model, read_meta
+from imgcls.config import TTA_MODES
 from imgcls.data.decode import DecodeError, Source, load_image
+from imgcls.errors import check
 
 PREDICT_BATCH = 64  # images per forward pass
 
@@ -65,35 +67,41 @@ class Predictor:
             source = Image.fromarray(np.asarray(source, dtype=np.uint8).squeeze())
         return load_image(source, self.image_size)
 
+    @property
+    def tta(self) -> str:
+        """The test-time augmentation the run's recipe chose (one of :data:`TTA_MODES`)."""
+        return self.meta.tta
+
     def predict_pixels(
-        self, pixels: np.ndarray, temperature: float | None = None, tta: bool = False
+        self, pixels: np.ndarray, temperature: float | None = None, tta: str | bool | None = None
     ) -> np.ndarray:
         """Probabilities ``(N, n_classes)`` for decoded uint8 pixels ``(N, H, W, 3)``.
 
         Args:
             pixels: decoded images.
             temperature: overrides the bundle's calibration temperature (``1.0``: raw probabilities).
-            tta: average the probabilities of each image and its horizontal mirror (one
-                forward pass over both), before the temperature is applied.
+            tta: test-time augmentation, one of :data:`TTA_MODES` (``True`` means ``"flip"``,
+                ``False`` ``"none"``); ``None`` uses the run's own (``bundle.json``). The views'
+                log-probabilities are averaged before the temperature is applied.
         """
-        if len(pixels) == 0:
-            return np.zeros((0, len(self.classes_)), dtype=np.float32)
-        x = np.asarray(pixels, np.float32)
-        if tta:
-            x = np.concatenate([x, x[:, :, ::-1]])
-        probs = np.asarray(
-            self.model.predict(x, batch_size=PREDICT_BATCH, verbose=0), dtype=np.float64
+        return predict_probs(
+            self.model,
+            pixels,
+            self.tta if tta is None else tta,
+            self.temperature if temperature is None else temperature,
         )
-        if tta:
-            probs = (probs[: len(pixels)] + probs[len(pixels) :]) / 2
-        return apply_temperature(probs, self.temperature if temperature is None else temperature)
 
     def predict_proba(self, inputs: Sequence[Source | np.ndarray]) -> np.ndarray:
         """Probabilities for paths, bytes, PIL images or arrays; a bad file raises ``DecodeError``."""
         return self.predict_pixels(np.stack([self.decode(s) for s in _as_list(inputs)]))
 
-    def predict(self, inputs: Source | np.ndarray | Iterable, top_k: int = 5) -> list[Prediction]:
-        """Top-k labels per input; a file that cannot be decoded gets ``error`` instead."""
+    def predict(
+        self, inputs: Source | np.ndarray | Iterable, top_k: int = 5, tta: str | None = None
+    ) -> list[Prediction]:
+        """Top-k labels per input; a file that cannot be decoded gets ``error`` instead.
+
+        ``tta`` overrides the run's test-time augmentation (see :meth:`predict_pixels`).
+        """
         items = _as_list(inputs)
         pixels, ok, results = [], [], []
         for item in items:
@@ -105,7 +113,9 @@ class Predictor:
             except DecodeError as e:
                 results[-1].error = f"{e.kind}: {e.detail}"
         probs = (
-            self.predict_pixels(np.stack(pixels)) if pixels else np.zeros((0, len(self.classes_)))
+            self.predict_pixels(np.stack(pixels), tta=tta)
+            if pixels
+            else np.zeros((0, len(self.classes_)))
         )
         k = max(1, min(top_k, len(self.classes_)))
         for row, i in zip(probs, ok, strict=True):
@@ -113,6 +123,56 @@ class Predictor:
             results[i].top_k = [(self.classes_[j], float(row[j])) for j in best]
             results[i].label, results[i].probability = results[i].top_k[0]
         return results
+
+
+def tta_views(pixels: np.ndarray, mode: str | bool) -> list[tuple[float, np.ndarray]]:
+    """``(weight, images)`` pairs whose weighted log-probabilities make the TTA prediction.
+
+    ``"flip"``: the image and its mirror, equal weights. ``"translate"``: half the weight on
+    the image, a quarter on each of its copies shifted one pixel down-right and up-left
+    (reflect-padded), which recovers a little of what random-crop training spread out.
+    ``"flip_translate"`` (airbench): both, each view with its mirror.
+    """
+    mode = {True: "flip", False: "none"}.get(mode, mode)  # type: ignore[call-overload]
+    check(
+        mode in TTA_MODES,
+        f"`tta` must be one of {TTA_MODES} (or True/False). Received: tta={mode!r}",
+    )
+    x = np.asarray(pixels, np.float32)
+    views = [(1.0, x)]
+    if "translate" in mode:
+        h, w = x.shape[1:3]
+        padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+        views = [(0.5, x), (0.25, padded[:, :h, :w]), (0.25, padded[:, 2 : h + 2, 2 : w + 2])]
+    if "flip" in mode:
+        views = [(wt / 2, v) for wt, img in views for v in (img, img[:, :, ::-1])]
+    return views
+
+
+def predict_probs(
+    model,
+    pixels: np.ndarray,
+    tta: str | bool = "none",
+    temperature: float = 1.0,
+    batch_size: int = PREDICT_BATCH,
+) -> np.ndarray:
+    """Class probabilities of a Keras ``model`` for uint8 ``pixels``, with ``tta`` views, then
+    ``temperature``; the one forward path shared by training's test score, evaluate and predict."""
+    n_classes = int(model.outputs[0].shape[-1])
+    if len(pixels) == 0:
+        return np.zeros((0, n_classes), dtype=np.float64)
+    views = tta_views(pixels, tta)
+    if len(views) == 1:
+        probs = np.asarray(model.predict(views[0][1], batch_size=batch_size, verbose=0), np.float64)
+        return apply_temperature(probs, temperature)
+    out = np.asarray(
+        model.predict(np.concatenate([v for _, v in views]), batch_size=batch_size, verbose=0),
+        np.float64,
+    ).reshape(len(views), len(pixels), n_classes)
+    log_p = sum(wt * np.log(np.clip(p, 1e-12, 1.0)) for (wt, _), p in zip(views, out, strict=True))
+    log_p -= log_p.max(axis=1, keepdims=True)
+    probs = np.exp(log_p)
+    return apply_temperature(probs / probs.sum(axis=1, keepdims=True), temperature)
 
 
 def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:

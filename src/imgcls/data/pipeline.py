@@ -90,11 +90,17 @@ def train_dataset(
     skip_steps: int = 0,
     sample_weight: np.ndarray | None = None,
     num_classes: int | None = None,
+    translate: int | None = None,
+    alternate_flip: bool = False,
 ):
     """The batches of one training epoch, starting after ``skip_steps`` batches.
 
     Shuffling uses ``(seed, epoch)``; each batch's augmentation uses ``(seed, epoch, step)``.
     With ``num_classes`` the labels are one-hot; ``sample_weight`` holds one weight per class.
+    ``translate`` is the largest shift in pixels (default: an eighth of the side). With
+    ``alternate_flip`` (airbench) each image is mirrored in every other epoch: a seeded coin
+    picks the first epoch's half and the halves swap each epoch, so every image is seen both
+    ways within two epochs instead of by chance.
     """
     import tensorflow as tf
 
@@ -106,6 +112,7 @@ def train_dataset(
         (order[skip_steps:], np.arange(skip_steps, steps, dtype=np.int64))
     )
     height, width = x.shape[1:3]
+    first_flips = np.random.default_rng([seed, 1]).random(n) < 0.5 if alternate_flip else None
 
     def gather(index, step):
         images, labels = tf.numpy_function(
@@ -113,8 +120,15 @@ def train_dataset(
         )
         images = tf.ensure_shape(images, (bs, height, width, 3))
         labels = tf.ensure_shape(labels, (bs,))
+        flips = None
+        if first_flips is not None:
+            flips = tf.not_equal(tf.gather(tf.constant(first_flips), index), bool(epoch % 2))
         images = augment_batch(
-            images, tf.stack([tf.constant(seed * 1_000_003 + epoch, tf.int64), step]), augment
+            images,
+            tf.stack([tf.constant(seed * 1_000_003 + epoch, tf.int64), step]),
+            augment,
+            translate=translate,
+            flips=flips,
         )
         weights = (
             None
@@ -157,10 +171,12 @@ def eval_dataset(
     )
 
 
-def augment_batch(images, seed, augment: tuple[str, ...]):
+def augment_batch(images, seed, augment: tuple[str, ...], translate: int | None = None, flips=None):
     """Random flips and reflect-padded translations of a uint8 batch, returned as float32.
 
     ``seed`` is a shape-(2,) int64 tensor; the same seed gives the same augmentation.
+    ``translate`` is the largest shift in pixels (default: an eighth of the side, 4 for 32x32);
+    ``flips``, a boolean per image, replaces the coin toss for "flip".
     """
     import tensorflow as tf
 
@@ -171,9 +187,11 @@ def augment_batch(images, seed, augment: tuple[str, ...]):
     batch, height, width = shape[0], shape[1], shape[2]
     if "flip" in augment:
         coin = tf.random.stateless_uniform([batch, 1, 1, 1], seed=seed) < 0.5
+        if flips is not None:
+            coin = tf.reshape(flips, [-1, 1, 1, 1])
         images = tf.where(coin, tf.reverse(images, axis=[2]), images)
     if "translate" in augment:
-        pad = max(1, images.shape[1] // 8)  # pixels: 4 for 32x32, the usual CIFAR setting
+        pad = translate or max(1, images.shape[1] // 8)  # 4 for 32x32, the usual CIFAR setting
         padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
         offsets = tf.random.stateless_uniform(
             [2, batch], seed=seed + 1, maxval=2 * pad + 1, dtype=tf.int32

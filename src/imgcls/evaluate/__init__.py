@@ -34,7 +34,7 @@ def evaluate(
     out: str | Path | None = None,
     split: str | None = None,
     predictor=None,
-    tta: bool = False,
+    tta: str | bool | None = None,
     report: bool = True,
 ) -> dict[str, Any]:
     """Evaluate RUN on DATA; write ``out/metrics.json``, ``out/predictions.csv`` and ``out/report.html``.
@@ -50,7 +50,8 @@ def evaluate(
         out: folder for the results; ``None`` computes the metrics only.
         split: ``test``, ``val``, ``train`` or ``all`` of the run's own data.
         predictor: a loaded :class:`~imgcls.predict.Predictor` to reuse.
-        tta: average each image's probabilities with its horizontal mirror's.
+        tta: test-time augmentation (``"none"``, ``"flip"``, ``"flip_translate"``; ``True`` is
+            ``"flip"``); ``None`` uses the run's own, as recorded in ``bundle.json``.
         report: also write ``report.html`` (when ``out`` is given).
 
     Returns:
@@ -78,7 +79,7 @@ def evaluate(
             "data": str(data),
             "split": ev.split,
             "left_out": ev.left_out,
-            "tta": bool(tta),
+            "tta": {True: "flip", False: "none", None: predictor.tta}.get(tta, tta),
             "temperature": meta.temperature,
             "checkpoint": checkpoint_info(run),
             "dataset": ev.describe(data, meta.class_names),

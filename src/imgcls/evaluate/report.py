@@ -146,7 +146,7 @@ def _summary(m: dict[str, Any]) -> str:
     return (
         f'<section id="summary"><h2>Summary</h2><div class="kpi">{boxes}</div>'
         f'<p class="muted">{m["n_images"]} images; temperature {_fmt(m.get("temperature", 1.0), 3)}; '
-        f"test-time augmentation {'on (horizontal flip)' if m.get('tta') else 'off'}. "
+        f"test-time augmentation {m.get('tta') or 'none'}. "
         f"Model <code>{_e(ck.get('path', ''))}</code>, modified {_e(ck.get('mtime', ''))}, "
         f"sha256 <code>{_e(ck.get('sha256', ''))}</code>.</p></section>"
     )

@@ -9,6 +9,7 @@ unless a config file or flag says otherwise.
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -90,9 +91,10 @@ def create_model(name: str, input_shape: tuple[int, int, int], num_classes: int,
             f"model '{name}' needs images of at least {spec.min_side}x{spec.min_side} pixels. "
             f"Received: image_size={input_shape[0]} {input_shape[1]}"
         )
-    try:
-        return spec.build(tuple(input_shape), int(num_classes), **kwargs)
+    try:  # check the arguments first, so a TypeError from inside the builder is not blamed on them
+        inspect.signature(spec.build).bind(tuple(input_shape), int(num_classes), **kwargs)
     except TypeError as e:
         raise ImgclsError(
             f"model '{name}' does not take these arguments {sorted(kwargs)}: {e}"
         ) from None
+    return spec.build(tuple(input_shape), int(num_classes), **kwargs)

@@ -59,12 +59,19 @@ class Progress(keras.callbacks.Callback):
 
 
 class StepHook(keras.callbacks.Callback):
-    """Calls ``fn(step_in_epoch)`` after every batch (checkpoints, NaN checks, time budget)."""
+    """Calls ``before(step_in_epoch)`` before every batch (the learning rate) and
+    ``fn(step_in_epoch, logs)`` after it (checkpoints, NaN checks, time budget)."""
 
-    def __init__(self, fn: Callable[[int, dict], None]):
+    def __init__(
+        self, fn: Callable[[int, dict], None], before: Callable[[int], None] | None = None
+    ):
         super().__init__()
-        self.fn = fn
+        self.fn, self.before = fn, before
         self.first_step = 0
+
+    def on_train_batch_begin(self, batch: int, logs=None) -> None:
+        if self.before is not None:
+            self.before(self.first_step + batch)
 
     def on_train_batch_end(self, batch: int, logs=None) -> None:
         self.fn(self.first_step + batch + 1, logs or {})

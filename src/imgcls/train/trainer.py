@@ -230,7 +230,8 @@ class _Trainer:
             self.model.get_layer("backbone").trainable = phase == "train"
         epochs = freeze if phase == "frozen" else c.epochs - freeze
         lr = c.lr * (recipe.get("finetune_lr_factor", 1.0) if freeze and phase == "train" else 1.0)
-        self.optimizer = build_optimizer(c, recipe, self.steps, epochs=epochs, lr=lr)
+        self.optimizer, self.plan = build_optimizer(c, recipe, self.steps, epochs=epochs, lr=lr)
+        self.phase_first_step = (freeze if freeze and phase == "train" else 0) * self.steps
         self.model.compile(
             optimizer=self.optimizer,
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=c.label_smoothing),
@@ -302,7 +303,10 @@ class _Trainer:
         weights = _class_weights(y, n_classes) if c.class_weight == "balanced" else None
         progress = Progress(c.epochs, self.steps, min(c.batch_size, len(x)), enabled=self.verbose)
         self.flags: dict[str, Any] = {}
-        hook = StepHook(lambda step, logs: self.after_step(state, step, logs))
+        hook = StepHook(
+            lambda step, logs: self.after_step(state, step, logs),
+            before=lambda step: self.before_step(state, step),
+        )
         extra = []
         if c.tensorboard:
             import importlib.util
@@ -319,9 +323,22 @@ class _Trainer:
         while state["epoch"] < c.epochs and not state.get("stopped"):
             epoch, skip = state["epoch"], state["step_in_epoch"]
             self.compile_for(epoch)
+            if state.get("phase") != self.phase:  # a phase's time budget counts from its start
+                state["phase_started_s"] = time.perf_counter() - t_start
             state["phase"] = self.phase
+            recipe = self.spec.recipe
             ds = train_dataset(
-                x, y, c.batch_size, c.seed, epoch, c.augment, skip, weights, n_classes
+                x,
+                y,
+                c.batch_size,
+                c.seed,
+                epoch,
+                c.augment,
+                skip,
+                weights,
+                n_classes,
+                translate=_translate_pixels(recipe, c.image_size),
+                alternate_flip=recipe.get("alternate_flip", False),
             )
             progress.begin(epoch, skip)
             hook.first_step = skip
@@ -341,7 +358,7 @@ class _Trainer:
             if self.flags.get("nan"):
                 raise ImgclsError(
                     f"loss became NaN at epoch {epoch + 1}, step {self.flags['nan']}; the last good "
-                    f"checkpoint is in {self.ckpt.dir}. Try a lower --lr (now {c.lr})"
+                    f"checkpoint is in {self.ckpt.dir}. Start a new run with a lower --lr (now {c.lr})"
                 )
             state["elapsed_s"] = time.perf_counter() - t_start
             if self.flags.get("max_time"):
@@ -353,6 +370,19 @@ class _Trainer:
                 break
             self.end_epoch(state, fit.history, progress)
         return state.get("stopped") or "completed"
+
+    def before_step(self, state: dict[str, Any], step: int) -> None:
+        """Set the step's learning rate from the plan (and, under ``--max-time``, the clock)."""
+        c = self.config
+        time_used = 0.0
+        if c.max_time:
+            started = state.get("phase_started_s", 0.0)
+            elapsed = time.perf_counter() - self.t_start - started
+            time_used = elapsed / max(c.max_time * 60 - started, 1e-9)
+        step = state["epoch"] * self.steps + step - self.phase_first_step
+        self.optimizer.learning_rate = self.plan(step, time_used)
+        if hasattr(self.optimizer, "progress"):  # lookahead averages harder as the rate decays
+            self.optimizer.progress.assign(self.plan.progress(step, time_used))
 
     def after_step(self, state: dict[str, Any], step: int, logs: dict) -> None:
         c = self.config
@@ -423,19 +453,22 @@ class _Trainer:
     def finish(self, state: dict[str, Any], stopped: str) -> TrainResult:
         from imgcls.bundle import BundleMeta, library_versions, save_bundle
         from imgcls.evaluate.metrics import compute_metrics
+        from imgcls.predict import predict_probs
 
         xt, yt = self.arrays["test"]
         test_metrics = None
         if len(xt):
-            probs = self.model.predict(
-                xt.astype(np.float32), batch_size=self.config.batch_size, verbose=0
+            probs = predict_probs(
+                self.model, xt, self.config.tta, batch_size=self.config.batch_size
             )
             test_metrics = compute_metrics(yt, probs, self.images.class_names)
-            self.log(f"test accuracy: {test_metrics['accuracy']:.4f} ({len(xt)} images)")
+            tta = "" if self.config.tta == "none" else f", test-time augmentation {self.config.tta}"
+            self.log(f"test accuracy: {test_metrics['accuracy']:.4f} ({len(xt)} images{tta})")
         meta = BundleMeta(
             class_names=self.images.class_names,
             image_size=tuple(self.config.image_size),
             preprocessing=dict(PREPROCESSING),
+            tta=self.config.tta,
             config=self.config.to_dict(),
             data=self.run_info["data"],
             versions=library_versions(),
@@ -466,7 +499,7 @@ def _with_recipe(config: TrainConfig, n_train: int) -> TrainConfig:
     recipe = get_spec(config.model).recipe
     fills = {
         k: recipe[k]
-        for k in ("epochs", "batch_size", "lr", "label_smoothing", "weight_decay")
+        for k in ("epochs", "batch_size", "lr", "label_smoothing", "weight_decay", "tta")
         if getattr(config, k) is None and k in recipe
     }
     defaults = {
@@ -475,10 +508,16 @@ def _with_recipe(config: TrainConfig, n_train: int) -> TrainConfig:
         "lr": 1e-3,
         "label_smoothing": 0.0,
         "weight_decay": 0.0,
+        "tta": "none",
     }
     fills.update(
         {k: v for k, v in defaults.items() if getattr(config, k) is None and k not in fills}
     )
+    if "tta" in fills:  # test-time augmentation only from what training showed the model
+        parts = [
+            a for a in ("flip", "translate") if a in fills["tta"] and a in (config.augment or ())
+        ]
+        fills["tta"] = "_".join(parts) or "none"
     min_steps = recipe.get("min_steps_per_epoch")
     if min_steps and "batch_size" in fills and n_train // fills["batch_size"] < min_steps:
         batch = max(MIN_ADAPTED_BATCH, 2 ** int(math.log2(max(n_train / min_steps, 1))))
@@ -486,6 +525,12 @@ def _with_recipe(config: TrainConfig, n_train: int) -> TrainConfig:
             fills["lr"] = fills["lr"] * batch / fills["batch_size"]
         fills["batch_size"] = batch
     return config.updated(**fills)
+
+
+def _translate_pixels(recipe: dict[str, Any], image_size: tuple[int, int]) -> int | None:
+    """The recipe's largest random shift in pixels (``translate_fraction`` of the shorter side)."""
+    fraction = recipe.get("translate_fraction")
+    return max(1, round(min(image_size) * fraction)) if fraction else None
 
 
 def _class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
@@ -498,5 +543,6 @@ def _raise_resource_error(e: Exception, batch_size: int) -> None:
     if name == "ResourceExhaustedError" or isinstance(e, MemoryError):
         raise ImgclsError(
             f"out of memory with --batch-size {batch_size}; the last good checkpoint is intact. "
-            f"Start a new run with --batch-size {max(1, batch_size // 2)}"
+            f"Free memory and --resume the run, or start a new run with --batch-size "
+            f"{max(1, batch_size // 2)}"
         ) from None
