@@ -139,15 +139,11 @@ def build_optimizer(
         nesterov=True,
         weight_decay=config.weight_decay or None,
     )
-    if not (recipe.get("lookahead") or recipe.get("bias_lr_scale")):
+    if not recipe.get("lookahead"):
         return keras.optimizers.SGD(first, **sgd), plan
-    every, decay = recipe.get("lookahead") or (0, 0.0)
+    every, decay = recipe["lookahead"]
     optimizer = __getattr__("LookaheadSGD")(
-        first,
-        lookahead_every=every,
-        lookahead_decay=decay,
-        bias_lr_scale=recipe.get("bias_lr_scale", 1.0),
-        **sgd,
+        first, lookahead_every=every, lookahead_decay=decay, **sgd
     )
     return optimizer, plan
 
@@ -158,7 +154,7 @@ def _lookahead_sgd_class():
 
     @keras.saving.register_keras_serializable(package="imgcls")
     class LookaheadSGD(keras.optimizers.SGD):
-        """Nesterov SGD with lookahead weight averaging and a larger step for normalisation biases.
+        """Nesterov SGD with lookahead weight averaging.
 
         Every ``lookahead_every`` steps the slow (averaged) weights move toward the fast ones,
         ``slow = m * slow + (1 - m) * fast``, and the fast weights restart from them (airbench,
@@ -167,8 +163,7 @@ def _lookahead_sgd_class():
         :class:`LrPlan`, so it follows a time budget too) is how far the learning rate has
         decayed: no averaging early, when progress matters, and strong averaging late, when it
         smooths the noise of the last steps. The slow weights are optimizer variables, so
-        checkpoints carry them. ``bias_lr_scale`` multiplies the learning rate of batch-norm offsets
-        (``beta``), which airbench trains 64x faster than the convolutions.
+        checkpoints carry them.
         """
 
         def __init__(
@@ -176,7 +171,6 @@ def _lookahead_sgd_class():
             learning_rate: Any = 0.01,
             lookahead_every: int = 5,
             lookahead_decay: float = 0.95,
-            bias_lr_scale: float = 1.0,
             **kwargs: Any,
         ):
             for key in ("use_ema", "ema_momentum", "ema_overwrite_frequency"):
@@ -190,7 +184,7 @@ def _lookahead_sgd_class():
                 **kwargs,
             )
             self.lookahead_every = every
-            self.lookahead_decay, self.bias_lr_scale = float(lookahead_decay), float(bias_lr_scale)
+            self.lookahead_decay = float(lookahead_decay)
 
         def _update_model_variables_moving_average(self, trainable_variables):
             sync = ops.equal(ops.mod(self.iterations + 1, self.lookahead_every), 0)
@@ -207,19 +201,12 @@ def _lookahead_sgd_class():
         def build(self, variables):
             super().build(variables)
             self.progress = self.add_variable((), initializer="zeros", name="progress")
-            self._scaled = {i for i, v in enumerate(variables) if v.path.endswith("beta")}
-
-        def update_step(self, gradient, variable, learning_rate):
-            if self.bias_lr_scale != 1.0 and self._get_variable_index(variable) in self._scaled:
-                learning_rate = ops.multiply(learning_rate, self.bias_lr_scale)
-            super().update_step(gradient, variable, learning_rate)
 
         def get_config(self) -> dict[str, Any]:
             return {
                 **super().get_config(),
                 "lookahead_every": self.lookahead_every,
                 "lookahead_decay": self.lookahead_decay,
-                "bias_lr_scale": self.bias_lr_scale,
             }
 
     return LookaheadSGD
