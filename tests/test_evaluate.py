@@ -183,7 +183,7 @@ def test_calibrate_stores_a_temperature_that_predict_and_evaluate_use(
     assert "before temperature scaling" in page and "fit set" in page
 
 
-def test_tta_averages_the_log_probabilities_of_each_view(trained_run, tmp_path):
+def test_tta_averages_the_log_probabilities_of_each_view(trained_run, tmp_path, monkeypatch):
     import imgcls
     from imgcls.data.pipeline import decode_images
     from imgcls.data.sources import load_source
@@ -211,6 +211,8 @@ def test_tta_averages_the_log_probabilities_of_each_view(trained_run, tmp_path):
     expected = mean_of(views, [0.25, 0.25, 0.125, 0.125, 0.125, 0.125])
     assert np.allclose(predictor.predict_pixels(pixels, tta="flip_translate"), expected, atol=1e-5)
     assert not np.allclose(expected, predictor.predict_pixels(pixels), atol=1e-4)
+    monkeypatch.setattr("imgcls.predict.TTA_CHUNK", 4)  # large inputs go through in chunks
+    assert np.allclose(predictor.predict_pixels(pixels, tta="flip_translate"), expected, atol=1e-5)
     m = imgcls.evaluate(run, data, out=tmp_path, tta=True, report=False, predictor=predictor)
     assert m["tta"] == "flip" and not (tmp_path / "report.html").exists()
     with pytest.raises(imgcls.ImgclsError, match="`tta` must be one of"):

@@ -15,6 +15,7 @@ from imgcls.data.decode import DecodeError, Source, load_image
 from imgcls.errors import check
 
 PREDICT_BATCH = 64  # images per forward pass
+TTA_CHUNK = 2048  # images whose views are built and predicted together (bounds memory)
 
 
 @dataclass
@@ -161,6 +162,12 @@ def predict_probs(
     n_classes = int(model.outputs[0].shape[-1])
     if len(pixels) == 0:
         return np.zeros((0, n_classes), dtype=np.float64)
+    if len(pixels) > TTA_CHUNK:  # float32 copies of every view of every image would not fit
+        parts = [
+            predict_probs(model, pixels[i : i + TTA_CHUNK], tta, 1.0, batch_size)
+            for i in range(0, len(pixels), TTA_CHUNK)
+        ]
+        return apply_temperature(np.concatenate(parts), temperature)
     views = tta_views(pixels, tta)
     if len(views) == 1:
         probs = np.asarray(model.predict(views[0][1], batch_size=batch_size, verbose=0), np.float64)
