@@ -88,7 +88,7 @@ class Predictor:
         return predict_probs(
             self.model,
             pixels,
-            self.tta if tta is None else tta,
+            resolve_tta(tta, self.tta),
             self.temperature if temperature is None else temperature,
         )
 
@@ -126,6 +126,16 @@ class Predictor:
         return results
 
 
+def resolve_tta(tta: str | bool | None, default: str = "none") -> str:
+    """The TTA mode named by ``tta``: ``True`` is ``"flip"``, ``False`` ``"none"``, ``None`` ``default``."""
+    mode = default if tta is None else {True: "flip", False: "none"}.get(tta, tta)  # type: ignore[call-overload]
+    check(
+        mode in TTA_MODES,
+        f"`tta` must be one of {TTA_MODES} (or True/False). Received: tta={mode!r}",
+    )
+    return mode
+
+
 def tta_views(pixels: np.ndarray, mode: str | bool) -> list[tuple[float, np.ndarray]]:
     """``(weight, images)`` pairs whose weighted log-probabilities make the TTA prediction.
 
@@ -134,11 +144,7 @@ def tta_views(pixels: np.ndarray, mode: str | bool) -> list[tuple[float, np.ndar
     (reflect-padded), which recovers a little of what random-crop training spread out.
     ``"flip_translate"`` (airbench): both, each view with its mirror.
     """
-    mode = {True: "flip", False: "none"}.get(mode, mode)  # type: ignore[call-overload]
-    check(
-        mode in TTA_MODES,
-        f"`tta` must be one of {TTA_MODES} (or True/False). Received: tta={mode!r}",
-    )
+    mode = resolve_tta(mode)
     x = np.asarray(pixels, np.float32)
     views = [(1.0, x)]
     if "translate" in mode:

@@ -186,8 +186,9 @@ def augment_batch(images, seed, augment: tuple[str, ...], translate: int | None 
     shape = tf.shape(images)
     batch, height, width = shape[0], shape[1], shape[2]
     if "flip" in augment:
-        coin = tf.random.stateless_uniform([batch, 1, 1, 1], seed=seed) < 0.5
-        if flips is not None:
+        if flips is None:
+            coin = tf.random.stateless_uniform([batch, 1, 1, 1], seed=seed) < 0.5
+        else:
             coin = tf.reshape(flips, [-1, 1, 1, 1])
         images = tf.where(coin, tf.reverse(images, axis=[2]), images)
     if "translate" in augment:

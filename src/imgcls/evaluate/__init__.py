@@ -65,7 +65,7 @@ def evaluate(
         >>> imgcls.evaluate("runs/digits", "digits", out="eval/")["accuracy"]   # doctest: +SKIP
         0.97
     """
-    from imgcls.predict import Predictor, apply_temperature
+    from imgcls.predict import Predictor, apply_temperature, resolve_tta
 
     meta = predictor.meta if predictor is not None else read_meta(run)
     predictor = predictor or Predictor(run, meta=meta)
@@ -79,7 +79,7 @@ def evaluate(
             "data": str(data),
             "split": ev.split,
             "left_out": ev.left_out,
-            "tta": {True: "flip", False: "none", None: predictor.tta}.get(tta, tta),
+            "tta": resolve_tta(tta, predictor.tta),
             "temperature": meta.temperature,
             "checkpoint": checkpoint_info(run),
             "dataset": ev.describe(data, meta.class_names),
