@@ -48,6 +48,15 @@ def test_train_evaluate_predict_end_to_end(tmp_path):
     assert "broken.jpg" in r.stderr  # a bad file is named and left out, training goes on
     for name in ("model.keras", "bundle.json", "split.csv", "history.csv", "run.json"):
         assert (run / name).is_file(), name
+    # The bundle is the inference model alone: plain Keras loads it, with no optimizer state.
+    load = (
+        "import sys, keras; m = keras.saving.load_model(sys.argv[1]); "
+        "print(getattr(m, 'optimizer', None) is None)"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", load, str(run / "model.keras")], capture_output=True, text=True
+    )
+    assert r.stdout.strip() == "True", r.stderr[-2000:]
     meta = json.loads((run / "bundle.json").read_text())
     assert meta["class_names"] == ["cats", "dogs", "fish"]
     assert meta["image_size"] == [16, 16] and meta["config"]["seed"] == 3

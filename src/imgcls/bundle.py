@@ -91,10 +91,17 @@ def library_versions() -> dict[str, str]:
 
 
 def save_bundle(run_dir: str | Path, model, meta: BundleMeta) -> None:
-    """Write ``model.keras`` then ``bundle.json`` into ``run_dir``, each atomically."""
+    """Write ``model.keras`` then ``bundle.json`` into ``run_dir``, each atomically.
+
+    ``model.keras`` holds the layers and weights only. The optimizer's state (momentum,
+    averaged weights: twice the weights again) belongs to the checkpoints that resume reads,
+    and a bundle without it loads with plain ``keras.saving.load_model``.
+    """
+    import keras
+
     run_dir = Path(run_dir)
     with atomic_path(run_dir / MODEL_FILE) as tmp:
-        model.save(tmp)
+        keras.Model(model.inputs, model.outputs, name=model.name).save(tmp)
     write_meta(run_dir, meta)
 
 
