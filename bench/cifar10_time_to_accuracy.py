@@ -13,6 +13,7 @@ Usage: python bench/cifar10_time_to_accuracy.py [--budget-min 20] [--models fast
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import platform
@@ -85,6 +86,7 @@ def main() -> None:
                 [*imgcls, "evaluate", str(run_dir), str(manifest), "--out", str(eval_dir), *extra]
             )
             scores[tta] = json.loads((eval_dir / "metrics.json").read_text())
+        epoch_s = _epoch_seconds(run_dir / "history.csv")
         results.append(
             {
                 "model": model,
@@ -98,18 +100,22 @@ def main() -> None:
                 "epochs_planned": meta["config"]["epochs"],
                 "stopped": meta["metrics"]["stopped"],
                 "precision": meta["metrics"]["precision"],
+                # A max far above the median flags stalls (it caught a 34-s tf.data teardown).
+                "epoch_s_median": round(float(np.median(epoch_s)), 1),
+                "epoch_s_max": round(float(np.max(epoch_s)), 1),
             }
         )
         print(f"{model}: {results[-1]}", flush=True)
     base = next((r for r in results if r["model"] == "classic"), results[0])
     print(
         f"\n{'model':<8} {'test acc':>8} {'TTA':>15} {'no TTA':>7} {'wall min':>9} {'epochs':>7} "
-        f"{'acc vs classic':>15}"
+        f"{'epoch s (median/max)':>21} {'acc vs classic':>15}"
     )
     for r in results:
         print(
             f"{r['model']:<8} {r['test_accuracy']:>8.4f} {r['tta']:>15} {r['test_accuracy_no_tta']:>7.4f} "
             f"{r['wall_s'] / 60:>9.1f} {r['epochs_run']:>3}/{r['epochs_planned']:<3} "
+            f"{r['epoch_s_median']:>13.1f}/{r['epoch_s_max']:<7.1f} "
             f"{r['test_accuracy'] / base['test_accuracy']:>14.3f}x"
         )
     record = {
@@ -118,6 +124,13 @@ def main() -> None:
         "results": results,
     }
     write_result("cifar10_time_to_accuracy", record, out)
+
+
+def _epoch_seconds(history: Path) -> np.ndarray:
+    """Wall seconds of each epoch, from the cumulative ``elapsed_s`` column of history.csv."""
+    with open(history) as f:
+        elapsed = [float(row["elapsed_s"]) for row in csv.DictReader(f)]
+    return np.diff([0.0, *elapsed])
 
 
 if __name__ == "__main__":
