@@ -75,6 +75,27 @@ def test_metrics_match_figures_computed_from_predict(evaluated):
     assert m["dataset"]["n_images"] == len(test) and m["dataset"]["split"] == "test"
     for key in ("per_class", "left_out", "run", "data"):
         assert key in m
+    assert m["seen_in_training"] == {"n": 0, "ids": []}  # the test split is held out
+
+
+def test_a_copy_of_the_training_images_is_flagged_as_already_seen(trained_run, tmp_path, capsys):
+    """Data at another path is evaluated whole; images the run learned from are counted."""
+    run, data = trained_run
+    copy = Path(shutil.copytree(data, tmp_path / "copy"))
+    assert main(["evaluate", str(run), str(copy), "--out", str(tmp_path / "eval")]) == 0
+    m = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    with open(run / "split.csv", newline="") as f:
+        learned = {row["id"] for row in csv.DictReader(f) if row["split"] in ("train", "val")}
+    assert m["split"] == "all" and m["n_images"] > len(learned)
+    assert m["seen_in_training"]["n"] == len(learned)
+    assert set(m["seen_in_training"]["ids"]) <= learned
+    assert f"{len(learned)} of {m['n_images']} images are identical" in capsys.readouterr().err
+
+    fresh = write_folder(tmp_path / "fresh", per_class=5, seed=11)
+    assert main(["evaluate", str(run), str(fresh), "--out", str(tmp_path / "eval2")]) == 0
+    m = json.loads((tmp_path / "eval2" / "metrics.json").read_text())
+    assert m["seen_in_training"] == {"n": 0, "ids": []}
+    assert "not a held-out estimate" not in capsys.readouterr().err
 
 
 def test_known_metrics_on_a_hand_made_example():

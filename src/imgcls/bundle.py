@@ -2,8 +2,9 @@
 
 A run folder holds ``model.keras`` (weights, architecture and the in-model scaling) and
 ``bundle.json`` (class names, image size, how images are decoded, the resolved config, the
-data it was trained on, library versions and the calibration temperature). Evaluation,
-prediction and serving read only these two files.
+data it was trained on, library versions and the calibration temperature). Prediction and
+serving read only these two files; evaluation also reads ``seen_digests.npy`` to say whether
+its data holds images the run trained on.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from imgcls.errors import ImgclsError, check
 from imgcls.io import atomic_path, write_json
 
@@ -22,6 +25,9 @@ BUNDLE_FORMAT = "imgcls-bundle"
 BUNDLE_VERSION = 1
 MODEL_FILE = "model.keras"
 META_FILE = "bundle.json"
+# Digests of the decoded train and validation images, so that evaluation can tell when its
+# "new" data holds images the model already saw (a copied folder, a re-exported manifest).
+SEEN_FILE = "seen_digests.npy"
 
 
 @dataclass
@@ -140,3 +146,31 @@ def load_model(run_dir: str | Path):
             f"cannot load {path}: the file is damaged or from an incompatible version "
             f"({type(e).__name__}: {str(e)[:200]})"
         ) from None
+
+
+def write_seen(run_dir: str | Path, pixels: list[np.ndarray]) -> None:
+    """Store the digests of every image the run trains or validates on (``RUN/seen_digests.npy``)."""
+    from imgcls.data.hashing import pixel_digests
+
+    digests = np.unique(np.concatenate([pixel_digests(p) for p in pixels]))
+    with atomic_path(Path(run_dir) / SEEN_FILE) as tmp:
+        np.save(tmp, digests)
+
+
+def seen_in_training(run_dir: str | Path, pixels: np.ndarray) -> np.ndarray | None:
+    """Indices of ``pixels`` identical to an image RUN trained or validated on.
+
+    ``None`` for a run written before imgcls recorded what it saw (no ``seen_digests.npy``).
+    """
+    from imgcls.data.hashing import pixel_digests
+
+    path = Path(run_dir) / SEEN_FILE
+    if not path.is_file():
+        return None
+    try:
+        seen = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise ImgclsError(
+            f"{path} is damaged ({e}); retrain, or delete it to skip the check"
+        ) from None
+    return np.flatnonzero(np.isin(pixel_digests(pixels), seen))

@@ -165,6 +165,14 @@ def _cmd_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     print(
         f"accuracy {metrics['accuracy']:.4f} on {metrics['n_images']} images ({metrics['split']})"
     )
+    seen = metrics["seen_in_training"]
+    if seen and seen["n"] and metrics["split"] not in ("train", "val"):  # those were asked for
+        print(
+            f"imgcls: warning: {seen['n']} of {metrics['n_images']} images are identical to images "
+            f"run {args.run} trained or validated on (first: {seen['ids'][0]}); this accuracy is "
+            "not a held-out estimate",
+            file=sys.stderr,
+        )
     print(f"wrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'report.html'}")
     return 0
 

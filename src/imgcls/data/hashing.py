@@ -26,6 +26,22 @@ def sha256_file(path: str, block: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def pixel_digests(pixels: np.ndarray) -> np.ndarray:
+    """A 64-bit digest (blake2b) of each image in uint8 ``pixels`` ``(n, H, W, 3)``.
+
+    Images with equal pixels get equal digests; any other pair collides with chance 2**-64.
+    """
+    return np.array(
+        [
+            int.from_bytes(
+                hashlib.blake2b(np.ascontiguousarray(p).tobytes(), digest_size=8).digest(), "little"
+            )
+            for p in pixels
+        ],
+        dtype=np.uint64,
+    )
+
+
 def dhash(pixels: np.ndarray) -> int:
     """The 64-bit difference hash of RGB uint8 ``pixels`` ``(H, W, 3)``.
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from imgcls.bundle import read_meta
+from imgcls.bundle import read_meta, seen_in_training
 from imgcls.evaluate.dataset import SPLIT_CHOICES, checkpoint_info, load_eval_set
 from imgcls.evaluate.metrics import compute_metrics
 from imgcls.io import atomic_open, write_csv, write_json
+
+SEEN_IDS_LISTED = 20  # ids of already-seen images named in metrics.json (the count is exact)
 
 __all__ = ["SPLIT_CHOICES", "evaluate", "write_predictions"]
 
@@ -70,6 +72,7 @@ def evaluate(
     meta = predictor.meta if predictor is not None else read_meta(run)
     predictor = predictor or Predictor(run, meta=meta)
     ev = load_eval_set(run, data, meta, split)
+    seen = seen_in_training(run, ev.pixels)
     raw = predictor.predict_pixels(ev.pixels, temperature=1.0, tta=tta)  # one batched forward pass
     probs = apply_temperature(raw, meta.temperature)
     metrics = compute_metrics(ev.y_true, probs, meta.class_names)
@@ -83,6 +86,11 @@ def evaluate(
             "temperature": meta.temperature,
             "checkpoint": checkpoint_info(run),
             "dataset": ev.describe(data, meta.class_names),
+            # Images identical to ones the run trained or validated on: if any, the accuracy is
+            # not a held-out estimate. None for runs that predate the record.
+            "seen_in_training": None
+            if seen is None
+            else {"n": int(len(seen)), "ids": [ev.ids[i] for i in seen[:SEEN_IDS_LISTED]]},
         }
     )
     if meta.temperature != 1.0:

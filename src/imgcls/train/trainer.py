@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from imgcls.bundle import write_seen
 from imgcls.config import TrainConfig
 from imgcls.data.decode import PREPROCESSING
 from imgcls.data.pipeline import steps_per_epoch
@@ -184,6 +185,7 @@ class _Trainer:
             return
         self.out.mkdir(parents=True, exist_ok=True)
         write_split_csv(self.out / "split.csv", self.images, self.splits)
+        write_seen(self.out, [self.arrays["train"][0], self.arrays["val"][0]])
         write_json(self.out / RUN_FILE, self.run_info)
 
     def build(self) -> None:
