@@ -17,7 +17,7 @@ import numpy as np
 from imgcls.models import register_model
 
 FAST_RECIPE = {
-    "epochs": 24,  # 45-80 s each for 45,000 32x32 images on 2 cores: about 20-30 minutes
+    "epochs": 24,  # ~50 s each for 45,000 32x32 images on 2 cores: about 20 minutes
     "batch_size": 512,
     "lr": 0.4,  # SGD peak for 512 images a step (0.1 per 128, the usual ResNet setting)
     "weight_decay": 1e-2,  # decoupled (x lr): +2.1 points over 5e-4 at 8 epochs (BENCHMARKS.md)
