@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from imgcls import __version__
-from imgcls.config import TTA_MODES
+from imgcls.config import PRECISIONS, TTA_MODES
 
 os.environ.setdefault(
     "TF_CPP_MIN_LOG_LEVEL", "3"
@@ -65,7 +65,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
         choices=TTA_MODES,
         help="test-time augmentation the bundle asks for (default: the model's recipe)",
     )
-    p.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"])
+    p.add_argument("--precision", choices=PRECISIONS)
     p.add_argument(
         "--patience", type=int, help="stop after this many epochs without val_loss improvement"
     )
