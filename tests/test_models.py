@@ -64,7 +64,8 @@ def test_backbone_weights_from_a_local_file(tmp_path):
 
 
 def test_transfer_learning_freezes_then_fine_tunes_and_resumes_exactly(tmp_path):
-    """The head trains alone for freeze_epochs, then everything; resuming at the switch is exact."""
+    """The head trains alone on cached features, then the top of the backbone too; resuming at
+    the switch is exact."""
     import shutil
 
     import keras
@@ -76,6 +77,7 @@ def test_transfer_learning_freezes_then_fine_tunes_and_resumes_exactly(tmp_path)
         model="mobilenetv3small",
         weights="none",
         epochs=4,
+        finetune_epochs=1,
         batch_size=8,
         image_size=(32, 32),
         keep_checkpoints=20,

@@ -151,12 +151,9 @@ def test_manifest_cache_and_html(prepared):
     assert not list(out.glob(".tmp-*"))
     images = load_source(out)  # a prepared folder is DATA for every command, with its cached pixels
     assert len(images) == usable and images.cache is not None
-    from imgcls.train.setup import infer_image_size
+    from imgcls.data.sizes import typical_size
 
-    assert infer_image_size(images) == (
-        24,
-        24,
-    )  # mixed-size files, but training uses the cache's size
+    assert typical_size(images) == (24, 24)  # mixed-size files, but training uses the cache's size
     pixels, ok, left_out = decode_images(images, (24, 24))
     assert ok.all() and not left_out and np.array_equal(pixels, cache)
     row = next(i for i, r in enumerate(rows) if r["path"].endswith("cats/005.png"))

@@ -30,6 +30,61 @@ META_FILE = "bundle.json"
 SEEN_FILE = "seen_digests.npy"
 
 
+@dataclass(frozen=True)
+class RunFolder:
+    """The names of the files in a run folder; the only place they are spelled out.
+
+    Example:
+        >>> RunFolder(Path("runs/pets")).split
+        PosixPath('runs/pets/split.csv')
+    """
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def model(self) -> Path:
+        """``model.keras``: the inference model, the whole prediction contract."""
+        return self.path / MODEL_FILE
+
+    @property
+    def meta(self) -> Path:
+        """``bundle.json``: class names, image size, decoding, config, data, versions."""
+        return self.path / META_FILE
+
+    @property
+    def seen(self) -> Path:
+        return self.path / SEEN_FILE
+
+    @property
+    def run(self) -> Path:
+        """``run.json``: the resolved config and data identity, written before the first step."""
+        return self.path / "run.json"
+
+    @property
+    def split(self) -> Path:
+        """``split.csv``: id, label and split of every image."""
+        return self.path / "split.csv"
+
+    @property
+    def history(self) -> Path:
+        return self.path / "history.csv"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def lock(self) -> Path:
+        return self.path / ".lock"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / "tensorboard"
+
+
 @dataclass
 class BundleMeta:
     """What travels beside the model weights."""

@@ -16,42 +16,86 @@ from typing import Any
 from imgcls.errors import ImgclsError, check
 
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
-AUGMENTATIONS = ("flip", "translate")
+AUGMENTATIONS = ("flip", "translate", "crop", "color")
 TTA_MODES = ("none", "flip", "translate", "flip_translate")  # test-time augmentation choices
 MIN_IMAGE_SIDE = 8  # pixels; below this no model here has anything to convolve
 MAX_IMAGE_SIDE = 1024  # pixels; larger inputs belong to a different kind of model
+# Recipe fields every model gets unless its recipe or the user says otherwise.
+GENERIC_RECIPE = {
+    "epochs": 10,
+    "batch_size": 64,
+    "lr": 1e-3,
+    "label_smoothing": 0.0,
+    "weight_decay": 0.0,
+    "tta": "none",
+    "finetune_epochs": 0,
+    "finetune_time": None,
+}
+MIN_ADAPTED_BATCH = 16  # smallest batch a recipe shrinks to on a small data set
+
+
+def _opt(help: str, **extra: Any) -> Any:
+    """A field defaulting to ``None`` (filled by :meth:`TrainConfig.resolve`) with its CLI help."""
+    return field(default=None, metadata={"help": help, **extra})
 
 
 @dataclass
 class TrainConfig:
     """Everything that decides what a training run does.
 
-    Fields left as ``None`` are filled from the model's recipe (its epochs, batch size and
-    learning rate) or from the data (image size, augmentation) by :meth:`resolve`.
+    Precedence: these defaults < the model's recipe < a config file < command-line flags.
+    Fields left as ``None`` are filled by :meth:`resolve` from the model's recipe (epochs,
+    batch size, learning rate, ...) or from the data (model, image size, augmentation). The
+    ``imgcls train`` flags are generated from these fields and their ``help``.
     """
 
-    model: str | None = None  # None: "fast" for images up to 64x64, else "classic"
-    model_args: dict[str, Any] = field(default_factory=dict)
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None  # peak learning rate
-    image_size: tuple[int, int] | None = None  # (height, width) in pixels
-    val_split: float = 0.1
-    test_split: float = 0.1
-    seed: int = 0
-    augment: tuple[str, ...] | None = None  # None: the data source's recommendation
-    label_smoothing: float | None = None
-    weight_decay: float | None = None
-    precision: str = "auto"
-    patience: int | None = None  # epochs without val improvement before stopping
-    max_time: float | None = None  # minutes of training before stopping cleanly
-    checkpoint_every: int | None = None  # steps between mid-epoch checkpoints
-    keep_checkpoints: int = 2  # newest checkpoints kept besides the best
-    class_weight: str | None = None  # None or "balanced"
-    weights: str | None = None  # pretrained weights for application backbones
-    deterministic: bool = True  # same seed, same weights on CPU
-    tensorboard: bool = False  # write TensorBoard logs to RUN/tensorboard
-    tta: str | None = None  # test-time augmentation the bundle asks for; None: the recipe's
+    model: str | None = _opt(
+        "registered model (see `imgcls models`); default: fast up to 64x64, a pretrained "
+        "backbone for photos (classic from scratch if no weights are at hand)"
+    )
+    model_args: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "model argument, value parsed as JSON, e.g. 'filters=[32,64]'"},
+    )
+    epochs: int | None = _opt("training epochs (pretrained: head epochs + finetune_epochs)")
+    batch_size: int | None = _opt("images per step")
+    lr: float | None = _opt("peak learning rate")
+    image_size: tuple[int, int] | None = _opt("(height, width) the images are resized to")
+    val_split: float = field(default=0.1, metadata={"help": "fraction for validation"})
+    test_split: float = field(default=0.1, metadata={"help": "fraction for test"})
+    seed: int = field(default=0, metadata={"help": "seed of the split, init and augmentation"})
+    augment: tuple[str, ...] | None = _opt(
+        "comma list of flip,translate,crop,color, or none (default: suits the data)"
+    )
+    label_smoothing: float | None = _opt("label smoothing of the loss")
+    weight_decay: float | None = _opt("decoupled weight decay")
+    precision: str = field(
+        default="auto", metadata={"help": "numeric precision", "choices": PRECISIONS}
+    )
+    patience: int | None = _opt("stop after this many epochs without val_loss improvement")
+    max_time: float | None = _opt("minutes of training before stopping cleanly", metavar="MIN")
+    checkpoint_every: int | None = _opt("also checkpoint every N steps", metavar="N")
+    keep_checkpoints: int = field(
+        default=2, metadata={"help": "newest checkpoints kept (the best is kept too)"}
+    )
+    class_weight: str | None = _opt("weight classes inversely to their size", choices=("balanced",))
+    weights: str | None = _opt("pretrained backbones: imagenet, none, or a weights file")
+    finetune_epochs: int | None = _opt(
+        "pretrained backbones: last epochs that also train the top of the backbone (0: head only)"
+    )
+    finetune_time: float | None = _opt(
+        "pretrained backbones: minutes the fine-tuning step may take", metavar="MIN"
+    )
+    deterministic: bool = field(
+        default=True, metadata={"help": "same seed, same weights on CPU", "cli": False}
+    )
+    tensorboard: bool = field(
+        default=False, metadata={"help": "write TensorBoard logs to RUN/tensorboard"}
+    )
+    tta: str | None = _opt(
+        "test-time augmentation the bundle asks for (default: the model's recipe)",
+        choices=TTA_MODES,
+    )
 
     def validate(self) -> TrainConfig:
         """Check every field; raise :class:`ImgclsError` naming the first bad one."""
@@ -60,6 +104,18 @@ class TrainConfig:
         _positive_int("checkpoint_every", self.checkpoint_every, allow_none=True)
         _positive_int("patience", self.patience, allow_none=True)
         _positive_int("keep_checkpoints", self.keep_checkpoints)
+        check(
+            self.finetune_epochs is None
+            or (isinstance(self.finetune_epochs, int) and self.finetune_epochs >= 0),
+            "`finetune_epochs` must be a non-negative integer. "
+            f"Received: finetune_epochs={self.finetune_epochs!r}",
+        )
+        if self.finetune_time is not None:
+            check(
+                _is_number(self.finetune_time) and self.finetune_time > 0,
+                "`finetune_time` must be a positive number of minutes. "
+                f"Received: finetune_time={self.finetune_time!r}",
+            )
         if self.lr is not None:
             check(
                 _is_number(self.lr) and 0 < self.lr < 10,
@@ -89,7 +145,8 @@ class TrainConfig:
             bad = [a for a in self.augment if a not in AUGMENTATIONS]
             check(
                 not bad,
-                f"`augment` items must be in {set(AUGMENTATIONS)} (or 'none'). Received: augment={bad[0] if bad else ''}",
+                f"`augment` items must be in {set(AUGMENTATIONS)} (or 'none'). "
+                f"Received: augment={bad[0] if bad else ''}",
             )
         check(
             self.tta is None or self.tta in TTA_MODES,
@@ -136,6 +193,88 @@ class TrainConfig:
         """A copy with the given fields replaced (``None`` values are ignored)."""
         values = {k: v for k, v in overrides.items() if v is not None}
         return dataclasses.replace(self, **values).validate()
+
+    def resolve(self, data: DataFacts) -> Resolved:
+        """Fill every field left ``None``: the one place defaults are decided.
+
+        The model comes from the data (``fast`` for small images; for photos a pretrained
+        backbone whose weights are at hand, else ``classic`` from scratch), then the image size
+        (the backbone's native size, or the data's), the augmentation that suits the data, and
+        the rest from the model's recipe, then :data:`GENERIC_RECIPE`. A recipe with
+        ``min_steps_per_epoch`` shrinks its batch on small data sets (to a power of two, at
+        least 16) and scales its learning rate with it (the linear scaling rule), unless the
+        batch size or learning rate were given. Test-time augmentation only uses what training
+        showed the model. Resolving a resolved config changes nothing.
+
+        Returns:
+            A :class:`Resolved`: the config and one line per choice made for the user.
+        """
+        from imgcls.data.augment import PHOTO_AUGMENT
+        from imgcls.data.sizes import default_image_size, is_photo_size
+        from imgcls.models import get_spec
+        from imgcls.models.choice import choose_model
+
+        notes: list[str] = []
+        config = self
+        if config.model is None:
+            choice = choose_model(config.image_size or data.typical_size, config.weights)
+            config = config.updated(model=choice.model, weights=choice.weights)
+            notes.append(choice.reason)
+        spec = get_spec(config.model)
+        check(
+            spec.pretrained or config.weights is None,
+            f"`weights` applies only to pretrained backbones, not model '{config.model}'. "
+            f"Received: weights={config.weights}",
+        )
+        fills: dict[str, Any] = {}
+        if config.image_size is None:
+            size = data.cache_size or default_image_size(data.typical_size, spec.pretrained)
+            fills["image_size"] = tuple(int(s) for s in size)
+        if config.augment is None:
+            photo = is_photo_size(data.typical_size) and data.augment != ()
+            fills["augment"] = PHOTO_AUGMENT if photo else tuple(data.augment)
+        if spec.pretrained and config.weights is None:
+            fills["weights"] = "imagenet"
+        recipe = {**GENERIC_RECIPE, **spec.recipe}
+        for key in GENERIC_RECIPE:
+            if getattr(config, key) is None and recipe[key] is not None:
+                fills[key] = recipe[key]
+        if "tta" in fills:  # test-time augmentation only from what training showed the model
+            augment = fills.get("augment", config.augment) or ()
+            parts = [a for a in ("flip", "translate") if a in fills["tta"] and a in augment]
+            fills["tta"] = "_".join(parts) or "none"
+        min_steps = recipe.get("min_steps_per_epoch")
+        if min_steps and "batch_size" in fills and data.n_train // fills["batch_size"] < min_steps:
+            batch = max(MIN_ADAPTED_BATCH, 2 ** int(math.log2(max(data.n_train / min_steps, 1))))
+            if "lr" in fills:
+                fills["lr"] = fills["lr"] * batch / fills["batch_size"]
+            fills["batch_size"] = batch
+        return Resolved(config.updated(**fills), notes)
+
+
+@dataclass(frozen=True)
+class DataFacts:
+    """What :meth:`TrainConfig.resolve` needs to know about the data.
+
+    Attributes:
+        typical_size: the most common (height, width) of the images.
+        n_train: images in the training split.
+        augment: the augmentation the source recommends (``()`` for none; no flips for digits).
+        cache_size: the size of a prepared folder's pixel cache, which training then uses.
+    """
+
+    typical_size: tuple[int, int]
+    n_train: int
+    augment: tuple[str, ...] = ("flip", "translate")
+    cache_size: tuple[int, int] | None = None
+
+
+@dataclass
+class Resolved:
+    """A resolved :class:`TrainConfig` and one line per choice made for the user."""
+
+    config: TrainConfig
+    notes: list[str]
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

@@ -101,7 +101,10 @@ def train_dataset(
 
     Shuffling uses ``(seed, epoch)``; each batch's augmentation uses ``(seed, epoch, step)``.
     With ``num_classes`` the labels are one-hot; ``sample_weight`` holds one weight per class.
-    ``translate`` is the largest shift in pixels (default: an eighth of the side). With
+    ``x`` is uint8 images ``(N, H, W, 3)``, or any other array (features of a frozen backbone),
+    which is batched as it is. ``augment`` names the augmentations: ``flip`` and ``translate``
+    (small images; ``translate`` is the largest shift in pixels, default an eighth of the
+    side), or ``crop``/``color`` for photos (:mod:`imgcls.data.augment`). With
     ``alternate_flip`` (airbench) each image is mirrored in every other epoch: a seeded coin
     picks the first epoch's half and the halves swap each epoch, so every image is seen both
     ways within two epochs instead of by chance.
@@ -115,25 +118,49 @@ def train_dataset(
     ds = tf.data.Dataset.from_tensor_slices(
         (order[skip_steps:], np.arange(skip_steps, steps, dtype=np.int64))
     )
-    height, width = x.shape[1:3]
+    item_shape = tuple(x.shape[1:])
+    images_in = x.ndim == 4
     first_flips = np.random.default_rng([seed, 1]).random(n) < 0.5 if alternate_flip else None
+    photo = images_in and bool({"crop", "color"} & set(augment))
+
+    def photo_batch(index, step):
+        from imgcls.data.augment import draw_params
+
+        flips = None if first_flips is None else first_flips[index] != bool(epoch % 2)
+        rng = np.random.default_rng([seed, epoch, int(step)])
+        params = draw_params(rng, len(index), item_shape[0], item_shape[1], augment, flips)
+        return x[index], y[index], params["transform"], params["color"]
 
     def gather(index, step):
-        images, labels = tf.numpy_function(
-            lambda i: (x[i], y[i]), [index], (tf.uint8, tf.int32), stateful=False
-        )
-        images = tf.ensure_shape(images, (bs, height, width, 3))
+        if photo:
+            from imgcls.data.augment import apply_params
+
+            images, labels, transform, color = tf.numpy_function(
+                photo_batch,
+                [index, step],
+                (tf.uint8, tf.int32, tf.float32, tf.float32),
+                stateful=False,
+            )
+            images = tf.ensure_shape(images, (bs, *item_shape))
+            transform, color = tf.ensure_shape(transform, (bs, 8)), tf.ensure_shape(color, (bs, 3))
+            images = apply_params(images, transform, color)
+        else:
+            images, labels = tf.numpy_function(
+                lambda i: (x[i], y[i]), [index], (tf.as_dtype(x.dtype), tf.int32), stateful=False
+            )
+            images = tf.ensure_shape(images, (bs, *item_shape))
         labels = tf.ensure_shape(labels, (bs,))
-        flips = None
-        if first_flips is not None:
-            flips = tf.not_equal(tf.gather(tf.constant(first_flips), index), bool(epoch % 2))
-        images = augment_batch(
-            images,
-            tf.stack([tf.constant(seed * 1_000_003 + epoch, tf.int64), step]),
-            augment,
-            translate=translate,
-            flips=flips,
-        )
+        if images_in and not photo:
+            flips = None
+            if first_flips is not None:
+                flips = tf.not_equal(tf.gather(tf.constant(first_flips), index), bool(epoch % 2))
+            images = augment_batch(
+                images,
+                tf.stack([tf.constant(seed * 1_000_003 + epoch, tf.int64), step]),
+                augment,
+                translate=translate,
+                flips=flips,
+            )
         weights = (
             None
             if sample_weight is None
@@ -149,23 +176,24 @@ def train_dataset(
 def eval_dataset(
     x: np.ndarray, y: np.ndarray | None, batch_size: int, num_classes: int | None = None
 ):
-    """Batches in order, no augmentation; the last batch may be smaller (one-hot with ``num_classes``)."""
+    """Batches of images (or features) in order, no augmentation; the last batch may be smaller
+    (labels one-hot with ``num_classes``)."""
     import tensorflow as tf
 
     n = len(x)
     starts = np.arange(0, n, batch_size, dtype=np.int64)
     ds = tf.data.Dataset.from_tensor_slices(starts)
     labels = np.zeros(n, np.int32) if y is None else y
-    height, width = x.shape[1:3]
+    item_shape = tuple(x.shape[1:])
 
     def gather(start):
         images, lab = tf.numpy_function(
             lambda s: (x[s : s + batch_size], labels[s : s + batch_size]),
             [start],
-            (tf.uint8, tf.int32),
+            (tf.as_dtype(x.dtype), tf.int32),
             stateful=False,
         )
-        images = tf.cast(tf.ensure_shape(images, (None, height, width, 3)), tf.float32)
+        images = tf.cast(tf.ensure_shape(images, (None, *item_shape)), tf.float32)
         lab = tf.ensure_shape(lab, (None,))
         return images, (tf.one_hot(lab, num_classes) if num_classes else lab)
 

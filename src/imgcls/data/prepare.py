@@ -26,6 +26,7 @@ import numpy as np
 from imgcls.config import check_splits
 from imgcls.data.hashing import DisjointSets, near_pairs
 from imgcls.data.scan import UNUSABLE_KINDS, ScanResult, scan_files
+from imgcls.data.sizes import default_cache_size
 from imgcls.data.sources import SPLIT_NAMES, ImageSet, load_source
 from imgcls.data.split import assign_splits
 from imgcls.errors import ImgclsError, check
@@ -130,7 +131,7 @@ def prepare(
     )
     out = Path(out)
     _check_out(out, images.source)
-    size = tuple(int(s) for s in image_size) if image_size else _default_size(images)
+    size = tuple(int(s) for s in image_size) if image_size else default_cache_size(images)
     out.mkdir(parents=True, exist_ok=True)
     for stale in (
         "report.json",
@@ -189,12 +190,6 @@ def prepare(
         return PrepareResult(out, report, bad)
     finally:
         scratch.unlink(missing_ok=True)
-
-
-def _default_size(images: ImageSet) -> tuple[int, int]:
-    from imgcls.train.setup import infer_image_size  # the size `imgcls train` picks by default
-
-    return infer_image_size(images)
 
 
 def _check_out(out: Path, source: str) -> None:

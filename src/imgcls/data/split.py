@@ -11,6 +11,8 @@ from imgcls.data.sources import ImageSet
 from imgcls.errors import ImgclsError, check
 from imgcls.io import write_csv
 
+MIN_TEST_IMAGES = 5  # test images of a class below which its per-class figures are noise
+
 
 def assign_splits(
     labels: np.ndarray,
@@ -24,24 +26,54 @@ def assign_splits(
     Each class contributes ``round(n * fraction)`` images to validation and to test, so class
     proportions match across splits; a class keeps at least one training image. Predefined
     splits (``train/``, ``val/``, ``test/`` folders, a CSV ``split`` column, a built-in test
-    set) are kept; a missing validation split is carved out of the predefined training images.
+    set) are kept; a missing validation or test split is carved out of the predefined training
+    images (stratified, ``val_split`` and ``test_split`` of them), so a ``train/`` + ``val/``
+    tree still gets a test set that evaluation can use.
 
     Args:
         labels: int label per image.
         val_split: fraction of each class for validation.
-        test_split: fraction of each class for test (ignored when ``predefined`` exists).
+        test_split: fraction of each class for test (with ``predefined``: of its ``train``
+            images, used only when it has no test split).
         seed: the same seed always gives the same split.
         predefined: an existing split per image, or ``None``.
     """
     labels = np.asarray(labels)
     if predefined is not None:
         out = np.asarray(predefined).astype("<U5").copy()
-        if not (out == "val").any() and val_split > 0:
+        missing_val = val_split if not (out == "val").any() else 0.0
+        missing_test = test_split if not (out == "test").any() else 0.0
+        if missing_val or missing_test:
             train = np.flatnonzero(out == "train")
-            carved = _stratified(labels[train], val_split, 0.0, seed)
-            out[train[carved == "val"]] = "val"
+            carved = _stratified(labels[train], missing_val, missing_test, seed)
+            out[train] = carved
         return out
     return _stratified(labels, val_split, test_split, seed)
+
+
+def carved_splits(predefined: np.ndarray | None, splits: np.ndarray) -> list[str]:
+    """The splits :func:`assign_splits` carved out of a predefined ``train/`` (e.g. ``["test"]``)."""
+    if predefined is None:
+        return []
+    return [s for s in ("val", "test") if (splits == s).any() and not (predefined == s).any()]
+
+
+def split_warnings(labels: np.ndarray, splits: np.ndarray, class_names: list[str]) -> list[str]:
+    """One line per class whose test split is too small for its figures to mean anything."""
+    test = np.asarray(labels)[np.asarray(splits) == "test"]
+    if not len(test):
+        return []
+    counts = np.bincount(test, minlength=len(class_names))
+    tiny = [
+        (name, int(n)) for name, n in zip(class_names, counts, strict=True) if n < MIN_TEST_IMAGES
+    ]
+    if not tiny:
+        return []
+    listed = ", ".join(f"{name} ({n})" for name, n in tiny[:5]) + (" ..." if len(tiny) > 5 else "")
+    return [
+        f"{len(tiny)} class(es) have fewer than {MIN_TEST_IMAGES} test images: {listed}; their "
+        "per-class test figures are noise (add images, or read the overall accuracy only)"
+    ]
 
 
 def _stratified(labels: np.ndarray, val_split: float, test_split: float, seed: int) -> np.ndarray:

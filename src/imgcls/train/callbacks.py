@@ -42,7 +42,7 @@ class Progress(keras.callbacks.Callback):
         bar = "=" * int(24 * done / self.steps)
         self.stream.write(
             f"\repoch {self.epoch + 1}/{self.epochs} [{bar:<24}] {done}/{self.steps} "
-            f"ETA {_clock(eta)} {rate * self.batch_size:,.0f} img/s {_fmt(logs)}\x1b[K"
+            f"ETA {clock(eta)} {rate * self.batch_size:,.0f} img/s {_fmt(logs)}\x1b[K"
         )
         self.stream.flush()
 
@@ -51,7 +51,7 @@ class Progress(keras.callbacks.Callback):
         if not self.enabled:
             return
         line = (
-            f"epoch {self.epoch + 1}/{self.epochs} {_clock(seconds)} "
+            f"epoch {self.epoch + 1}/{self.epochs} {clock(seconds)} "
             f"{images / max(seconds, 1e-9):,.0f} img/s {_fmt(row)}"
         )
         self.stream.write(f"\r{line}\x1b[K\n" if self.tty else f"{line}\n")
@@ -86,7 +86,7 @@ def _fmt(logs) -> str:
     )
 
 
-def _clock(seconds: float) -> str:
+def clock(seconds: float) -> str:
     seconds = max(0, int(seconds))
     return (
         f"{seconds // 60}:{seconds % 60:02d}"

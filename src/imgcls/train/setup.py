@@ -1,63 +1,19 @@
-"""Pieces the trainer sets up before the first step: arrays, image size, seeds, optimizer."""
+"""Pieces the trainer sets up before the first step: seeds, the optimizer and its rate plan."""
 
 from __future__ import annotations
 
 import math
 import os
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
+from imgcls.config import TrainConfig
 
-from imgcls.config import MAX_IMAGE_SIDE, TrainConfig
-from imgcls.data.pipeline import decode_images
-from imgcls.data.sources import ImageSet
-
-DEFAULT_MIN_SIDE = 16  # pixels: small sources (8x8 digits) are upsampled to at least this
-DEFAULT_MAX_SIDE = 224  # pixels: large photos are shrunk to at most this by default
-SIZE_SAMPLE = 64  # images whose headers are read to pick the default size
 WARMUP_EPOCHS = 1  # linear learning-rate warm-up before the decay
-
-
-def infer_image_size(images: ImageSet) -> tuple[int, int]:
-    """The size of a prepared folder's pixel cache; else the most common (height, width) among a
-    sample, clamped to [16, 224] pixels a side."""
-    if images.cache is not None:
-        return tuple(int(s) for s in np.load(images.cache, mmap_mode="r").shape[1:3])
-    if images.images is not None:
-        h, w = images.images.shape[1:3]
-    else:
-        from PIL import Image
-
-        sizes: Counter = Counter()
-        step = max(1, len(images.paths) // SIZE_SAMPLE)
-        for path in images.paths[::step][:SIZE_SAMPLE]:
-            try:
-                with Image.open(path) as img:
-                    sizes[(img.height, img.width)] += 1
-            except Exception:  # noqa: BLE001 - bad files are reported when decoded
-                continue
-        h, w = sizes.most_common(1)[0][0] if sizes else (DEFAULT_MIN_SIDE, DEFAULT_MIN_SIDE)
-    clamp = lambda s: int(min(max(s, DEFAULT_MIN_SIDE), min(DEFAULT_MAX_SIDE, MAX_IMAGE_SIDE)))  # noqa: E731
-    return clamp(h), clamp(w)
-
-
-def prepare_arrays(
-    images: ImageSet, splits: np.ndarray, size: tuple[int, int]
-) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[dict]]:
-    """Decode every image once and group pixels and labels by split.
-
-    Returns ``({"train": (x, y), "val": ..., "test": ...}, left_out)``; files that fail to
-    decode are left out and listed, never fatal mid-epoch.
-    """
-    pixels, ok, issues = decode_images(images, size)
-    labels, kept_splits = images.labels[ok], splits[ok]
-    arrays = {}
-    for name in ("train", "val", "test"):
-        mask = kept_splits == name
-        arrays[name] = (pixels[mask] if mask.any() else pixels[:0], labels[mask].astype(np.int32))
-    return arrays, issues
+# Share of a time budget a run may run ahead of its steps before the clock sets the rate. A run
+# on pace (start-up and tracing included) keeps a rate that is a function of the step alone,
+# so it stays bit-reproducible; a run that would overrun its budget decays by the clock.
+CLOCK_SLACK = 0.05
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -77,14 +33,15 @@ class LrPlan:
 
     ``plan(step, time_used)`` is ``peak`` times the smaller of the warm-up ramp (from
     ``start * peak`` over ``warmup`` steps) and the decay (``linear`` or ``cosine``) at the
-    phase's progress. Progress is the larger of the share of steps done and ``time_used``, the
-    share of a time budget spent (0 without one): a run that would overrun ``--max-time``
+    phase's progress. Progress is the share of steps done, or, once the share of a time budget
+    spent (``time_used``, 0 without one) runs more than :data:`CLOCK_SLACK` ahead of it, the
+    time share (rescaled to reach 1 at the deadline): a run that would overrun ``--max-time``
     decays to zero as its budget runs out instead of being cut off at a high rate.
 
     Example:
         >>> plan = LrPlan(0.4, warmup=10, total=110, shape="linear")
-        >>> plan(10), plan(60), round(plan(60, time_used=0.75), 6)
-        (0.4, 0.2, 0.1)
+        >>> plan(10), plan(60), plan(60, time_used=0.52), round(plan(60, time_used=0.81), 6)
+        (0.4, 0.2, 0.2, 0.08)
     """
 
     peak: float
@@ -94,9 +51,11 @@ class LrPlan:
     start: float = 0.0
 
     def progress(self, step: int, time_used: float = 0.0) -> float:
-        """How far the decay has gone, 0 to 1: steps after warm-up, or the budget, if further."""
+        """How far the decay has gone, 0 to 1: steps after warm-up, or the budget, if further
+        ahead than :data:`CLOCK_SLACK`."""
         done = (step - self.warmup) / max(self.total - self.warmup, 1)
-        return min(max(done, time_used, 0.0), 1.0)
+        clock = (time_used - CLOCK_SLACK) / (1 - CLOCK_SLACK)
+        return min(max(done, clock, 0.0), 1.0)
 
     def __call__(self, step: int, time_used: float = 0.0) -> float:
         ramp = 1.0

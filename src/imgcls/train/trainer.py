@@ -1,17 +1,17 @@
-"""The training loop: data -> model -> epochs with checkpoints -> bundle.
+"""The training loop: data -> model -> phases of epochs with checkpoints -> bundle.
 
-``train(DATA, out=RUN)`` reads and splits the data, decodes every image once, builds the
-model with its recipe, and trains epoch by epoch. After every epoch (and every
-``checkpoint_every`` steps) the whole state is checkpointed atomically, so
-``train(resume=True, out=RUN)`` continues exactly where a crash left off. At the end the
-model bundle, ``history.csv`` and the test accuracy are written into RUN.
+``train(DATA, out=RUN)`` reads and splits the data, resolves the config against it, decodes
+every image once, builds the model and trains it phase by phase (:class:`~.state.Phase`):
+from scratch one phase on pixels; a pretrained backbone first trains its head on features
+computed once (:mod:`.features`), then optionally fine-tunes the top of the backbone. After
+every epoch (and every ``checkpoint_every`` steps) the whole state is checkpointed
+atomically, so ``train(resume=True, out=RUN)`` continues exactly where a crash left off. At
+the end the model bundle, ``history.csv`` and the test accuracy are written into RUN.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -20,23 +20,17 @@ from typing import Any
 
 import numpy as np
 
-from imgcls.bundle import write_seen
+from imgcls.bundle import RunFolder
 from imgcls.config import TrainConfig
-from imgcls.data.decode import PREPROCESSING
-from imgcls.data.pipeline import steps_per_epoch
-from imgcls.data.sources import load_source
-from imgcls.data.split import assign_splits, read_split_csv, write_split_csv
 from imgcls.errors import ImgclsError, check
-from imgcls.io import write_csv, write_json
+from imgcls.io import write_csv
 from imgcls.models import get_spec
 from imgcls.train.checkpoint import CheckpointManager, RunLock, peek_state, restore
-from imgcls.train.setup import build_optimizer, infer_image_size, prepare_arrays, seed_everything
+from imgcls.train.rundata import RunData, load_run_data, write_run_files
+from imgcls.train.setup import build_optimizer, seed_everything
+from imgcls.train.state import Phase, StopRule, TrainState, plan_phases
 
-RUN_FILE = "run.json"  # the resolved config and data identity, written before the first step
-HISTORY_FILE = "history.csv"
 RESUME_SAFE_KEYS = {"max_time", "checkpoint_every", "keep_checkpoints"}  # change nothing computed
-FAST_MAX_SIDE = 64  # pixels: up to this size the default model is `fast`, above it `classic`
-MIN_ADAPTED_BATCH = 16  # smallest batch a recipe shrinks to on a small data set
 
 
 @dataclass
@@ -45,7 +39,7 @@ class TrainResult:
 
     run_dir: Path
     history: list[dict[str, float]]
-    stopped: str  # "completed", "early_stopping" or "max_time"
+    stopped: str  # one of imgcls.train.state.STOP_REASONS
     test_metrics: dict[str, Any] | None = None
     left_out: list[dict] = field(default_factory=list)
 
@@ -77,15 +71,15 @@ def train(
         >>> result.test_metrics["accuracy"] > 0.9                         # doctest: +SKIP
         True
     """
-    out = Path(out)
+    folder = RunFolder(Path(out))
     if resume:
-        config, data = _resume_config(out, data, overrides)
+        config, data = _resume_config(folder, data, overrides)
     else:
         config = (config or TrainConfig()).updated(**overrides)
         check(data is not None, "DATA is required (a folder, a CSV manifest or a built-in name)")
         if config.model is not None:
             get_spec(config.model)  # an unknown name fails before any data is read
-        taken = [n for n in (RUN_FILE, "bundle.json", "checkpoints") if (out / n).exists()]
+        taken = [p.name for p in (folder.run, folder.meta, folder.checkpoints) if p.exists()]
         if taken:
             raise ImgclsError(
                 f"--out {out} already holds a run ({taken[0]}); pass --resume to continue it "
@@ -94,19 +88,24 @@ def train(
     import keras
 
     policy = keras.config.dtype_policy()
+    log = (lambda m: print(m, file=sys.stderr, flush=True)) if verbose else (lambda m: None)
     try:
-        with RunLock(out):
-            return _Trainer(data, out, config, resume, verbose).run()
+        with RunLock(folder.path):
+            CheckpointManager(folder.path).clean_temporaries()
+            run_data, config = load_run_data(str(data), config, folder, resume, log)
+            record = write_run_files(folder, run_data, config, resume)
+            return _Trainer(run_data, folder, config, record, resume, verbose).run()
     finally:
-        keras.config.set_dtype_policy(
-            policy
-        )  # the run's precision does not leak into the caller's models
+        keras.config.set_dtype_policy(policy)  # the run's precision does not leak to the caller
 
 
-def _resume_config(out: Path, data: Any, overrides: dict[str, Any]) -> tuple[TrainConfig, str]:
-    path = out / RUN_FILE
-    check(path.is_file(), f"--resume: {out} is not a run folder (no {RUN_FILE})")
-    saved = json.loads(path.read_text(encoding="utf-8"))
+def _resume_config(
+    folder: RunFolder, data: Any, overrides: dict[str, Any]
+) -> tuple[TrainConfig, str]:
+    check(
+        folder.run.is_file(), f"--resume: {folder.path} is not a run folder (no {folder.run.name})"
+    )
+    saved = json.loads(folder.run.read_text(encoding="utf-8"))
     config = TrainConfig.from_dict(saved["config"])
     for key, value in overrides.items():
         old = getattr(config, key, None)
@@ -122,417 +121,316 @@ def _resume_config(out: Path, data: Any, overrides: dict[str, Any]) -> tuple[Tra
 
 
 class _Trainer:
+    """One run's training: built whole in ``__init__``, driven by :meth:`run`."""
+
     def __init__(
-        self, data: str | Path, out: Path, config: TrainConfig, resume: bool, verbose: bool
+        self,
+        data: RunData,
+        folder: RunFolder,
+        config: TrainConfig,
+        record: dict[str, Any],
+        resume: bool,
+        verbose: bool,
     ):
-        self.data_arg, self.out, self.resume, self.verbose = str(data), out, resume, verbose
-        self.config = config  # completed from the model's recipe once the data is known
-        self.ckpt = CheckpointManager(out, keep=self.config.keep_checkpoints)
+        from imgcls.models import create_model
+        from imgcls.train.precision import resolve_precision
+
+        self.data, self.folder, self.config, self.record = data, folder, config, record
+        self.verbose = verbose
+        self.ckpt = CheckpointManager(folder.path, keep=config.keep_checkpoints)
+        self.found = self.ckpt.load_latest() if resume else None
+        if resume and self.found is None:  # killed before the first checkpoint: start over
+            self.log(f"no readable checkpoint in {self.ckpt.dir}; starting from the first step")
+        self.spec = get_spec(config.model)
+        self.precision = resolve_precision(config.precision)
+        seed_everything(config.seed, config.deterministic)
+        import keras
+
+        keras.config.set_dtype_policy(self.precision)
+        kwargs = dict(config.model_args)
+        if self.spec.pretrained:  # a checkpoint holds every weight: no need to fetch them again
+            kwargs["weights"] = "none" if self.found else config.weights
+        x_train = data.arrays["train"][0]
+        self.model = create_model(
+            config.model, (*config.image_size, 3), len(data.class_names), **kwargs
+        )
+        self.spec.init_from_data(self.model, x_train, config.seed)
+        self.steps = _steps(len(x_train), config.batch_size)
+        self.phases = plan_phases(config, self.spec.pretrained, self.spec.recipe)
+        self.stop = StopRule(config.epochs, config.patience, (config.max_time or 0) * 60 or None)
+        self.phase: Phase | None = None
+        self.fit_model = self.model  # what model.fit trains: the head alone in a head phase
+        self.optimizer: Any = None
+        self.plan: Any = None
+        self.features: dict[str, np.ndarray] = {}  # "train": (views, N, D), "val": (N, D)
+        self.t_start = 0.0
+        self.nan_step: int | None = None
 
     def log(self, message: str) -> None:
         if self.verbose:
             print(message, file=sys.stderr, flush=True)
 
-    # ---- setup -------------------------------------------------------------------------------
-    def load_data(self) -> None:
-        c = self.config
-        images = load_source(self.data_arg)
-        if self.resume:
-            splits = read_split_csv(self.out / "split.csv", images)
-        else:
-            splits = assign_splits(images.labels, c.val_split, c.test_split, c.seed, images.splits)
-        size = tuple(c.image_size) if c.image_size else infer_image_size(images)
-        self.config.image_size = size
-        if c.augment is None:
-            self.config.augment = tuple(images.augment)
-        self.images, self.splits = images, splits
-        self.arrays, self.left_out = prepare_arrays(images, splits, size)
-        for issue in self.left_out:
-            self.log(f"imgcls: left out {issue['path']}: {issue['kind']}: {issue['detail']}")
-        counts = {s: len(self.arrays[s][0]) for s in ("train", "val", "test")}
-        check(counts["train"] > 0, f"DATA {self.data_arg}: no training images left after the split")
-        self.log(
-            f"data: {len(images.class_names)} classes, {counts['train']} train / {counts['val']} val / "
-            f"{counts['test']} test images at {size[0]}x{size[1]}"
-        )
+    def phase_at(self, epoch: int) -> Phase:
+        return next((p for p in self.phases if p.start <= epoch < p.end), self.phases[-1])
 
-    def fingerprint(self) -> str:
-        h = hashlib.sha256()
-        for i, label, s in zip(self.images.ids, self.images.labels, self.splits, strict=True):
-            h.update(f"{i}\t{label}\t{s}\n".encode())
-        return h.hexdigest()
-
-    def write_run_file(self) -> None:
-        self.run_info = {
-            "config": self.config.to_dict(),
-            "data": {
-                "argument": self.data_arg,
-                "source": self.images.source,
-                "class_names": self.images.class_names,
-                "fingerprint": self.fingerprint(),
-                "n_images": len(self.images),
-                "left_out": self.left_out,
-                "split_counts": {s: len(self.arrays[s][0]) for s in ("train", "val", "test")},
-            },
-        }
-        if self.resume:
-            saved = json.loads((self.out / RUN_FILE).read_text(encoding="utf-8"))
-            check(
-                saved["data"]["fingerprint"] == self.run_info["data"]["fingerprint"],
-                f"--resume: the data at {self.data_arg} differs from what run {self.out} was trained on "
-                "(images, labels or split changed); resuming is refused. Start a new run instead",
-            )
-            return
-        self.out.mkdir(parents=True, exist_ok=True)
-        write_split_csv(self.out / "split.csv", self.images, self.splits)
-        write_seen(self.out, [self.arrays["train"][0], self.arrays["val"][0]])
-        write_json(self.out / RUN_FILE, self.run_info)
-
-    def build(self) -> None:
+    # ---- phases ------------------------------------------------------------------------------
+    def enter(self, phase: Phase) -> None:
+        """Set up ``phase``: its trainable layers, data form and a fresh optimizer."""
         import keras
 
-        from imgcls.models import create_model
-        from imgcls.train.precision import resolve_precision
+        from imgcls.models import applications as apps
 
+        if phase.name == "head":  # features are computed when the first epoch needs them
+            self.model.get_layer("backbone").trainable = False
+            self.fit_model = apps.head_model(self.model)
+        elif phase.name == "finetune":
+            n = apps.set_finetune_layers(self.model, self.spec.recipe.get("finetune_fraction", 0.2))
+            self.log(f"fine-tuning the top {n} layers of the backbone and the head")
+            self.fit_model = self.model
         c = self.config
-        self.spec = get_spec(c.model)
-        self.precision = resolve_precision(c.precision)
-        seed_everything(c.seed, c.deterministic)
-        keras.config.set_dtype_policy(self.precision)
-        kwargs = dict(c.model_args)
-        if c.weights is not None:
-            check(
-                self.spec.pretrained,
-                f"`weights` applies only to pretrained backbones, not model '{c.model}'. "
-                f"Received: weights={c.weights}",
-            )
-            kwargs["weights"] = c.weights
-        self.model = create_model(
-            c.model, (*c.image_size, 3), len(self.images.class_names), **kwargs
+        self.optimizer, self.plan = build_optimizer(
+            c, self.spec.recipe, self.steps, epochs=phase.epochs, lr=phase.lr
         )
-        self.spec.init_from_data(self.model, self.arrays["train"][0], c.seed)
-        self.steps = steps_per_epoch(len(self.arrays["train"][0]), c.batch_size)
-        self.phase = None
-
-    def phase_of(self, epoch: int) -> str:
-        """``"frozen"`` while a pretrained backbone trains only its head, else ``"train"``."""
-        freeze = self.spec.recipe.get("freeze_epochs", 0)
-        return "frozen" if freeze and epoch < freeze < self.config.epochs else "train"
-
-    def compile_for(self, epoch: int) -> None:
-        """Compile with a fresh optimizer when ``epoch`` starts a new phase (or nothing is compiled yet)."""
-        import keras
-
-        phase = self.phase_of(epoch)
-        if phase == self.phase:
-            return
-        c, recipe = self.config, self.spec.recipe
-        freeze = recipe.get("freeze_epochs", 0) if self.phase_of(0) == "frozen" else 0
-        if freeze:
-            self.model.get_layer("backbone").trainable = phase == "train"
-        epochs = freeze if phase == "frozen" else c.epochs - freeze
-        lr = c.lr * (recipe.get("finetune_lr_factor", 1.0) if freeze and phase == "train" else 1.0)
-        self.optimizer, self.plan = build_optimizer(c, recipe, self.steps, epochs=epochs, lr=lr)
-        self.phase_first_step = (freeze if freeze and phase == "train" else 0) * self.steps
-        self.model.compile(
+        self.fit_model.compile(
             optimizer=self.optimizer,
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=c.label_smoothing),
             metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
         )
-        self.optimizer.build(self.model.trainable_variables)
+        self.optimizer.build(self.fit_model.trainable_variables)
         self.phase = phase
+
+    def compute_features(self) -> None:
+        """Run the frozen backbone once over every training view and validation image."""
+        from imgcls.train.features import PassProgress, compute_features, feature_extractor
+
+        c, views = self.config, self.spec.recipe.get("feature_views", 1)
+        x, xv = self.data.arrays["train"][0], self.data.arrays["val"][0]
+        progress = PassProgress("features", views * len(x) + len(xv), enabled=self.verbose)
+        extractor = feature_extractor(self.model, (*c.image_size, 3))
+        self.features["train"] = compute_features(extractor, x, views, c.augment, c.seed, progress)
+        if len(xv):
+            self.features["val"] = compute_features(extractor, xv, 1, (), c.seed, progress)[0]
+        progress.close()
+
+    def datasets(self, epoch: int, skip: int):
+        """The epoch's training batches and the validation batches, in the phase's form."""
+        from imgcls.data.pipeline import eval_dataset, train_dataset
+        from imgcls.train.features import epoch_features
+
+        c, recipe = self.config, self.spec.recipe
+        (x, y), (xv, yv) = self.data.arrays["train"], self.data.arrays["val"]
+        n_classes = len(self.data.class_names)
+        augment: tuple[str, ...] = c.augment or ()
+        if self.phase.name == "head":
+            x, augment = epoch_features(self.features["train"], c.seed, epoch), ()
+            xv = self.features.get("val", xv[:0])
+        weights = _class_weights(y, n_classes) if c.class_weight == "balanced" else None
+        fraction = recipe.get("translate_fraction")
+        ds = train_dataset(
+            x, y, c.batch_size, c.seed, epoch, augment, skip, weights, n_classes,
+            translate=max(1, round(min(c.image_size) * fraction)) if fraction else None,
+            alternate_flip=recipe.get("alternate_flip", False),
+        )  # fmt: skip
+        val = eval_dataset(xv, yv, c.batch_size, n_classes) if len(xv) else None
+        return ds, val
 
     # ---- loop --------------------------------------------------------------------------------
     def run(self) -> TrainResult:
-        self.ckpt.clean_temporaries()
-        self.load_data()
-        self.config = _with_recipe(self.config, len(self.arrays["train"][0]))
-        self.write_run_file()
-        self.build()
-        state = self.initial_state()
+        counts = self.data.counts()
+        c = self.config
         self.log(
-            f"model {self.config.model}: {self.model.count_params():,} parameters, precision {self.precision}, "
-            f"{self.config.epochs} epochs of {self.steps} steps"
+            f"data: {len(self.data.class_names)} classes, {counts['train']} train / "
+            f"{counts['val']} val / {counts['test']} test images at {c.image_size[0]}x{c.image_size[1]}"
         )
-        stopped = self.loop(state)
-        return self.finish(state, stopped)
+        state = self.initial_state()
+        weights = f", weights {c.weights}" if self.spec.pretrained else ""
+        plan = " then ".join(f"{p.epochs} {p.name}" for p in self.phases)
+        self.log(
+            f"model {c.model}{weights}: {self.model.count_params():,} parameters, precision "
+            f"{self.precision}, epochs: {plan}, {self.steps} steps of {min(c.batch_size, counts['train'])}"
+        )
+        self.loop(state)
+        return self.finish(state)
 
-    def initial_state(self) -> dict[str, Any]:
-        state = {
-            "epoch": 0,
-            "step_in_epoch": 0,
-            "global_step": 0,
-            "best": None,
-            "best_epoch": None,
-            "bad_epochs": 0,
-            "history": [],
-            "elapsed_s": 0.0,
-            "stopped": None,
-            "phase": None,
-        }
-        found = self.ckpt.load_latest() if self.resume else None
-        if (
-            self.resume and found is None
-        ):  # killed before the first checkpoint: same seed, so start over
-            self.log(f"no readable checkpoint in {self.ckpt.dir}; starting from the first step")
-        if found is None:
-            self.compile_for(0)
-            return state
-        path, arrays = found
-        saved = peek_state(arrays)
-        self.compile_for(saved["epoch"])
+    def initial_state(self) -> TrainState:
+        if self.found is None:
+            return TrainState()
+        path, arrays = self.found
+        saved = TrainState.from_dict(peek_state(arrays), str(path))
+        self.enter(self.phase_at(saved.epoch))
         # A checkpoint from the previous phase holds that phase's optimizer; the new phase starts
         # with a fresh one, exactly as an uninterrupted run does.
-        state = restore(
-            self.model, self.optimizer, arrays, optimizer_too=saved.get("phase") == self.phase
-        )
-        if state.get("stopped") == "max_time":
-            state["stopped"] = None  # resuming is the request to go on (under the new --max-time)
-        self.log(
-            f"resumed from {path.name}: epoch {state['epoch'] + 1}, step {state['step_in_epoch']}"
-        )
-        return state
+        restore(self.model, self.optimizer, arrays, optimizer_too=saved.phase == self.phase.name)
+        if saved.stopped == "max_time":
+            saved.stopped = None  # resuming is the request to go on (under the new --max-time)
+        self.log(f"resumed from {path.name}: epoch {saved.epoch + 1}, step {saved.step_in_epoch}")
+        return saved
 
-    def loop(self, state: dict[str, Any]) -> str:
-        from imgcls.data.pipeline import eval_dataset, train_dataset
+    def loop(self, state: TrainState) -> None:
         from imgcls.train.callbacks import Progress, StepHook
 
         c = self.config
-        x, y = self.arrays["train"]
-        xv, yv = self.arrays["val"]
-        n_classes = len(self.images.class_names)
-        val_ds = eval_dataset(xv, yv, c.batch_size, n_classes) if len(xv) else None
-        weights = _class_weights(y, n_classes) if c.class_weight == "balanced" else None
-        progress = Progress(c.epochs, self.steps, min(c.batch_size, len(x)), enabled=self.verbose)
-        self.flags: dict[str, Any] = {}
-        hook = StepHook(
-            lambda step, logs: self.after_step(state, step, logs),
-            before=lambda step: self.before_step(state, step),
-        )
-        extra = []
-        if c.tensorboard:
-            import importlib.util
-
-            import keras
-
-            check(
-                importlib.util.find_spec("tensorboard") is not None,
-                "`--tensorboard` needs the tensorboard package: pip install 'imgcls[tensorboard]'",
-            )
-            extra.append(keras.callbacks.TensorBoard(log_dir=str(self.out / "tensorboard")))
-        t_start = time.perf_counter() - state["elapsed_s"]
-        self.t_start = t_start
-        while state["epoch"] < c.epochs and not state.get("stopped"):
-            epoch, skip = state["epoch"], state["step_in_epoch"]
-            self.compile_for(epoch)
-            if state.get("phase") != self.phase:  # a phase's time budget counts from its start
-                state["phase_started_s"] = time.perf_counter() - t_start
-            state["phase"] = self.phase
-            recipe = self.spec.recipe
-            ds = train_dataset(
-                x,
-                y,
-                c.batch_size,
-                c.seed,
-                epoch,
-                c.augment,
-                skip,
-                weights,
-                n_classes,
-                translate=_translate_pixels(recipe, c.image_size),
-                alternate_flip=recipe.get("alternate_flip", False),
-            )
+        n_train = len(self.data.arrays["train"][0])
+        progress = Progress(c.epochs, self.steps, min(c.batch_size, n_train), enabled=self.verbose)
+        hook = StepHook(lambda s, logs: self.after_step(state, s, logs), self.before_step(state))
+        extra = _tensorboard(self.folder) if c.tensorboard else []
+        self.t_start = time.perf_counter() - state.elapsed_s
+        while state.epoch < c.epochs and not state.stopped:
+            epoch, skip = state.epoch, state.step_in_epoch
+            phase = self.phase_at(epoch)
+            if phase != self.phase:
+                self.enter(phase)
+            if phase.name == "head" and not self.features:
+                self.compute_features()
+            if state.phase != phase.name:  # a phase's time budget counts from its start
+                state.phase, state.phase_started_s = phase.name, self.elapsed()
+            ds, val = self.datasets(epoch, skip)
             progress.begin(epoch, skip)
             hook.first_step = skip
             try:
-                fit = self.model.fit(
-                    ds,
-                    epochs=epoch + 1,
-                    initial_epoch=epoch,
-                    validation_data=val_ds,
-                    callbacks=[progress, hook, *extra],
-                    shuffle=False,
-                    verbose=0,
-                )
-            except Exception as e:  # noqa: BLE001 - re-raised unless it is a known resource failure
+                fit = self.fit_model.fit(
+                    ds, epochs=epoch + 1, initial_epoch=epoch, validation_data=val,
+                    callbacks=[progress, hook, *extra], shuffle=False, verbose=0,
+                )  # fmt: skip
+            except Exception as e:  # noqa: BLE001 - re-raised unless a known resource failure
                 _raise_resource_error(e, c.batch_size)
                 raise
-            if self.flags.get("nan"):
+            if self.nan_step is not None:
                 raise ImgclsError(
-                    f"loss became NaN at epoch {epoch + 1}, step {self.flags['nan']}; the last good "
+                    f"loss became NaN at epoch {epoch + 1}, step {self.nan_step}; the last good "
                     f"checkpoint is in {self.ckpt.dir}. Start a new run with a lower --lr (now {c.lr})"
                 )
-            state["elapsed_s"] = time.perf_counter() - t_start
-            if self.flags.get("max_time"):
-                state["stopped"] = "max_time"
-                self.ckpt.save(self.model, self.optimizer, state)
-                self.log(
-                    f"stopped: --max-time {c.max_time} min reached at epoch {epoch + 1}, step {state['step_in_epoch']}"
-                )
+            state.elapsed_s = self.elapsed()
+            if state.stopped:  # a budget ran out mid-epoch
+                self.ckpt.save(self.model, self.optimizer, state.to_dict())
+                self.log_stop(state)
                 break
             self.end_epoch(state, fit.history, progress)
-        return state.get("stopped") or "completed"
 
-    def before_step(self, state: dict[str, Any], step: int) -> None:
-        """Set the step's learning rate from the plan (and, under ``--max-time``, the clock)."""
-        c = self.config
-        time_used = 0.0
-        if c.max_time:
-            started = state.get("phase_started_s", 0.0)
-            elapsed = time.perf_counter() - self.t_start - started
-            time_used = elapsed / max(c.max_time * 60 - started, 1e-9)
-        step = state["epoch"] * self.steps + step - self.phase_first_step
-        self.optimizer.learning_rate = self.plan(step, time_used)
-        if hasattr(self.optimizer, "progress"):  # lookahead averages harder as the rate decays
-            self.optimizer.progress.assign(self.plan.progress(step, time_used))
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t_start
 
-    def after_step(self, state: dict[str, Any], step: int, logs: dict) -> None:
-        c = self.config
-        state["step_in_epoch"] = step
-        state["global_step"] = state["epoch"] * self.steps + step
-        if "loss" in logs and not math.isfinite(float(logs["loss"])):
-            self.flags["nan"] = step
-            self.model.stop_training = True
-            return
-        if (
-            c.max_time
-            and time.perf_counter() - self.t_start > c.max_time * 60
+    def before_step(self, state: TrainState):
+        """The callback that sets each step's learning rate from the phase's plan (and clock)."""
+
+        def set_rate(step: int) -> None:
+            used = self.stop.time_used(state, self.phase, self.elapsed())
+            step = state.epoch * self.steps + step - self.phase.start * self.steps
+            self.optimizer.learning_rate = self.plan(step, used)
+            if hasattr(self.optimizer, "progress"):  # lookahead averages harder as lr decays
+                self.optimizer.progress.assign(self.plan.progress(step, used))
+
+        return set_rate
+
+    def after_step(self, state: TrainState, step: int, logs: dict) -> None:
+        state.step_in_epoch = step
+        state.global_step = state.epoch * self.steps + step
+        loss = float(logs["loss"]) if "loss" in logs else None
+        reason = self.stop.after_step(state, self.phase, loss, self.elapsed())
+        if reason == "nan":
+            self.nan_step = step
+        elif reason is not None and step < self.steps:
+            state.stopped = reason
+        elif (
+            self.config.checkpoint_every
+            and state.global_step % self.config.checkpoint_every == 0
             and step < self.steps
         ):
-            self.flags["max_time"] = True
-            self.model.stop_training = True
+            state.elapsed_s = self.elapsed()
+            self.ckpt.save(self.model, self.optimizer, state.to_dict())
             return
-        if (
-            c.checkpoint_every
-            and state["global_step"] % c.checkpoint_every == 0
-            and step < self.steps
-        ):
-            state["elapsed_s"] = time.perf_counter() - self.t_start
-            self.ckpt.save(self.model, self.optimizer, state)
+        else:
+            return
+        self.fit_model.stop_training = True
 
-    def end_epoch(self, state: dict[str, Any], logs: dict[str, list], progress) -> None:
-        c = self.config
+    def end_epoch(self, state: TrainState, logs: dict[str, list], progress) -> None:
         row = {
-            "epoch": state["epoch"] + 1,
+            "epoch": state.epoch + 1,
             **{k: float(v[-1]) for k, v in logs.items()},
             "lr": float(self.optimizer.learning_rate),
-            "elapsed_s": round(state["elapsed_s"], 2),
+            "elapsed_s": round(state.elapsed_s, 2),
         }
-        progress.end(row, self.steps * min(c.batch_size, len(self.arrays["train"][0])))
-        state["history"].append(row)
-        state["epoch"] += 1
-        state["step_in_epoch"] = 0
-        state["global_step"] = state["epoch"] * self.steps
+        n_train = len(self.data.arrays["train"][0])
+        progress.end(row, self.steps * min(self.config.batch_size, n_train))
+        state.history.append(row)
+        state.epoch += 1
+        state.step_in_epoch = 0
+        state.global_step = state.epoch * self.steps
         monitored = row.get("val_loss", row["loss"])
-        improved = state["best"] is None or monitored < state["best"]
-        if improved:
-            state["best"], state["best_epoch"], state["bad_epochs"] = monitored, row["epoch"], 0
-        else:
-            state["bad_epochs"] += 1
-        if c.patience and state["bad_epochs"] >= c.patience and state["epoch"] < c.epochs:
-            state["stopped"] = "early_stopping"
-            self.log(
-                f"early stopping: no val_loss improvement for {c.patience} epochs (best epoch {state['best_epoch']})"
-            )
-        if (
-            c.max_time
-            and state["elapsed_s"] > c.max_time * 60
-            and state["epoch"] < c.epochs
-            and not state["stopped"]
-        ):
-            state["stopped"] = "max_time"
-            self.log(f"stopped: --max-time {c.max_time} min reached after epoch {state['epoch']}")
-        self.write_history(state["history"])
-        self.ckpt.save(self.model, self.optimizer, state, best=improved)
+        improved = self.stop.after_epoch(state, self.phase, monitored, state.elapsed_s)
+        if state.stopped:
+            self.log_stop(state)
+        keys = list(dict.fromkeys(k for r in state.history for k in r))
+        write_csv(self.folder.history, keys, [[r.get(k, "") for k in keys] for r in state.history])
+        self.ckpt.save(self.model, self.optimizer, state.to_dict(), best=improved)
 
-    def write_history(self, history: list[dict]) -> None:
-        keys = list(dict.fromkeys(k for row in history for k in row))
-        write_csv(
-            self.out / HISTORY_FILE, keys, [[row.get(k, "") for k in keys] for row in history]
+    def log_stop(self, state: TrainState) -> None:
+        c, where = self.config, f"epoch {state.epoch + (state.step_in_epoch > 0)}"
+        self.log(
+            {
+                "early_stopping": f"early stopping: no val_loss improvement for {c.patience} "
+                f"epochs (best epoch {state.best_epoch})",
+                "max_time": f"stopped: --max-time {c.max_time} min reached at {where}, "
+                f"step {state.step_in_epoch}",
+                "finetune_time": f"fine-tuning budget of {c.finetune_time} min reached at {where}",
+            }[state.stopped]
         )
 
     # ---- end ---------------------------------------------------------------------------------
-    def finish(self, state: dict[str, Any], stopped: str) -> TrainResult:
+    def finish(self, state: TrainState) -> TrainResult:
         from imgcls.bundle import BundleMeta, library_versions, save_bundle
+        from imgcls.data.decode import PREPROCESSING
         from imgcls.evaluate.metrics import compute_metrics
         from imgcls.predict import predict_probs
 
-        xt, yt = self.arrays["test"]
+        c = self.config
+        stopped = state.stopped or "completed"
+        xt, yt = self.data.arrays["test"]
         test_metrics = None
         if len(xt):
-            probs = predict_probs(
-                self.model, xt, self.config.tta, batch_size=self.config.batch_size
-            )
-            test_metrics = compute_metrics(yt, probs, self.images.class_names)
-            tta = "" if self.config.tta == "none" else f", test-time augmentation {self.config.tta}"
+            probs = predict_probs(self.model, xt, c.tta, batch_size=c.batch_size)
+            test_metrics = compute_metrics(yt, probs, self.data.class_names)
+            tta = "" if c.tta == "none" else f", test-time augmentation {c.tta}"
             self.log(f"test accuracy: {test_metrics['accuracy']:.4f} ({len(xt)} images{tta})")
         meta = BundleMeta(
-            class_names=self.images.class_names,
-            image_size=tuple(self.config.image_size),
+            class_names=self.data.class_names,
+            image_size=tuple(c.image_size),
             preprocessing=dict(PREPROCESSING),
-            tta=self.config.tta,
-            config=self.config.to_dict(),
-            data=self.run_info["data"],
+            tta=c.tta,
+            config=c.to_dict(),
+            data=self.record["data"],
             versions=library_versions(),
             metrics={
                 "test_accuracy": test_metrics["accuracy"] if test_metrics else None,
-                "epochs_run": state["epoch"],
+                "epochs_run": state.epoch,
                 "stopped": stopped,
                 "precision": self.precision,
-                "train_seconds": round(state["elapsed_s"], 2),
+                "train_seconds": round(state.elapsed_s, 2),
             },
         )
-        save_bundle(self.out, self.model, meta)
-        self.log(f"saved {self.out}/model.keras")
-        return TrainResult(self.out, state["history"], stopped, test_metrics, self.left_out)
-
-
-def _with_recipe(config: TrainConfig, n_train: int) -> TrainConfig:
-    """Fill fields left unset: the model from the image size, the rest from the model's recipe.
-
-    A recipe with ``min_steps_per_epoch`` shrinks its batch on small data sets (to a power of
-    two, at least 16) and scales its learning rate with it (the linear scaling rule), unless
-    the batch size or learning rate were given.
-    """
-    if config.model is None:
-        config = config.updated(
-            model="fast" if max(config.image_size) <= FAST_MAX_SIDE else "classic"
+        save_bundle(self.folder.path, self.model, meta)
+        self.log(f"saved {self.folder.model}")
+        return TrainResult(
+            self.folder.path, state.history, stopped, test_metrics, self.data.left_out
         )
-    recipe = get_spec(config.model).recipe
-    fills = {
-        k: recipe[k]
-        for k in ("epochs", "batch_size", "lr", "label_smoothing", "weight_decay", "tta")
-        if getattr(config, k) is None and k in recipe
-    }
-    defaults = {
-        "epochs": 10,
-        "batch_size": 64,
-        "lr": 1e-3,
-        "label_smoothing": 0.0,
-        "weight_decay": 0.0,
-        "tta": "none",
-    }
-    fills.update(
-        {k: v for k, v in defaults.items() if getattr(config, k) is None and k not in fills}
+
+
+def _steps(n_images: int, batch_size: int) -> int:
+    from imgcls.data.pipeline import steps_per_epoch
+
+    return steps_per_epoch(n_images, batch_size)
+
+
+def _tensorboard(folder: RunFolder) -> list:
+    import importlib.util
+
+    import keras
+
+    check(
+        importlib.util.find_spec("tensorboard") is not None,
+        "`--tensorboard` needs the tensorboard package: pip install 'imgcls[tensorboard]'",
     )
-    if "tta" in fills:  # test-time augmentation only from what training showed the model
-        parts = [
-            a for a in ("flip", "translate") if a in fills["tta"] and a in (config.augment or ())
-        ]
-        fills["tta"] = "_".join(parts) or "none"
-    min_steps = recipe.get("min_steps_per_epoch")
-    if min_steps and "batch_size" in fills and n_train // fills["batch_size"] < min_steps:
-        batch = max(MIN_ADAPTED_BATCH, 2 ** int(math.log2(max(n_train / min_steps, 1))))
-        if "lr" in fills:
-            fills["lr"] = fills["lr"] * batch / fills["batch_size"]
-        fills["batch_size"] = batch
-    return config.updated(**fills)
-
-
-def _translate_pixels(recipe: dict[str, Any], image_size: tuple[int, int]) -> int | None:
-    """The recipe's largest random shift in pixels (``translate_fraction`` of the shorter side)."""
-    fraction = recipe.get("translate_fraction")
-    return max(1, round(min(image_size) * fraction)) if fraction else None
+    return [keras.callbacks.TensorBoard(log_dir=str(folder.tensorboard))]
 
 
 def _class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
