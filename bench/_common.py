@@ -13,6 +13,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"  # git-ignored
 IMGCLS = [sys.executable, "-m", "imgcls"]
+CIFAR = ROOT.parent / "shared" / "datasets" / "cifar10" / "train"  # read-only, never committed
 
 
 def timed(cmd: list[str]) -> tuple[float, str]:

@@ -22,9 +22,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from _common import IMGCLS, ROOT, timed, write_result
+from _common import CIFAR, IMGCLS, ROOT, timed, write_result
 
-CIFAR = ROOT.parent / "shared" / "datasets" / "cifar10" / "train"
 TEST_PER_CLASS = 500  # 5,000 held-out test images in all
 # --max-time counts training only; start-up, decoding 50,000 JPEGs and the final test pass
 # (~40 s together) must fit in the same wall-clock budget, so training gets this much less.

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Tests never touch the network or the user's caches: no download is attempted, Keras' cache is
+# an empty folder, and EfficientNet-Lite0 weights are converted once per session into a scratch
+# folder (subprocesses inherit these).
+os.environ["IMGCLS_OFFLINE"] = "1"
+os.environ["KERAS_HOME"] = tempfile.mkdtemp(prefix="imgcls-test-keras-")
+os.environ["IMGCLS_CACHE"] = tempfile.mkdtemp(prefix="imgcls-test-cache-")
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 CIFAR_TRAIN = SHARED / "datasets" / "cifar10" / "train"
@@ -42,6 +49,30 @@ def write_folder(
         (root / name).mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
             Image.fromarray(make_image(k % 3, rng)).save(root / name / f"{i:03d}{ext}")
+    return root
+
+
+def write_photos(
+    root: Path,
+    classes=("cats", "dogs"),
+    per_class: int = 20,
+    splits=("train", "val"),
+    seed: int = 0,
+) -> Path:
+    """Photo-like JPEGs of varied sizes (90-200 px, several aspect ratios) under
+    ``root/<split>/<class>/`` (or ``root/<class>/`` with ``splits=()``); returns ``root``."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for k, name in enumerate(classes):
+        for i in range(per_class):
+            split = splits[int(i >= per_class * 0.75)] if splits else ""
+            w, h = int(rng.integers(90, 200)), int(rng.integers(90, 200))
+            small = make_image(k % 3, rng, size=32)
+            img = Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC)
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            img.save(folder / f"{i:03d}.jpg", quality=90)
     return root
 
 

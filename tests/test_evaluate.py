@@ -185,7 +185,7 @@ def test_calibrate_stores_a_temperature_that_predict_and_evaluate_use(
     run_copy, trained_run, tmp_path, capsys
 ):
     import imgcls
-    from imgcls.predict import apply_temperature
+    from imgcls.evaluate.calibrate import apply_temperature
 
     data = trained_run[1]
     assert main(["calibrate", str(run_copy)]) == 0
@@ -232,7 +232,7 @@ def test_tta_averages_the_log_probabilities_of_each_view(trained_run, tmp_path, 
     expected = mean_of(views, [0.25, 0.25, 0.125, 0.125, 0.125, 0.125])
     assert np.allclose(predictor.predict_pixels(pixels, tta="flip_translate"), expected, atol=1e-5)
     assert not np.allclose(expected, predictor.predict_pixels(pixels), atol=1e-4)
-    monkeypatch.setattr("imgcls.predict.TTA_CHUNK", 4)  # large inputs go through in chunks
+    monkeypatch.setattr("imgcls.predict.PREDICT_BATCH", 4)  # large inputs go through in batches
     assert np.allclose(predictor.predict_pixels(pixels, tta="flip_translate"), expected, atol=1e-5)
     m = imgcls.evaluate(run, data, out=tmp_path, tta=True, report=False, predictor=predictor)
     assert m["tta"] == "flip" and not (tmp_path / "report.html").exists()

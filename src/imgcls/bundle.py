@@ -1,10 +1,14 @@
 """The saved-model contract: everything later stages need from a training run.
 
-A run folder holds ``model.keras`` (weights, architecture and the in-model scaling) and
-``bundle.json`` (class names, image size, how images are decoded, the resolved config, the
-data it was trained on, library versions and the calibration temperature). Prediction and
-serving read only these two files; evaluation also reads ``seen_digests.npy`` to say whether
-its data holds images the run trained on.
+A run folder holds ``model.keras``, the *inference model*: float32 pixels 0..255 at the run's
+size -> the test-time views -> the trained classifier (named ``classifier``, scaling inside)
+-> the views' log-probabilities averaged -> divided by the calibration temperature ->
+probabilities. It is the whole prediction contract: ``imgcls predict``, ``evaluate``,
+``serve`` and every export run this one graph, so they give the same probabilities for the
+same decoded pixels. ``bundle.json`` holds class names, image size, how images are decoded,
+the resolved config, the data, library versions, and (again, for reading) the TTA mode and
+temperature. Evaluation also reads ``seen_digests.npy`` to say whether its data holds images
+the run trained on.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from imgcls.io import atomic_path, write_json
 BUNDLE_FORMAT = "imgcls-bundle"
 BUNDLE_VERSION = 1
 MODEL_FILE = "model.keras"
+CLASSIFIER = "classifier"  # name of the trained classifier inside the inference model
 META_FILE = "bundle.json"
 # Digests of the decoded train and validation images, so that evaluation can tell when its
 # "new" data holds images the model already saw (a copied folder, a re-exported manifest).
@@ -152,18 +157,94 @@ def library_versions() -> dict[str, str]:
 
 
 def save_bundle(run_dir: str | Path, model, meta: BundleMeta) -> None:
-    """Write ``model.keras`` then ``bundle.json`` into ``run_dir``, each atomically.
+    """Write ``model.keras`` (the inference model of ``model`` with ``meta``'s TTA and
+    temperature) then ``bundle.json`` into ``run_dir``, each atomically.
 
-    ``model.keras`` holds the layers and weights only. The optimizer's state (momentum,
-    averaged weights: twice the weights again) belongs to the checkpoints that resume reads,
-    and a bundle without it loads with plain ``keras.saving.load_model``.
+    The classifier is saved in float32 whatever precision it trained in, so every runtime
+    computes the same numbers, and without optimizer state (that belongs to the checkpoints
+    that resume reads): it loads with plain ``keras.saving.load_model`` after ``import imgcls``.
+    """
+    run_dir = Path(run_dir)
+    save_inference_model(run_dir, float32_copy(classifier_of(model)), meta.tta, meta.temperature)
+    write_meta(run_dir, meta)
+
+
+def save_inference_model(run_dir: str | Path, classifier, tta: str, temperature: float) -> None:
+    """Write ``RUN/model.keras``: :func:`inference_model` of ``classifier``, atomically."""
+    with atomic_path(RunFolder(run_dir).model) as tmp:
+        inference_model(classifier, tta, temperature).save(tmp)
+
+
+def inference_model(classifier, tta: str = "none", temperature: float = 1.0):
+    """The one inference graph: pixels -> ``tta`` views -> ``classifier`` -> averaged
+    log-probabilities / ``temperature`` -> probabilities.
+
+    Args:
+        classifier: a Keras model from 0..255 pixels to class probabilities.
+        tta: one of ``none``, ``flip``, ``translate``, ``flip_translate``.
+        temperature: calibration temperature (1: the classifier's own probabilities).
+
+    Example:
+        >>> model = inference_model(imgcls.create_model("classic", (16, 16, 3), 2), "flip")  # doctest: +SKIP
+        >>> model.output_shape                                                            # doctest: +SKIP
+        (None, 2)
     """
     import keras
 
-    run_dir = Path(run_dir)
-    with atomic_path(run_dir / MODEL_FILE) as tmp:
-        keras.Model(model.inputs, model.outputs, name=model.name).save(tmp)
-    write_meta(run_dir, meta)
+    from imgcls.models.layers import TTAViews, ViewAverage, view_weights
+
+    classifier = classifier_of(classifier)
+    if classifier.name != CLASSIFIER:
+        classifier = keras.Model(classifier.inputs[0], classifier.outputs[0], name=CLASSIFIER)
+    inputs = keras.Input(classifier.input_shape[1:], name="pixels", dtype="float32")
+    x = TTAViews(tta, name="tta_views")(inputs) if tta != "none" else inputs
+    probs = classifier(x)
+    if tta != "none" or temperature != 1.0:
+        probs = ViewAverage(view_weights(tta), temperature, name="calibrated")(probs)
+    return keras.Model(inputs, probs, name="inference")
+
+
+def classifier_of(model):
+    """The trained classifier inside an inference model (a model written before imgcls saved
+    inference models, or a bare classifier, is its own classifier)."""
+    names = {layer.name for layer in model.layers}
+    return model.get_layer(CLASSIFIER) if CLASSIFIER in names else model
+
+
+def float32_copy(model):
+    """``model`` rebuilt with every layer computing in float32 (a mixed-precision model's
+    variables are float32 already, so the weights carry over exactly)."""
+
+    def to_float32(node):
+        if isinstance(node, dict):
+            return {
+                k: "float32" if k == "dtype" and _is_mixed(v) else to_float32(v)
+                for k, v in node.items()
+            }
+        return [to_float32(v) for v in node] if isinstance(node, list) else node
+
+    if not any(_is_mixed(layer.dtype_policy.name) for layer in _all_layers(model)):
+        return model
+    import imgcls.models.layers  # noqa: F401 - custom layers must be registered to rebuild
+
+    copy = model.__class__.from_config(to_float32(model.get_config()))
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _is_mixed(value: Any) -> bool:
+    if isinstance(value, dict):  # a serialised DTypePolicy
+        value = value.get("config", {}).get("name")
+    return isinstance(value, str) and value.startswith("mixed_")
+
+
+def _all_layers(model) -> list:
+    out = []
+    for layer in model.layers:
+        out.append(layer)
+        if hasattr(layer, "layers"):
+            out += _all_layers(layer)
+    return out
 
 
 def write_meta(run_dir: str | Path, meta: BundleMeta) -> None:
@@ -190,7 +271,7 @@ def load_model(run_dir: str | Path):
     """Load ``RUN/model.keras`` with Keras' safe mode on (no arbitrary code is run)."""
     import keras
 
-    import imgcls.models  # noqa: F401 - registers custom layers before deserialising
+    import imgcls.models.layers  # noqa: F401 - registers custom layers before deserialising
 
     path = Path(run_dir) / MODEL_FILE
     check(path.is_file(), f"RUN {run_dir} has no {MODEL_FILE}; is it a finished training run?")

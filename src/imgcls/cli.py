@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from imgcls import __version__
-from imgcls.config import PRECISIONS, TTA_MODES
+from imgcls.config import TTA_MODES
 
 os.environ.setdefault(
     "TF_CPP_MIN_LOG_LEVEL", "3"
@@ -23,6 +23,14 @@ os.environ.setdefault(
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
+    """``imgcls train``'s arguments: DATA, --out/--resume/--config, and one flag per
+    :class:`~imgcls.config.TrainConfig` field, generated from the dataclass (its type, its
+    ``help`` and ``choices`` metadata), so the flags never drift from the config."""
+    import dataclasses
+    import typing
+
+    from imgcls.config import TrainConfig
+
     p.add_argument(
         "data",
         nargs="?",
@@ -36,64 +44,36 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config", metavar="FILE", help="JSON or TOML file of training settings (flags win)"
     )
-    p.add_argument(
-        "--model",
-        help="registered model name (see `imgcls models`); default: fast for images "
-        "up to 64x64, classic above",
-    )
-    p.add_argument(
-        "--model-arg",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="model argument, value parsed as JSON, e.g. --model-arg 'filters=[32,64]'",
-    )
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"))
-    p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--val-split", type=float, help="fraction for validation (default 0.1)")
-    p.add_argument("--test-split", type=float, help="fraction for test (default 0.1)")
-    p.add_argument("--seed", type=int)
-    p.add_argument(
-        "--augment", help="comma list of flip,translate, or none (default: suits the data)"
-    )
-    p.add_argument("--label-smoothing", type=float)
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument(
-        "--tta",
-        choices=TTA_MODES,
-        help="test-time augmentation the bundle asks for (default: the model's recipe)",
-    )
-    p.add_argument("--precision", choices=PRECISIONS)
-    p.add_argument(
-        "--patience", type=int, help="stop after this many epochs without val_loss improvement"
-    )
-    p.add_argument(
-        "--max-time", type=float, metavar="MINUTES", help="stop cleanly after this much training"
-    )
-    p.add_argument(
-        "--checkpoint-every", type=int, metavar="N", help="also checkpoint every N steps"
-    )
-    p.add_argument(
-        "--keep-checkpoints", type=int, metavar="K", help="newest checkpoints kept (best kept too)"
-    )
-    p.add_argument(
-        "--class-weight", choices=["balanced"], help="weight classes inversely to their size"
-    )
-    p.add_argument(
-        "--weights", help="pretrained backbones: imagenet (Keras cache), none, or a weights file"
-    )
-    p.add_argument(
-        "--tensorboard",
-        action="store_true",
-        default=None,
-        help="write TensorBoard logs to RUN/tensorboard",
-    )
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        meta = dict(f.metadata)
+        if not meta.pop("cli", True):
+            continue
+        flag, kind = "--" + f.name.replace("_", "-"), hints[f.name]
+        if f.default not in (None, False, dataclasses.MISSING):
+            meta["help"] = f"{meta['help']} (default {f.default})"
+        args = typing.get_args(kind)
+        if f.name == "model_args":
+            p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE", **meta)
+        elif kind is bool:
+            p.add_argument(flag, action="store_true", default=None, **meta)
+        elif tuple[int, int] in args:
+            p.add_argument(flag, type=int, nargs=2, metavar=("H", "W"), **meta)
+        elif tuple[str, ...] in args:
+            p.add_argument(flag, type=_comma_list, **meta)
+        else:
+            scalar = next(t for t in (int, float, str) if t is kind or t in args)
+            p.add_argument(flag, type=scalar, **meta)
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
+def _comma_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(","))
+
+
 def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import dataclasses
+
     from imgcls.config import TrainConfig, load_config_file
     from imgcls.train import train
 
@@ -104,29 +84,10 @@ def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     if not args.resume and not args.data:
         parser.error("DATA is required: a folder, a CSV manifest or a built-in name such as digits")
     base = TrainConfig.from_dict(load_config_file(args.config)) if args.config else TrainConfig()
-    overrides = {
-        "model": args.model,
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "image_size": tuple(args.image_size) if args.image_size else None,
-        "val_split": args.val_split,
-        "test_split": args.test_split,
-        "seed": args.seed,
-        "label_smoothing": args.label_smoothing,
-        "weight_decay": args.weight_decay,
-        "precision": args.precision,
-        "patience": args.patience,
-        "max_time": args.max_time,
-        "checkpoint_every": args.checkpoint_every,
-        "keep_checkpoints": args.keep_checkpoints,
-        "class_weight": args.class_weight,
-        "weights": args.weights,
-        "tensorboard": args.tensorboard,
-        "tta": args.tta,
-        "augment": tuple(args.augment.split(",")) if args.augment else None,
-        "model_args": _parse_model_args(args.model_arg, parser) if args.model_arg else None,
-    }
+    overrides = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(TrainConfig)}
+    overrides["model_args"] = _parse_model_args(args.model_arg, parser) if args.model_arg else None
+    if overrides["image_size"] is not None:
+        overrides["image_size"] = tuple(overrides["image_size"])
     result = train(
         args.data,
         out=args.resume or args.out,
@@ -137,7 +98,8 @@ def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     )
     if result.test_metrics:
         print(
-            f"test accuracy {result.test_metrics['accuracy']:.4f} on {result.test_metrics['n_images']} images"
+            f"test accuracy {result.test_metrics['accuracy']:.4f} on "
+            f"{result.test_metrics['n_images']} images"
         )
     print(f"run saved to {result.run_dir}")
     return 0

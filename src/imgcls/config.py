@@ -218,7 +218,7 @@ class TrainConfig:
         config = self
         if config.model is None:
             choice = choose_model(config.image_size or data.typical_size, config.weights)
-            config = config.updated(model=choice.model, weights=choice.weights)
+            config = dataclasses.replace(config, model=choice.model, weights=choice.weights)
             notes.append(choice.reason)
         spec = get_spec(config.model)
         check(

@@ -1,4 +1,10 @@
-"""Prediction over a saved bundle, with the exact decoding used in training."""
+"""Prediction over a saved bundle, with the exact decoding used in training.
+
+A :class:`Predictor` runs the bundle's inference model (``model.keras``: test-time views,
+classifier, temperature, all inside) on pixels decoded by the one shared decoder, through an
+engine (Keras, or ONNX Runtime on an export cached in the run folder). Asking for another
+test-time augmentation or temperature builds that variant of the same graph.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from imgcls.bundle import BundleMeta, load_model, read_meta
+from imgcls.bundle import BundleMeta, classifier_of, inference_model, load_model, read_meta
 from imgcls.config import TTA_MODES
 from imgcls.data.decode import DecodeError, Source, load_image
+from imgcls.engine import KerasEngine, OnnxEngine, check_engine
 from imgcls.errors import check
 
-PREDICT_BATCH = 64  # images per forward pass
-TTA_CHUNK = 2048  # images whose views are built and predicted together (bounds memory)
+PREDICT_BATCH = 64  # images per forward pass (times the test-time views inside the model)
 
 
 @dataclass
@@ -43,22 +49,53 @@ class Prediction:
 class Predictor:
     """Class probabilities for images, from a training run's bundle.
 
+    Args:
+        run_dir: a run folder written by ``imgcls train``.
+        model: the bundle's loaded inference model, to reuse.
+        meta: the bundle's :class:`~imgcls.bundle.BundleMeta`, to reuse.
+        engine: ``"keras"`` or ``"onnx"`` (ONNX Runtime on an export cached in the run).
+
     Example:
         >>> p = imgcls.load("runs/demo")                      # doctest: +SKIP
         >>> p.predict(["cat.jpg"])[0].label                     # doctest: +SKIP
         'cat'
     """
 
-    def __init__(self, run_dir: str | Path, model=None, meta: BundleMeta | None = None):
+    def __init__(
+        self,
+        run_dir: str | Path,
+        model=None,
+        meta: BundleMeta | None = None,
+        engine: str = "keras",
+    ):
         self.run_dir = Path(run_dir)
+        self.engine = check_engine(engine)
         self.meta = meta or read_meta(run_dir)
-        self.model = model if model is not None else load_model(run_dir)
+        self._model = model
         self.classes_ = list(self.meta.class_names)
         self.image_size = tuple(self.meta.image_size)
+        self._runners: dict[tuple[str, float], Any] = {}
+
+    @property
+    def model(self):
+        """The bundle's inference model (Keras), loaded on first use."""
+        if self._model is None:
+            self._model = load_model(self.run_dir)
+        return self._model
+
+    @property
+    def classifier(self):
+        """The trained classifier inside the inference model (for Grad-CAM and feature maps)."""
+        return classifier_of(self.model)
 
     @property
     def temperature(self) -> float:
         return self.meta.temperature
+
+    @property
+    def tta(self) -> str:
+        """The test-time augmentation the run's recipe chose (one of :data:`TTA_MODES`)."""
+        return self.meta.tta
 
     def decode(self, source: Source | np.ndarray) -> np.ndarray:
         """The pixels the model sees for ``source`` (path, bytes, PIL image or array)."""
@@ -68,10 +105,19 @@ class Predictor:
             source = Image.fromarray(np.asarray(source, dtype=np.uint8).squeeze())
         return load_image(source, self.image_size)
 
-    @property
-    def tta(self) -> str:
-        """The test-time augmentation the run's recipe chose (one of :data:`TTA_MODES`)."""
-        return self.meta.tta
+    def runner(self, tta: str | bool | None = None, temperature: float | None = None):
+        """The engine that predicts with ``tta`` and ``temperature`` (``None``: the bundle's)."""
+        key = (resolve_tta(tta, self.tta), self.temperature if temperature is None else temperature)
+        if key not in self._runners:
+            if self.engine == "onnx":
+                from imgcls.export import cached_onnx
+
+                self._runners[key] = OnnxEngine(cached_onnx(self.run_dir, *key))
+            elif key == (self.tta, self.temperature):
+                self._runners[key] = KerasEngine(self.model)
+            else:
+                self._runners[key] = KerasEngine(inference_model(self.classifier, *key))
+        return self._runners[key]
 
     def predict_pixels(
         self, pixels: np.ndarray, temperature: float | None = None, tta: str | bool | None = None
@@ -82,15 +128,9 @@ class Predictor:
             pixels: decoded images.
             temperature: overrides the bundle's calibration temperature (``1.0``: raw probabilities).
             tta: test-time augmentation, one of :data:`TTA_MODES` (``True`` means ``"flip"``,
-                ``False`` ``"none"``); ``None`` uses the run's own (``bundle.json``). The views'
-                log-probabilities are averaged before the temperature is applied.
+                ``False`` ``"none"``); ``None`` uses the run's own (``bundle.json``).
         """
-        return predict_probs(
-            self.model,
-            pixels,
-            resolve_tta(tta, self.tta),
-            self.temperature if temperature is None else temperature,
-        )
+        return run_batches(self.runner(tta, temperature), pixels, len(self.classes_))
 
     def predict_proba(self, inputs: Sequence[Source | np.ndarray]) -> np.ndarray:
         """Probabilities for paths, bytes, PIL images or arrays; a bad file raises ``DecodeError``."""
@@ -118,12 +158,29 @@ class Predictor:
             if pixels
             else np.zeros((0, len(self.classes_)))
         )
-        k = max(1, min(top_k, len(self.classes_)))
         for row, i in zip(probs, ok, strict=True):
-            best = np.argsort(-row, kind="stable")[:k]
-            results[i].top_k = [(self.classes_[j], float(row[j])) for j in best]
-            results[i].label, results[i].probability = results[i].top_k[0]
+            fill_prediction(results[i], row, self.classes_, top_k)
         return results
+
+
+def fill_prediction(result: Prediction, probs: np.ndarray, classes: list[str], top_k: int) -> None:
+    """Set ``result``'s top-k labels and probabilities from one row of ``probs``."""
+    k = max(1, min(top_k, len(classes)))
+    best = np.argsort(-probs, kind="stable")[:k]
+    result.top_k = [(classes[j], float(probs[j])) for j in best]
+    result.label, result.probability = result.top_k[0]
+
+
+def run_batches(engine, pixels: np.ndarray, n_classes: int, batch: int | None = None) -> np.ndarray:
+    """``engine`` over uint8 ``pixels`` in batches of ``batch`` images (default
+    :data:`PREDICT_BATCH`); float64 probabilities."""
+    batch = batch or PREDICT_BATCH
+    if len(pixels) == 0:
+        return np.zeros((0, n_classes), dtype=np.float64)
+    parts = [
+        engine(np.asarray(pixels[i : i + batch], np.float32)) for i in range(0, len(pixels), batch)
+    ]
+    return np.concatenate(parts)
 
 
 def resolve_tta(tta: str | bool | None, default: str = "none") -> str:
@@ -136,71 +193,9 @@ def resolve_tta(tta: str | bool | None, default: str = "none") -> str:
     return mode
 
 
-def tta_views(pixels: np.ndarray, mode: str | bool) -> list[tuple[float, np.ndarray]]:
-    """``(weight, images)`` pairs whose weighted log-probabilities make the TTA prediction.
-
-    ``"flip"``: the image and its mirror, equal weights. ``"translate"``: half the weight on
-    the image, a quarter on each of its copies shifted one pixel down-right and up-left
-    (reflect-padded), which recovers a little of what random-crop training spread out.
-    ``"flip_translate"`` (airbench): both, each view with its mirror.
-    """
-    mode = resolve_tta(mode)
-    x = np.asarray(pixels, np.float32)
-    views = [(1.0, x)]
-    if "translate" in mode:
-        h, w = x.shape[1:3]
-        padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
-        views = [(0.5, x), (0.25, padded[:, :h, :w]), (0.25, padded[:, 2 : h + 2, 2 : w + 2])]
-    if "flip" in mode:
-        views = [(wt / 2, v) for wt, img in views for v in (img, img[:, :, ::-1])]
-    return views
-
-
-def predict_probs(
-    model,
-    pixels: np.ndarray,
-    tta: str | bool = "none",
-    temperature: float = 1.0,
-    batch_size: int = PREDICT_BATCH,
-) -> np.ndarray:
-    """Class probabilities of a Keras ``model`` for uint8 ``pixels``, with ``tta`` views, then
-    ``temperature``; the one forward path shared by training's test score, evaluate and predict."""
-    n_classes = int(model.outputs[0].shape[-1])
-    if len(pixels) == 0:
-        return np.zeros((0, n_classes), dtype=np.float64)
-    if len(pixels) > TTA_CHUNK:  # float32 copies of every view of every image would not fit
-        parts = [
-            predict_probs(model, pixels[i : i + TTA_CHUNK], tta, 1.0, batch_size)
-            for i in range(0, len(pixels), TTA_CHUNK)
-        ]
-        return apply_temperature(np.concatenate(parts), temperature)
-    views = tta_views(pixels, tta)
-    if len(views) == 1:
-        probs = np.asarray(model.predict(views[0][1], batch_size=batch_size, verbose=0), np.float64)
-        return apply_temperature(probs, temperature)
-    out = np.asarray(
-        model.predict(np.concatenate([v for _, v in views]), batch_size=batch_size, verbose=0),
-        np.float64,
-    ).reshape(len(views), len(pixels), n_classes)
-    log_p = sum(wt * np.log(np.clip(p, 1e-12, 1.0)) for (wt, _), p in zip(views, out, strict=True))
-    log_p -= log_p.max(axis=1, keepdims=True)
-    probs = np.exp(log_p)
-    return apply_temperature(probs / probs.sum(axis=1, keepdims=True), temperature)
-
-
-def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
-    """Rescale probabilities as softmax(log(p) / T); ``T = 1`` leaves them unchanged."""
-    if temperature == 1.0:
-        return probs
-    logits = np.log(np.clip(probs, 1e-12, 1.0)) / temperature
-    logits -= logits.max(axis=1, keepdims=True)
-    e = np.exp(logits)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def load(run_dir: str | Path) -> Predictor:
+def load(run_dir: str | Path, engine: str = "keras") -> Predictor:
     """Load a training run for prediction: ``imgcls.load("runs/x").predict(paths)``."""
-    return Predictor(run_dir)
+    return Predictor(run_dir, engine=engine)
 
 
 def _as_list(inputs: Any) -> list:

@@ -38,6 +38,7 @@ def evaluate(
     predictor=None,
     tta: str | bool | None = None,
     report: bool = True,
+    engine: str = "keras",
 ) -> dict[str, Any]:
     """Evaluate RUN on DATA; write ``out/metrics.json``, ``out/predictions.csv`` and ``out/report.html``.
 
@@ -55,6 +56,7 @@ def evaluate(
         tta: test-time augmentation (``"none"``, ``"flip"``, ``"flip_translate"``; ``True`` is
             ``"flip"``); ``None`` uses the run's own, as recorded in ``bundle.json``.
         report: also write ``report.html`` (when ``out`` is given).
+        engine: ``"keras"`` or ``"onnx"`` (see :class:`~imgcls.predict.Predictor`).
 
     Returns:
         The content of ``metrics.json``.
@@ -67,14 +69,16 @@ def evaluate(
         >>> imgcls.evaluate("runs/digits", "digits", out="eval/")["accuracy"]   # doctest: +SKIP
         0.97
     """
-    from imgcls.predict import Predictor, apply_temperature, resolve_tta
+    from imgcls.predict import Predictor, resolve_tta
 
     meta = predictor.meta if predictor is not None else read_meta(run)
-    predictor = predictor or Predictor(run, meta=meta)
+    predictor = predictor or Predictor(run, meta=meta, engine=engine)
     ev = load_eval_set(run, data, meta, split)
     seen = seen_in_training(run, ev.pixels)
-    raw = predictor.predict_pixels(ev.pixels, temperature=1.0, tta=tta)  # one batched forward pass
-    probs = apply_temperature(raw, meta.temperature)
+    probs = predictor.predict_pixels(ev.pixels, tta=tta)  # the bundle's own inference graph
+    raw = probs
+    if meta.temperature != 1.0:  # the same graph with temperature 1, for the "before" figures
+        raw = predictor.predict_pixels(ev.pixels, temperature=1.0, tta=tta)
     metrics = compute_metrics(ev.y_true, probs, meta.class_names)
     metrics.update(
         {
@@ -83,6 +87,7 @@ def evaluate(
             "split": ev.split,
             "left_out": ev.left_out,
             "tta": resolve_tta(tta, predictor.tta),
+            "engine": predictor.engine,
             "temperature": meta.temperature,
             "checkpoint": checkpoint_info(run),
             "dataset": ev.describe(data, meta.class_names),
@@ -115,7 +120,7 @@ def evaluate(
                 y_true=ev.y_true,
                 probs=probs,
                 raw_probs=raw if meta.temperature != 1.0 else None,
-                model=predictor.model,
+                model=predictor.classifier,
                 calibration=meta.metrics.get("calibration") or {},
             )
         )

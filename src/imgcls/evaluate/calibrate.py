@@ -1,9 +1,10 @@
 """Temperature scaling: one number that makes a run's probabilities honest.
 
 The temperature ``T`` rescales probabilities as ``softmax(log(p) / T)`` (see
-:func:`imgcls.predict.apply_temperature`); it never changes which class wins. It is fitted on
-the run's validation split by minimising the negative log likelihood, stored in
-``bundle.json`` and applied by every later prediction and evaluation.
+:func:`apply_temperature`); it never changes which class wins. It is fitted on the run's
+validation split by minimising the negative log likelihood and stored inside the bundle's
+inference model (``model.keras``, with a copy in ``bundle.json``), so every later prediction,
+evaluation, server and export applies it.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ def calibrate(
     Returns:
         ``{"temperature", "n_images", "split", "data", "nll_before", "nll_after", "ece_before",
         "ece_after"}``, also stored as ``metrics["calibration"]`` in ``bundle.json``.
+        The temperature goes into ``model.keras`` (and ``bundle.json``).
 
     Raises:
         ImgclsError: the run or data is unusable, or the split is empty.
@@ -72,10 +74,10 @@ def calibrate(
         >>> imgcls.calibrate("runs/digits")["temperature"]      # doctest: +SKIP
         1.43
     """
-    from imgcls.bundle import read_meta, write_meta
+    from imgcls.bundle import read_meta, save_inference_model, write_meta
     from imgcls.evaluate.dataset import load_eval_set
     from imgcls.evaluate.metrics import calibration, log_loss
-    from imgcls.predict import Predictor, apply_temperature
+    from imgcls.predict import Predictor
 
     meta = read_meta(run)
     data = data if data is not None else meta.data.get("argument")
@@ -98,5 +100,16 @@ def calibrate(
     }
     meta.temperature = temperature
     meta.metrics = {**meta.metrics, "calibration": result}
+    save_inference_model(run, predictor.classifier, meta.tta, temperature)
     write_meta(run, meta)
     return result
+
+
+def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """Rescale probabilities as softmax(log(p) / T); ``T = 1`` leaves them unchanged."""
+    if temperature == 1.0:
+        return probs
+    logits = np.log(np.clip(probs, 1e-12, 1.0)) / temperature
+    logits -= logits.max(axis=1, keepdims=True)
+    e = np.exp(logits)
+    return e / e.sum(axis=1, keepdims=True)

