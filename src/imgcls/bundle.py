@@ -197,7 +197,7 @@ def inference_model(classifier, tta: str = "none", temperature: float = 1.0):
     if classifier.name != CLASSIFIER:
         classifier = keras.Model(classifier.inputs[0], classifier.outputs[0], name=CLASSIFIER)
     inputs = keras.Input(classifier.input_shape[1:], name="pixels", dtype="float32")
-    x = TTAViews(tta, name="tta_views")(inputs) if tta != "none" else inputs
+    x = TTAViews(tta, name="tta_views", dtype="float32")(inputs) if tta != "none" else inputs
     probs = classifier(x)
     if tta != "none" or temperature != 1.0:
         probs = ViewAverage(view_weights(tta), temperature, name="calibrated")(probs)
@@ -223,7 +223,7 @@ def float32_copy(model):
             }
         return [to_float32(v) for v in node] if isinstance(node, list) else node
 
-    if not any(_is_mixed(layer.dtype_policy.name) for layer in _all_layers(model)):
+    if not any(_is_mixed(layer.dtype_policy.name) for layer in all_layers(model)):
         return model
     import imgcls.models.layers  # noqa: F401 - custom layers must be registered to rebuild
 
@@ -238,12 +238,13 @@ def _is_mixed(value: Any) -> bool:
     return isinstance(value, str) and value.startswith("mixed_")
 
 
-def _all_layers(model) -> list:
+def all_layers(model) -> list:
+    """Every layer of ``model``, nested models' layers included."""
     out = []
     for layer in model.layers:
         out.append(layer)
         if hasattr(layer, "layers"):
-            out += _all_layers(layer)
+            out += all_layers(layer)
     return out
 
 

@@ -123,7 +123,9 @@ def _parse_model_args(items: list[str], parser: argparse.ArgumentParser) -> dict
 def _cmd_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from imgcls.evaluate import evaluate
 
-    metrics = evaluate(args.run, args.data, out=args.out, split=args.split, tta=args.tta)
+    metrics = evaluate(
+        args.run, args.data, out=args.out, split=args.split, tta=args.tta, engine=args.engine
+    )
     print(
         f"accuracy {metrics['accuracy']:.4f} on {metrics['n_images']} images ({metrics['split']})"
     )
@@ -190,7 +192,7 @@ def _cmd_predict(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     if not paths:
         print(f"imgcls: error: no image files found in {' '.join(args.paths)}", file=sys.stderr)
         return 2
-    results = Predictor(args.run).predict(paths, top_k=args.top_k, tta=args.tta)
+    results = Predictor(args.run, engine=args.engine).predict(paths, top_k=args.top_k, tta=args.tta)
     if args.format == "json":
         print(json.dumps([r.to_dict() for r in results], indent=2))
     elif args.format == "csv":
@@ -216,6 +218,39 @@ def _cmd_predict(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     for r in failed:
         print(f"imgcls: cannot predict {r.source}: {r.error}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _cmd_export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from imgcls.export import export
+
+    path = export(args.run, args.format, args.out, tta=not args.no_tta)
+    print(f"wrote {path} and {Path(args.out) / 'imgcls.json'}")
+    return 0
+
+
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    """One flag per :class:`~imgcls.serve.limits.ServeConfig` field (its type and help)."""
+    import dataclasses
+
+    from imgcls.serve.limits import ServeConfig
+
+    for f in dataclasses.fields(ServeConfig):
+        meta = dict(f.metadata)
+        kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
+        if f.default is not None:
+            meta["help"] = f"{meta['help']} (default {f.default})"
+        p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default, **meta)
+
+
+def _cmd_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import dataclasses
+
+    from imgcls.serve import ServeConfig, serve
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(ServeConfig)}
+    values["token"] = values["token"] or os.environ.get("IMGCLS_TOKEN") or None
+    serve(args.run, ServeConfig(**values))
+    return 0
 
 
 def _cmd_prepare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -343,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--split", choices=["test", "val", "train", "all"], help="split of the run's own data"
     )
     _tta_arg(p)
+    _engine_arg(p)
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser(
@@ -372,13 +408,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=3, help="classes shown per image (default 3)")
     p.add_argument("--format", choices=["table", "json", "csv"], default="table")
     _tta_arg(p)
+    _engine_arg(p)
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("export", help="write the run's inference model for ONNX, TF or LiteRT")
+    p.add_argument("run", help="run folder written by `imgcls train`")
+    p.add_argument("--format", required=True, choices=["onnx", "savedmodel", "litert"])
+    p.add_argument("--out", required=True, help="folder for the model file and imgcls.json")
+    p.add_argument(
+        "--no-tta",
+        action="store_true",
+        help="leave the run's test-time augmentation out of the graph (one view: faster)",
+    )
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("serve", help="an HTTP server: web page, JSON and Open Inference API")
+    p.add_argument("run", help="run folder written by `imgcls train`")
+    _serve_args(p)
+    p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("models", help="list registered models with their parameter counts")
     p.add_argument("--image-size", type=int, nargs=2, default=(32, 32), metavar=("H", "W"))
     p.add_argument("--classes", type=int, default=10)
     p.set_defaults(func=_cmd_models)
     return parser
+
+
+def _engine_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--engine",
+        choices=["keras", "onnx"],
+        default="keras",
+        help="keras, or onnx: ONNX Runtime on an export cached in the run folder (faster on CPU)",
+    )
 
 
 def _tta_arg(p: argparse.ArgumentParser) -> None:

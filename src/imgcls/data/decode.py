@@ -73,12 +73,15 @@ def is_image_file(path: str | os.PathLike) -> bool:
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def read_image(source: Source, size: tuple[int, int] | None = None) -> tuple[np.ndarray, ImageInfo]:
+def read_image(
+    source: Source, size: tuple[int, int] | None = None, max_pixels: int = MAX_PIXELS
+) -> tuple[np.ndarray, ImageInfo]:
     """Decode ``source`` to an RGB uint8 array of shape ``(height, width, 3)``.
 
     Args:
         source: a file path, the file's bytes, or an opened Pillow image.
         size: ``(height, width)`` to resize to; ``None`` keeps the original size.
+        max_pixels: width x height above which the file is refused from its header, unread.
 
     Returns:
         The pixels and an :class:`ImageInfo` describing the original file.
@@ -87,7 +90,7 @@ def read_image(source: Source, size: tuple[int, int] | None = None) -> tuple[np.
         DecodeError: the file is empty, truncated, not an image, or too large to decode safely.
     """
     path = None if isinstance(source, (bytes, Image.Image)) else str(source)
-    img = _open(source, path)
+    img = _open(source, path, max_pixels)
     info = ImageInfo(img.format, img.mode, img.width, img.height)
     if path is not None and img.format is not None:
         expected = _FORMATS_BY_EXT.get(os.path.splitext(path)[1].lower())
@@ -105,9 +108,11 @@ def read_image(source: Source, size: tuple[int, int] | None = None) -> tuple[np.
     return array, info
 
 
-def load_image(source: Source, size: tuple[int, int] | None = None) -> np.ndarray:
+def load_image(
+    source: Source, size: tuple[int, int] | None = None, max_pixels: int = MAX_PIXELS
+) -> np.ndarray:
     """Decode ``source`` to RGB uint8 ``(height, width, 3)``; see :func:`read_image`."""
-    return read_image(source, size)[0]
+    return read_image(source, size, max_pixels)[0]
 
 
 def resize_array(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -121,7 +126,7 @@ def resize_array(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def _open(source: Source, path: str | None) -> Image.Image:
+def _open(source: Source, path: str | None, max_pixels: int = MAX_PIXELS) -> Image.Image:
     if isinstance(source, Image.Image):
         return source
     if path is not None:
@@ -145,10 +150,11 @@ def _open(source: Source, path: str | None) -> Image.Image:
         raise DecodeError("too_large", f"refused before decoding: {_short(e)}", path) from None
     except (OSError, ValueError, SyntaxError) as e:
         raise DecodeError("unreadable", f"cannot open ({_short(e)})", path) from None
-    if img.width * img.height > MAX_PIXELS:
+    if img.width * img.height > max_pixels:
         raise DecodeError(
             "too_large",
-            f"{img.width}x{img.height} pixels exceeds the limit of {MAX_PIXELS:,}; refused before decoding",
+            f"{img.width}x{img.height} pixels exceeds the limit of {max_pixels:,}; "
+            "refused before decoding",
             path,
         )
     try:

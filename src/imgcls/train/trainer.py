@@ -384,6 +384,19 @@ class _Trainer:
         )
 
     # ---- end ---------------------------------------------------------------------------------
+    def float32_classifier(self):
+        """The trained model in float32, the precision every bundle is saved in; a model that
+        trained in mixed precision gets its BatchNorm statistics recomputed in float32."""
+        from imgcls.bundle import float32_copy
+        from imgcls.train.precision import recalibrate_batchnorm
+
+        model = float32_copy(self.model)
+        if model is not self.model:
+            n = recalibrate_batchnorm(model, self.data.arrays["train"][0], self.config.seed)
+            if n:
+                self.log(f"recomputed {n} BatchNorm layers' statistics in float32")
+        return model
+
     def finish(self, state: TrainState) -> TrainResult:
         """Write the bundle, then score the test split through it, as ``evaluate`` would."""
         from imgcls.bundle import BundleMeta, library_versions, save_bundle, write_meta
@@ -410,7 +423,7 @@ class _Trainer:
                 **({"feature_pass": self.feature_pass} if self.feature_pass else {}),
             },
         )
-        save_bundle(self.folder.path, self.model, meta)
+        save_bundle(self.folder.path, self.float32_classifier(), meta)
         self.log(f"saved {self.folder.model}")
         xt, yt = self.data.arrays["test"]
         test_metrics = None

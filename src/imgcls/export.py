@@ -1,0 +1,164 @@
+"""A run's inference model for other runtimes: ONNX, TensorFlow SavedModel, LiteRT.
+
+:func:`export` writes the bundle's one inference graph (test-time views, classifier,
+temperature) with Keras' own ``model.export``, always in float32 and with a dynamic batch
+dimension, plus ``imgcls.json``: what a program with only that runtime and Pillow needs to
+reproduce ``imgcls predict`` (class names, input layout and range, the exact decode and resize).
+
+    imgcls export runs/pets --format onnx --out pets-onnx
+
+:func:`cached_onnx` is the same export kept in the run folder for ``--engine onnx``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from imgcls.bundle import (
+    RunFolder,
+    classifier_of,
+    float32_copy,
+    inference_model,
+    library_versions,
+    load_model,
+    read_meta,
+)
+from imgcls.errors import ImgclsError, check
+from imgcls.io import TMP_PREFIX, write_json
+
+FORMATS = {  # imgcls name -> (Keras export format, file or folder written, runtime to read it)
+    "onnx": ("onnx", "model.onnx", "onnxruntime"),
+    "savedmodel": ("tf_saved_model", "saved_model", "tensorflow"),
+    "litert": ("litert", "model.tflite", "ai-edge-litert"),
+}
+EXPORT_FORMAT = "imgcls-export"
+EXPORT_VERSION = 1
+ONNX_CACHE = "onnx"  # folder in the run holding exports made for --engine onnx
+
+
+def export(run: str | Path, format: str, out: str | Path, tta: bool = True) -> Path:
+    """Write RUN's inference model to ``out`` in ``format``, with ``out/imgcls.json``.
+
+    Args:
+        run: a run folder written by ``imgcls train``.
+        format: ``onnx`` (``out/model.onnx``), ``savedmodel`` (``out/saved_model/``, signature
+            ``serve``) or ``litert`` (``out/model.tflite``).
+        out: the folder to write; files already there of the same names are replaced whole.
+        tta: bake the run's test-time augmentation into the graph (``False``: one view, faster).
+
+    Returns:
+        The path of the model file or folder.
+
+    Raises:
+        ImgclsError: RUN is not a run, the format is unknown, or its converter is missing.
+    """
+    check(
+        format in FORMATS,
+        f"`format` must be one of {set(FORMATS)}. Received: format={format!r}",
+    )
+    keras_format, name, _ = FORMATS[format]
+    meta = read_meta(run)
+    model = load_model(run)
+    mode = meta.tta if tta else "none"
+    graph = inference_model(float32_copy(classifier_of(model)), mode, meta.temperature)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=out))
+    try:
+        _keras_export(graph, staging / name, keras_format)
+        write_json(staging / "imgcls.json", describe(meta, format, name, mode))
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(staging / name, target)
+        os.replace(staging / "imgcls.json", out / "imgcls.json")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out / name
+
+
+def describe(meta, format: str, file: str, tta: str) -> dict[str, Any]:
+    """The ``imgcls.json`` of an export: everything a consumer needs besides the runtime."""
+    h, w = meta.image_size
+    return {
+        "format": EXPORT_FORMAT,
+        "format_version": EXPORT_VERSION,
+        "model_format": format,
+        "file": file,
+        "class_names": list(meta.class_names),
+        "input": {
+            "name": "pixels",
+            "shape": [None, h, w, 3],
+            "dtype": "float32",
+            "range": [0, 255],
+            "layout": "NHWC, RGB",
+        },
+        "output": {
+            "shape": [None, len(meta.class_names)],
+            "dtype": "float32",
+            "meaning": "class probabilities in class_names order, test-time views and "
+            "temperature already applied",
+        },
+        "preprocessing": {
+            **meta.preprocessing,
+            "steps": [
+                "PIL.Image.open(file)",
+                "PIL.ImageOps.exif_transpose(image)",
+                "to RGB: palettes and CMYK converted, alpha composited on white, 16-bit scaled",
+                f"image.resize(({w}, {h}), PIL.Image.Resampling.BILINEAR) (no crop, aspect not kept)",
+                "numpy.asarray(image, numpy.float32)[None]  # no scaling: it is in the model",
+            ],
+        },
+        "tta": tta,
+        "temperature": meta.temperature,
+        "run": {
+            "model": meta.config.get("model"),
+            "test_accuracy": meta.metrics.get("test_accuracy"),
+        },
+        "versions": {**meta.versions, "exported_with": library_versions()},
+    }
+
+
+def cached_onnx(run: str | Path, tta: str, temperature: float) -> Path:
+    """An ONNX export of RUN's inference graph with ``tta`` and ``temperature``, made on first
+    use and kept in ``RUN/onnx/`` under the hash of ``model.keras`` and those settings."""
+    folder = RunFolder(run)
+    digest = hashlib.sha256()
+    with open(folder.model, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    digest.update(f"{tta}|{temperature!r}".encode())
+    path = folder.path / ONNX_CACHE / f"{digest.hexdigest()[:16]}.onnx"
+    if path.is_file():
+        return path
+    model = load_model(run)
+    graph = inference_model(float32_copy(classifier_of(model)), tta, temperature)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=path.parent))
+    try:
+        _keras_export(graph, staging / "model.onnx", "onnx")
+        os.replace(staging / "model.onnx", path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
+def _keras_export(model, path: Path, keras_format: str) -> None:
+    """``model.export`` with Keras' and the converters' chatter silenced."""
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            model.export(str(path), format=keras_format, verbose=False)
+    except ImportError as e:
+        raise ImgclsError(
+            f"exporting to {keras_format} needs a converter that is not installed ({e}): "
+            "pip install 'imgcls[export]'"
+        ) from None
+    except ValueError as e:  # Keras: this format is not available on this backend
+        raise ImgclsError(f"cannot export to {keras_format}: {' '.join(str(e).split())}") from None

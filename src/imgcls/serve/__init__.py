@@ -1,0 +1,39 @@
+"""``imgcls serve``: a run folder behind HTTP (FastAPI + uvicorn, the ``serve`` extra).
+
+See :mod:`imgcls.serve.app` for the routes and :class:`ServeConfig` for every limit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from imgcls.serve.limits import ServeConfig
+
+__all__ = ["ServeConfig", "create_app", "serve"]
+
+
+def create_app(run: str | Path, config: ServeConfig | None = None):
+    """The ASGI app serving RUN; see :func:`imgcls.serve.app.create_app`."""
+    from imgcls.serve.app import create_app as _create
+
+    return _create(run, config)
+
+
+def serve(run: str | Path, config: ServeConfig | None = None) -> None:
+    """Serve RUN until interrupted (loopback only unless ``config.host`` says otherwise)."""
+    import importlib.util
+    import sys
+
+    from imgcls.errors import check
+
+    missing = [
+        m for m in ("fastapi", "uvicorn", "multipart") if importlib.util.find_spec(m) is None
+    ]
+    check(not missing, f"`imgcls serve` needs {missing}: pip install 'imgcls[serve]'")
+    import uvicorn
+
+    config = (config or ServeConfig()).validate()
+    app = create_app(run, config)
+    where = f"http://{config.host}:{config.port}/"
+    print(f"serving {run} on {where} (engine {config.engine}); Ctrl-C stops", file=sys.stderr)
+    uvicorn.run(app, host=config.host, port=config.port, log_level="warning", access_log=False)
