@@ -22,6 +22,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+	@command -v chromium >/dev/null 2>&1 || echo "make test: the browser test was skipped: no chromium here (apt-get install chromium; .ci/run does)"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench

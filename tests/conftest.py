@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 import tempfile
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -101,3 +107,42 @@ def trained_run(tmp_path_factory) -> tuple[Path, Path]:
         model_args={"filters": (16, 32), "dense_units": 32},
     )
     return run, data
+
+
+SERVE_READY_S = 120  # the server imports TensorFlow and loads the model before it answers
+
+
+class Server:
+    """``imgcls serve RUN FLAGS`` on a free loopback port in a subprocess; ``url`` answers
+    ``/v2/health/ready`` once the constructor returns. ``$IMGCLS_TOKEN`` is not passed on."""
+
+    def __init__(self, run: Path, *flags: str, log: Path | None = None):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log or Path(tempfile.mkstemp(prefix="imgcls-serve-", suffix=".log")[1])
+        env = {k: v for k, v in os.environ.items() if k != "IMGCLS_TOKEN"}
+        cmd = [sys.executable, "-m", "imgcls", "serve", str(run), "--port", str(self.port), *flags]
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + SERVE_READY_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"imgcls serve exited: {self.log.read_text()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/v2/health/ready", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.2)
+        self.stop()
+        raise AssertionError(f"imgcls serve not ready in {SERVE_READY_S} s: {self.log.read_text()}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()

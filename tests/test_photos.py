@@ -68,7 +68,8 @@ def test_resolve_picks_sizes_and_augmentation_for_the_model(nothing_at_hand):
 
     photos = DataFacts((375, 500), n_train=300)
     scratch = TrainConfig().resolve(photos)
-    assert scratch.config.model == "classic" and scratch.config.image_size == (112, 112)
+    assert scratch.config.model == "classic" and scratch.config.image_size == (96, 96)
+    assert (scratch.config.epochs, scratch.config.batch_size) == (34, 16)  # >= 600 steps in all
     assert scratch.config.augment == ("flip", "crop", "color") and scratch.notes
     lite = TrainConfig(model="efficientnet_lite0").resolve(photos).config
     assert lite.image_size == (224, 224) and lite.weights == "imagenet" and lite.tta == "flip"
@@ -133,7 +134,7 @@ def test_a_train_val_tree_gets_a_test_split_and_evaluate_works_with_defaults(tmp
     r = run_cli("train", str(data), "--out", str(run), "--epochs", "3")
     assert r.returncode == 0, r.stderr
     assert "no test/ folder: a stratified 10% of train/ is the test split" in r.stderr
-    assert "224x224" in r.stderr or "112x112" in r.stderr  # the pretrained or the scratch size
+    assert "224x224" in r.stderr or "96x96" in r.stderr  # the pretrained or the scratch size
     with open(run / "split.csv") as f:
         splits = [row["split"] for row in csv.DictReader(f)]
     assert splits.count("test") == 4 and splits.count("val") == 12  # 10% of each class's train/

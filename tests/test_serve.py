@@ -10,10 +10,8 @@ from __future__ import annotations
 import base64
 import io
 import json
-import socket
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,39 +23,7 @@ pytest.importorskip(
     "fastapi", reason="the serve extra is not installed: pip install 'imgcls[serve]'"
 )
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """``imgcls serve RUN`` in a subprocess; ``url`` once it answers /v2/health/ready."""
-
-    def __init__(self, run: Path, *flags: str):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "imgcls", "serve", str(run), "--port", str(self.port), *flags]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited: {self.proc.stderr.read()}")
-            try:
-                if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        self.stop()
-        raise AssertionError(f"server did not get ready: {self.proc.stderr.read()}")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+from tests.conftest import Server  # noqa: E402 - after the skips above
 
 
 def png(size=(20, 20), seed=0) -> bytes:

@@ -21,6 +21,7 @@ from imgcls.errors import ImgclsError
 from imgcls.evaluate import evaluate
 from imgcls.evaluate.calibrate import calibrate
 from imgcls.evaluate.explain import explain
+from imgcls.export import export
 from imgcls.models import create_model, list_models
 from imgcls.predict import Prediction, Predictor, load
 from imgcls.train.trainer import TrainResult, train
@@ -36,6 +37,7 @@ __all__ = [
     "create_model",
     "evaluate",
     "explain",
+    "export",
     "list_models",
     "load",
     "train",

@@ -202,8 +202,8 @@ class TrainConfig:
         (the backbone's native size, or the data's), the augmentation that suits the data, and
         the rest from the model's recipe, then :data:`GENERIC_RECIPE`. A recipe with
         ``min_steps_per_epoch`` shrinks its batch on small data sets (to a power of two, at
-        least 16) and scales its learning rate with it (the linear scaling rule), unless the
-        batch size or learning rate were given. Test-time augmentation only uses what training
+        least 16; an SGD recipe scales its learning rate with it, the linear scaling rule), and
+        one with ``min_total_steps`` trains more epochs on them, unless these were given. Test-time augmentation only uses what training
         showed the model. Resolving a resolved config changes nothing.
 
         Returns:
@@ -246,9 +246,14 @@ class TrainConfig:
         min_steps = recipe.get("min_steps_per_epoch")
         if min_steps and "batch_size" in fills and data.n_train // fills["batch_size"] < min_steps:
             batch = max(MIN_ADAPTED_BATCH, 2 ** int(math.log2(max(data.n_train / min_steps, 1))))
-            if "lr" in fills:
+            if "lr" in fills and recipe.get("optimizer") == "sgd":  # the linear scaling rule
                 fills["lr"] = fills["lr"] * batch / fills["batch_size"]
             fills["batch_size"] = batch
+        min_total = recipe.get("min_total_steps")
+        if min_total and "epochs" in fills:
+            batch = fills.get("batch_size", config.batch_size)
+            per_epoch = max(1, data.n_train // max(1, min(batch, data.n_train)))
+            fills["epochs"] = max(fills["epochs"], math.ceil(min_total / per_epoch))
         return Resolved(config.updated(**fills), notes)
 
 

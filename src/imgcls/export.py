@@ -152,6 +152,9 @@ def cached_onnx(run: str | Path, tta: str, temperature: float) -> Path:
 
 def _keras_export(model, path: Path, keras_format: str) -> None:
     """``model.export`` with Keras' and the converters' chatter silenced."""
+    import numpy as np
+
+    model(np.zeros((1, *model.input_shape[1:]), np.float32))  # ONNX export wants a called model
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             model.export(str(path), format=keras_format, verbose=False)

@@ -19,7 +19,10 @@ SMALL_MAX_SIDE = (
 )
 MIN_SIDE = 16  # pixels: small sources (8x8 digits) are upsampled to at least this
 PRETRAINED_SIDE = 224  # pixels: the native input of every pretrained backbone imgcls ships
-SCRATCH_PHOTO_SIDE = 112  # pixels: photos trained from scratch; 224 ran at 6-7 images/s on 2 cores
+# pixels: photos trained from scratch. 224 ran at 6-7 images/s on 2 cores; on 320 photos (CIFAR
+# pairs upscaled, bench/photos.py) 60 epochs took 175 s at 64, 340 s at 112, and 96 is the
+# smallest size that keeps the detail of real photos.
+SCRATCH_PHOTO_SIDE = 96
 SIZE_SAMPLE = 64  # images whose headers are read to find the typical size
 
 

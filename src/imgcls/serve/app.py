@@ -94,6 +94,8 @@ def create_app(run: str | Path, config: ServeConfig | None = None):
                 status_code=401,
                 headers={"WWW-Authenticate": "Bearer"},
             )
+        elif endpoint not in ("/v1/predict", "/v2/models/infer"):
+            response = await call_next(request)
         else:
             try:
                 response = await asyncio.wait_for(call_next(request), config.timeout_s)
@@ -137,7 +139,8 @@ def create_app(run: str | Path, config: ServeConfig | None = None):
         if all(r.get("error") for r in results):  # nothing could be read: say why, and how badly
             first = results[0]["error"]
             status = DECODE_STATUS.get(first.split(":")[0], 400)
-            raise ApiError(status, f"{results[0]['path']}: {first}")
+            message = f"{results[0]['path']}: {first}"
+            return JSONResponse({"error": message, "results": results}, status_code=status)
         return JSONResponse(results)
 
     @app.get("/v2/health/live")
@@ -223,6 +226,7 @@ def _info(predictor, name: str, config: ServeConfig) -> dict:
         "engine": config.engine,
         "max_files": config.max_files,
         "max_body_bytes": config.max_body_bytes,
+        "top_k": config.top_k,
     }
 
 

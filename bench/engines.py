@@ -1,0 +1,109 @@
+"""Inference speed of a bundle: Keras (TensorFlow) vs ONNX Runtime, same images, one run.
+
+For `fast` and `classic` at 32x32 (10 classes), without and with the bundle's test-time
+augmentation baked into the graph: images/s at batch 256 and the latency of one image (batch
+1), median of ``--repeats`` timed calls after a warm-up. The models are trained for one epoch
+on random images: speed does not depend on the weights.
+
+    python bench/engines.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from _common import ROOT, write_result
+
+sys.path.insert(0, str(ROOT))
+
+
+def timed_median(fn, repeats: int) -> float:
+    fn()  # warm-up (tracing, session set-up)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def make_run(model: str, base: Path) -> Path:
+    import imgcls
+    from tests.conftest import write_folder
+
+    data = base / "data"
+    if not data.exists():
+        write_folder(data, classes=[f"c{i}" for i in range(10)], per_class=60)
+    return imgcls.train(str(data), out=base / model, model=model, epochs=1, image_size=(32, 32),
+                        precision="float32", verbose=False).run_dir  # fmt: skip
+
+
+def measure(run: Path, tta: str, repeats: int) -> list[dict]:
+    from imgcls.engine import KerasEngine, OnnxEngine
+    from imgcls.export import cached_onnx
+    from imgcls.predict import Predictor
+
+    predictor = Predictor(run)
+    x256 = np.random.default_rng(0).integers(0, 256, (256, 32, 32, 3)).astype(np.float32)
+    x1 = x256[:1]
+    keras_runner = predictor.runner(tta)
+    onnx_runner = OnnxEngine(cached_onnx(run, tta, predictor.temperature))
+    model = keras_runner.model
+    rows = []
+    for name, engine in (("keras", keras_runner), ("onnx", onnx_runner)):
+        big = timed_median(lambda e=engine: e(x256), repeats)
+        one = timed_median(lambda e=engine: e(x1), repeats * 4)
+        rows.append({"engine": name, "images_per_s_b256": 256 / big, "latency_ms_b1": one * 1000})
+    call = timed_median(lambda: model(x1, training=False), repeats * 4)  # eager call, no predict
+    rows[0]["latency_ms_b1_eager_call"] = call * 1000
+    assert isinstance(keras_runner, KerasEngine)
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=int, default=10)
+    a = p.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="imgcls-bench-engines-"))
+    results = []
+    try:
+        for model in ("fast", "classic"):
+            run = make_run(model, base)
+            tta_modes = ["none", "flip_translate"] if model == "fast" else ["none"]
+            for tta in tta_modes:
+                for row in measure(run, tta, a.repeats):
+                    results.append({"model": model, "tta": tta, **row})
+                    print(results[-1], flush=True)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    print(
+        f"\n{'model':<8} {'tta':<15} {'engine':<6} {'img/s b256':>11} {'ms b1':>7} {'vs keras':>9}"
+    )
+    for r in results:
+        base_row = next(
+            x
+            for x in results
+            if x["model"] == r["model"] and x["tta"] == r["tta"] and x["engine"] == "keras"
+        )
+        ratio = r["images_per_s_b256"] / base_row["images_per_s_b256"]
+        print(f"{r['model']:<8} {r['tta']:<15} {r['engine']:<6} {r['images_per_s_b256']:>11,.0f} "
+              f"{r['latency_ms_b1']:>7.2f} {ratio:>8.2f}x")  # fmt: skip
+    record = {
+        "machine": f"{platform.machine()} {os.cpu_count()} cores",
+        "load_before": os.getloadavg(),
+        "results": results,
+    }
+    print(f"results: {write_result('engines', record)}")
+
+
+if __name__ == "__main__":
+    main()
