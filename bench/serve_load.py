@@ -1,5 +1,7 @@
 """`imgcls serve` under load: requests/s and p50/p99 latency at 1, 8 and 32 concurrent clients,
-micro-batching on (``--max-wait-ms 5``) and off (``0``), one image per request.
+one image per request, in three batching modes: waiting up to 5 ms for company
+(``--max-wait-ms 5``), no wait but batching what queued while the model ran (``--max-wait-ms 0``,
+the default), and no batching at all (``--max-batch 1``).
 
 The server runs in its own process (as in production); the clients are threads of this one,
 each sending a 32x32 PNG to ``/v1/predict`` for ``--seconds``. The model is `fast` trained one
@@ -25,6 +27,13 @@ import numpy as np
 from _common import ROOT, write_result
 
 sys.path.insert(0, str(ROOT))
+
+
+MODES = {
+    "wait 5 ms": ["--max-wait-ms", "5"],
+    "queued only": ["--max-wait-ms", "0"],
+    "off": ["--max-batch", "1", "--max-wait-ms", "0"],
+}
 
 
 def png() -> bytes:
@@ -86,14 +95,14 @@ def main() -> None:
     rows = []
     try:
         run = make_run("fast", base)
-        for wait in ("5", "0"):
-            server = Server(run, "--engine", a.engine, "--max-wait-ms", wait)
+        for mode, flags in MODES.items():
+            server = Server(run, "--engine", a.engine, *flags)
             try:
                 load(server.url, 4, 2.0)  # warm-up
                 for clients in (1, 8, 32):
                     row = {
                         "engine": a.engine,
-                        "max_wait_ms": float(wait),
+                        "batching": mode,
                         **load(server.url, clients, a.seconds),
                     }
                     rows.append(row)
@@ -103,12 +112,11 @@ def main() -> None:
     finally:
         shutil.rmtree(base, ignore_errors=True)
     print(
-        f"\n{'batching':<9} {'clients':>7} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6}"
+        f"\n{'batching':<12} {'clients':>7} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6}"
     )
     for r in rows:
-        on = "on" if r["max_wait_ms"] else "off"
-        print(f"{on:<9} {r['clients']:>7} {r['requests_per_s']:>7.0f} {r['p50_ms']:>7.1f} "
-              f"{r['p99_ms']:>7.1f} {r['errors']:>6}")  # fmt: skip
+        print(f"{r['batching']:<12} {r['clients']:>7} {r['requests_per_s']:>7.0f} "
+              f"{r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f} {r['errors']:>6}")  # fmt: skip
     record = {"machine": f"{platform.machine()} {os.cpu_count()} cores", "rows": rows}
     print(f"results: {write_result('serve_load_' + a.engine, record)}")
 

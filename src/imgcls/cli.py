@@ -261,7 +261,9 @@ def _cmd_prepare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
             "--from-run RUN gives the probabilities for --label-issues; add --label-issues"
         )
     if args.from_run:
-        _import_tensorflow_quietly()
+        from imgcls import backend
+
+        backend.import_keras_quietly()
     result = prepare(
         args.data,
         out=args.out,
@@ -361,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(
-        func=_cmd_prepare, tensorflow=False
+        func=_cmd_prepare, keras=False
     )  # scanning never needs TensorFlow: skip its import
 
     p = sub.add_parser("train", help="train a model and write a run folder")
@@ -454,20 +456,15 @@ def _tta_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _import_tensorflow_quietly() -> None:
-    """Import TensorFlow with C-level stderr muted: its start-up lines ignore TF_CPP_MIN_LOG_LEVEL."""
-    if "tensorflow" in sys.modules:
-        return
-    sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        import keras  # noqa: F401
-        import tensorflow  # noqa: F401
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+def _backend_asked(args: argparse.Namespace) -> str | None:
+    """``--backend``, else the ``backend`` of ``--config`` (train), else None ($KERAS_BACKEND)."""
+    if getattr(args, "backend", None):
+        return args.backend
+    if getattr(args, "config", None):
+        from imgcls.config import load_config_file
+
+        return load_config_file(args.config).get("backend")
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -476,9 +473,12 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "tensorflow", True):
-        _import_tensorflow_quietly()
     try:
+        if getattr(args, "keras", True):
+            from imgcls import backend
+
+            backend.select(_backend_asked(args))
+            backend.import_keras_quietly()
         return args.func(args, parser)
     except ImgclsError as e:
         print(f"imgcls: error: {e}", file=sys.stderr)

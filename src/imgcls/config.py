@@ -96,6 +96,10 @@ class TrainConfig:
         "test-time augmentation the bundle asks for (default: the model's recipe)",
         choices=TTA_MODES,
     )
+    backend: str | None = _opt(
+        "Keras backend: tensorflow, jax or torch (default: $KERAS_BACKEND, else tensorflow)",
+        choices=("tensorflow", "jax", "torch"),
+    )
 
     def validate(self) -> TrainConfig:
         """Check every field; raise :class:`ImgclsError` naming the first bad one."""
@@ -209,6 +213,7 @@ class TrainConfig:
         Returns:
             A :class:`Resolved`: the config and one line per choice made for the user.
         """
+        from imgcls import backend
         from imgcls.data.augment import PHOTO_AUGMENT
         from imgcls.data.sizes import default_image_size, is_photo_size
         from imgcls.models import get_spec
@@ -230,6 +235,8 @@ class TrainConfig:
         if config.image_size is None:
             size = data.cache_size or default_image_size(data.typical_size, spec.pretrained)
             fills["image_size"] = tuple(int(s) for s in size)
+        if config.backend is None:
+            fills["backend"] = backend.name()
         if config.augment is None:
             photo = is_photo_size(data.typical_size) and data.augment != ()
             fills["augment"] = PHOTO_AUGMENT if photo else tuple(data.augment)

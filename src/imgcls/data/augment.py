@@ -1,8 +1,9 @@
-"""Photo augmentation: random resized crops, flips and mild colour jitter, seeded per batch.
+"""Augmentation as parameters drawn on the host and applied on the device, on any backend.
 
-The random draws are made on the host with NumPy from ``(seed, epoch, step)`` (a few numbers
-per image, so any batch can be rebuilt when a run resumes); the pixels are transformed with
-``keras.ops`` inside the input graph, on whatever device and backend runs it.
+Random resized crops, flips, integer shifts (reflect-filled) and mild colour jitter. The draws
+are made with NumPy from ``(seed, epoch, step)`` (a few numbers per image, so any batch can be
+rebuilt when a run resumes); the pixels are transformed with ``keras.ops`` (one projective
+transform per image, then the colour factors), on whatever device and backend runs them.
 
 Example:
     >>> rng = np.random.default_rng([0, 1, 2])
@@ -35,13 +36,16 @@ def draw_params(
     width: int,
     augment: tuple[str, ...],
     flips: np.ndarray | None = None,
+    translate: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """Random crop boxes, flips and colour factors for ``n`` images of ``height`` x ``width``.
+    """Random crop boxes, flips, shifts and colour factors for ``n`` images of ``height`` x
+    ``width``.
 
     Returns ``{"transform": (n, 8) float32, "color": (n, 3) float32}``: one projective
     transform row per image (see ``keras.ops.image.affine_transform``) mapping each output
     pixel into the source, and brightness, contrast and saturation factors (1 = unchanged).
-    ``flips`` (a boolean per image) replaces the coin toss for mirroring.
+    ``flips`` (a boolean per image) replaces the coin toss for mirroring; ``translate`` is the
+    largest shift in whole pixels for ``"translate"`` (default: an eighth of the shorter side).
     """
     boxes = np.zeros((n, 4))  # y0, x0, crop height, crop width
     boxes[:, 2:] = (height, width)
@@ -58,6 +62,9 @@ def draw_params(
     transform[:, 2] = np.where(flips, x0 + (width - 0.5) * sx - 0.5, x0 + 0.5 * sx - 0.5)
     transform[:, 4] = sy
     transform[:, 5] = y0 + 0.5 * sy - 0.5
+    if "translate" in augment:
+        pad = translate or max(1, min(height, width) // 8)
+        transform[:, [5, 2]] += rng.integers(-pad, pad + 1, (n, 2))
     color = np.ones((n, 3), dtype=np.float32)
     if "color" in augment:
         color[:] = rng.uniform(1 - JITTER, 1 + JITTER, (n, 3))
@@ -87,8 +94,8 @@ def apply_params(images, transform, color):
     from keras import ops
 
     x = ops.cast(images, "float32")
-    x = ops.image.affine_transform(
-        x, ops.cast(transform, "float32"), interpolation="bilinear", fill_mode="nearest"
+    x = ops.image.affine_transform(  # shifted pixels come from the mirrored edge
+        x, ops.cast(transform, "float32"), interpolation="bilinear", fill_mode="reflect"
     )
     color = ops.cast(color, "float32")
     brightness, contrast, saturation = (color[:, i, None, None, None] for i in range(3))

@@ -7,6 +7,7 @@ resuming at any step of any epoch replays exactly the batches an uninterrupted r
 
 from __future__ import annotations
 
+import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -108,7 +109,17 @@ def train_dataset(
     ``alternate_flip`` (airbench) each image is mirrored in every other epoch: a seeded coin
     picks the first epoch's half and the halves swap each epoch, so every image is seen both
     ways within two epochs instead of by chance.
+
+    On the TensorFlow backend this is a ``tf.data`` pipeline; on JAX and PyTorch a
+    :func:`batches` sequence whose augmentation runs on the backend's device.
     """
+    import keras
+
+    if keras.config.backend() != "tensorflow":
+        return batches(
+            x, y, batch_size, seed, epoch, augment, skip_steps, sample_weight, num_classes,
+            translate, alternate_flip,
+        )  # fmt: skip
     import tensorflow as tf
 
     n = len(x)
@@ -178,6 +189,10 @@ def eval_dataset(
 ):
     """Batches of images (or features) in order, no augmentation; the last batch may be smaller
     (labels one-hot with ``num_classes``)."""
+    import keras
+
+    if keras.config.backend() != "tensorflow":
+        return batches(x, y, batch_size, 0, 0, (), num_classes=num_classes, ordered=True)
     import tensorflow as tf
 
     n = len(x)
@@ -240,3 +255,89 @@ def augment_batch(images, seed, augment: tuple[str, ...], translate: int | None 
         images = tf.gather(padded, rows, axis=1, batch_dims=1)
         images = tf.gather(images, cols, axis=2, batch_dims=1)
     return images
+
+
+def batches(*args, **kwargs):
+    """One epoch's batches for the JAX and PyTorch backends: a ``keras.utils.PyDataset``.
+
+    Batch ``i`` is step ``skip_steps + i``; its images are gathered on the host and augmented
+    with ``keras.ops`` (:func:`imgcls.data.augment.apply_params`) on the backend's device, from
+    parameters drawn with ``(seed, epoch, step)``, so a resumed run sees the same batches.
+    ``ordered=True`` batches every image in order,
+    the last batch possibly smaller (evaluation). Arguments as :func:`train_dataset`'s.
+    """
+    return _batches_class()(*args, **kwargs)
+
+
+@functools.cache
+def _batches_class():
+    import keras
+
+    return type("Batches", (_BatchesMixin, keras.utils.PyDataset), {})
+
+
+class _BatchesMixin:
+    def __init__(
+        self,
+        x: np.ndarray,
+        y: np.ndarray | None,
+        batch_size: int,
+        seed: int,
+        epoch: int,
+        augment: tuple[str, ...] = (),
+        skip_steps: int = 0,
+        sample_weight: np.ndarray | None = None,
+        num_classes: int | None = None,
+        translate: int | None = None,
+        alternate_flip: bool = False,
+        ordered: bool = False,
+    ):
+        # No worker threads: with two, a resumed JAX run saw other batches than an uninterrupted
+        # one (same weights, different losses from the first step). On the main thread the
+        # host work is a gather and a few random numbers; the augmentation itself is dispatched
+        # asynchronously to the device.
+        super().__init__(workers=0, use_multiprocessing=False)
+        n = len(x)
+        self.x, self.y, self.seed, self.epoch = x, y, seed, epoch
+        self.augment = tuple(augment) if x.ndim == 4 else ()
+        self.skip, self.weights, self.num_classes, self.translate = (
+            skip_steps, sample_weight, num_classes, translate,
+        )  # fmt: skip
+        if ordered:
+            self.batches = [np.arange(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+        else:
+            bs = min(batch_size, n)
+            steps = steps_per_epoch(n, batch_size)
+            order = np.random.default_rng([seed, epoch]).permutation(n)[: steps * bs]
+            self.batches = list(order.reshape(steps, bs))
+        self.first_flips = (
+            np.random.default_rng([seed, 1]).random(n) < 0.5 if alternate_flip else None
+        )
+
+    def __len__(self) -> int:
+        return len(self.batches) - self.skip
+
+    def __getitem__(self, i: int):
+        from keras import ops
+
+        step = self.skip + i
+        index = self.batches[step]
+        images = self.x[index]
+        if self.augment:
+            from imgcls.data.augment import apply_params, draw_params
+
+            flips = None
+            if self.first_flips is not None:
+                flips = self.first_flips[index] != bool(self.epoch % 2)
+            rng = np.random.default_rng([self.seed, self.epoch, step])
+            h, w = images.shape[1:3]
+            params = draw_params(rng, len(index), h, w, self.augment, flips, self.translate)
+            images = apply_params(images, params["transform"], params["color"])
+        else:
+            images = ops.convert_to_tensor(np.asarray(images, np.float32))
+        labels = np.zeros(len(index), np.int32) if self.y is None else self.y[index]
+        if self.num_classes:
+            labels = np.eye(self.num_classes, dtype=np.float32)[labels]
+        if self.weights is None:
+            return images, labels
+        return images, labels, self.weights[self.y[index]].astype(np.float32)

@@ -191,6 +191,22 @@ def _forward(model, targets: list[ConvTarget], with_scores: bool):
     return run
 
 
+def _split(model, target: ConvTarget):
+    """``(pixels -> activations, activations -> scores)`` for a layer of the outer graph whose
+    activations are the only way from the input to the scores; ``None`` when they are not."""
+    import keras
+
+    if target.parent is not None:
+        return None
+    try:
+        fmap = _call_tensors(target.layer)[1]
+        to_fmap = keras.Model(_model_input(model), fmap)
+        from_fmap = keras.Model(fmap, _score_output(model)[0])
+    except ValueError:  # a skip connection around the layer: the halves do not exist
+        return None
+    return (lambda x: to_fmap(x, training=False)), (lambda f: from_fmap(f, training=False))
+
+
 def grad_cam(
     model, pixels: np.ndarray, class_index: np.ndarray | list[int], target: ConvTarget | None = None
 ) -> np.ndarray:
@@ -205,30 +221,23 @@ def grad_cam(
     Returns:
         ``(N, h, w)`` float array; an all-zero map means no positive evidence.
     """
-    import tensorflow as tf
+    from keras import ops
+
+    from imgcls import backend
 
     target = target or conv_layers(model)[-1]
     is_logits = _score_output(model)[1]
     run = _forward(model, [target], with_scores=True)
-    x = tf.convert_to_tensor(np.asarray(pixels, np.float32))
-    index = tf.convert_to_tensor(np.asarray(class_index, np.int32))
-    with tf.GradientTape() as tape:
-        (fmap,), out = run(x)
-        out = tf.cast(out, tf.float32)
-        if not is_logits:
-            out = tf.math.log(tf.maximum(out, 1e-12))
-        chosen = tf.gather(out, index, batch_dims=1)
-    grads = tape.gradient(chosen, fmap)
+    x = np.asarray(pixels, np.float32)
+    index = np.asarray(class_index, np.int32)
+    fmap, grads = backend.activation_gradients(run, x, index, is_logits, _split(model, target))
     if grads is None:
         raise ImgclsError(
             f"Grad-CAM: no gradient flows from the class scores to layer {target.name!r}"
         )
-    fmap, grads = (
-        tf.cast(fmap, tf.float32),
-        tf.cast(grads, tf.float32),
-    )  # mixed precision runs in 16 bits
-    weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
-    cam = tf.nn.relu(tf.reduce_sum(weights * fmap, axis=-1)).numpy()
+    fmap, grads = ops.cast(fmap, "float32"), ops.cast(grads, "float32")  # mixed precision: 16 bit
+    weights = ops.mean(grads, axis=(1, 2), keepdims=True)
+    cam = ops.convert_to_numpy(ops.relu(ops.sum(weights * fmap, axis=-1)))
     peak = cam.max(axis=(1, 2), keepdims=True)
     return np.where(peak > 0, cam / np.maximum(peak, 1e-12), 0.0)
 

@@ -76,6 +76,18 @@ def get_spec(name: str) -> ModelSpec:
     return _REGISTRY[name]
 
 
+def layer_seed() -> int:
+    """A seed for a random layer (dropout), drawn from Python's RNG, which the trainer seeds.
+
+    Builders pass it explicitly: a Keras ``Dropout`` left without one draws its masks from
+    PyTorch's global generator on the torch backend, which no checkpoint holds, so a resumed
+    run would drop other units than an uninterrupted one.
+    """
+    import random
+
+    return random.randint(1, 2**31 - 1)
+
+
 def create_model(name: str, input_shape: tuple[int, int, int], num_classes: int, **kwargs: Any):
     """Build the registered model ``name`` for images of ``input_shape`` and ``num_classes``.
 

@@ -19,7 +19,7 @@ import socket
 from pathlib import Path
 
 from imgcls.errors import ImgclsError, check
-from imgcls.models import register_model
+from imgcls.models import layer_seed, register_model
 
 TRANSFER_RECIPE = {
     "epochs": 30,  # head epochs on cached features (a few ms each) + finetune_epochs
@@ -165,7 +165,7 @@ def build_transfer(
     inputs = keras.Input(input_shape, name="pixels")
     x = CaffePreprocess(name="caffe_preprocess")(inputs) if caffe else inputs
     x = base(x, training=False)  # BatchNorm stays in inference mode, also when fine-tuning
-    x = layers.Dropout(dropout, name="head_dropout")(x)
+    x = layers.Dropout(dropout, name="head_dropout", seed=layer_seed())(x)
     x = layers.Dense(num_classes, name="logits")(x)
     outputs = layers.Softmax(dtype="float32", name="probabilities")(x)
     return keras.Model(inputs, outputs, name=name)

@@ -4,7 +4,7 @@ and softmax over the classes."""
 
 from __future__ import annotations
 
-from imgcls.models import register_model
+from imgcls.models import layer_seed, register_model
 
 BN_MOMENTUM = 0.9  # Keras' 0.99 lags badly on small data sets (a few hundred steps in all)
 # Above this side (pixels) the head pools globally: a flatten at 224x224 made a 26M-parameter
@@ -80,14 +80,14 @@ def classic(
             x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"block{b + 1}_bn{c + 1}")(x)
             x = layers.ReLU(name=f"block{b + 1}_relu{c + 1}")(x)
         x = layers.MaxPooling2D(2, name=f"block{b + 1}_pool")(x)
-        x = layers.Dropout(dropout, name=f"block{b + 1}_dropout")(x)
+        x = layers.Dropout(dropout, name=f"block{b + 1}_dropout", seed=layer_seed())(x)
     if pool == "flatten":
         x = layers.Flatten(name="flatten")(x)
     else:
         x = layers.GlobalAveragePooling2D(name="pool")(x)
     x = layers.Dense(dense_units, name="dense")(x)
     x = layers.ReLU(name="dense_relu")(x)
-    x = layers.Dropout(dense_dropout, name="dense_dropout")(x)
+    x = layers.Dropout(dense_dropout, name="dense_dropout", seed=layer_seed())(x)
     x = layers.Dense(num_classes, name="logits")(x)
     outputs = layers.Softmax(dtype="float32", name="probabilities")(x)
     return keras.Model(inputs, outputs, name="classic")

@@ -4,7 +4,8 @@ Each request hands its decoded images to :meth:`MicroBatcher.predict` and awaits
 One worker task takes the first waiting request, then gathers more for up to ``max_wait_ms``
 (or until ``max_batch`` images), and runs one forward pass for all of them on a single
 prediction thread, so the model never runs two batches at once and the event loop stays free.
-With ``max_wait_ms=0`` every request is predicted alone.
+With ``max_wait_ms=0`` nothing waits, but the requests that queued while the model was busy
+still go through together; ``max_batch=1`` turns batching off.
 """
 
 from __future__ import annotations

@@ -60,7 +60,12 @@ class Progress(keras.callbacks.Callback):
 
 class StepHook(keras.callbacks.Callback):
     """Calls ``before(step_in_epoch)`` before every batch (the learning rate) and
-    ``fn(step_in_epoch, logs)`` after it (checkpoints, NaN checks, time budget)."""
+    ``fn(step_in_epoch, logs)`` after it (checkpoints, NaN checks, time budget).
+
+    It also times the gap between one step's end and the next one's start: on JAX and PyTorch
+    that is the host waiting for the next batch (TensorFlow fetches inside its step, from a
+    prefetched ``tf.data`` pipeline). :attr:`data_wait_share` is that gap's share of the epoch.
+    """
 
     def __init__(
         self, fn: Callable[[int, dict], None], before: Callable[[int], None] | None = None
@@ -68,13 +73,31 @@ class StepHook(keras.callbacks.Callback):
         super().__init__()
         self.fn, self.before = fn, before
         self.first_step = 0
+        self.wait_s = self.step_s = 0.0
+        self.last_end: float | None = None
+        self.last_begin = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self.wait_s = self.step_s = 0.0
+        self.last_end = None
 
     def on_train_batch_begin(self, batch: int, logs=None) -> None:
+        now = time.perf_counter()
+        if self.last_end is not None:
+            self.wait_s += now - self.last_end
+        self.last_begin = now
         if self.before is not None:
             self.before(self.first_step + batch)
 
     def on_train_batch_end(self, batch: int, logs=None) -> None:
         self.fn(self.first_step + batch + 1, logs or {})
+        self.last_end = time.perf_counter()
+        self.step_s += self.last_end - self.last_begin
+
+    @property
+    def data_wait_share(self) -> float:
+        """Share of this epoch's step time spent between steps (waiting for data)."""
+        return self.wait_s / max(self.wait_s + self.step_s, 1e-9)
 
 
 def _fmt(logs) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,17 +13,6 @@ WARMUP_EPOCHS = 1  # linear learning-rate warm-up before the decay
 # on pace (start-up and tracing included) keeps a rate that is a function of the step alone,
 # so it stays bit-reproducible; a run that would overrun its budget decays by the clock.
 CLOCK_SLACK = 0.05
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    """Seed Python, NumPy and TensorFlow; with ``deterministic``, make TF ops reproducible."""
-    import keras
-    import tensorflow as tf
-
-    os.environ.setdefault("PYTHONHASHSEED", str(seed))
-    keras.utils.set_random_seed(seed)
-    if deterministic:
-        tf.config.experimental.enable_op_determinism()
 
 
 @dataclass(frozen=True)
@@ -151,8 +139,9 @@ def _lookahead_sgd_class():
             for var, slow in zip(
                 trainable_variables, self._model_variables_moving_average, strict=True
             ):
-                mixed = m * ops.cast(slow, "float32") + (1.0 - m) * ops.cast(var, "float32")
-                slow.assign(ops.where(sync, ops.cast(mixed, slow.dtype), slow))
+                old = slow.value  # a backend array: JAX's where() takes no Keras variable
+                mixed = m * ops.cast(old, "float32") + (1.0 - m) * ops.cast(var.value, "float32")
+                slow.assign(ops.where(sync, ops.cast(mixed, slow.dtype), old))
 
         def finalize_variable_values(self, var_list):
             pass  # the model's weights already follow the averaged path; fit() must not reset them

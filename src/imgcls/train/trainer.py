@@ -11,113 +11,23 @@ the end the model bundle, ``history.csv`` and the test accuracy are written into
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from imgcls import backend
 from imgcls.bundle import RunFolder
 from imgcls.config import TrainConfig
 from imgcls.errors import ImgclsError, check
 from imgcls.io import write_csv
 from imgcls.models import get_spec
-from imgcls.train.checkpoint import CheckpointManager, RunLock, peek_state, restore
-from imgcls.train.rundata import RunData, load_run_data, write_run_files
-from imgcls.train.setup import build_optimizer, seed_everything
+from imgcls.train.api import TrainResult
+from imgcls.train.checkpoint import CheckpointManager, peek_state, restore
+from imgcls.train.rundata import RunData
+from imgcls.train.setup import build_optimizer
 from imgcls.train.state import Phase, StopRule, TrainState, plan_phases
-
-RESUME_SAFE_KEYS = {"max_time", "checkpoint_every", "keep_checkpoints"}  # change nothing computed
-
-
-@dataclass
-class TrainResult:
-    """What a finished (or stopped) run produced."""
-
-    run_dir: Path
-    history: list[dict[str, float]]
-    stopped: str  # one of imgcls.train.state.STOP_REASONS
-    test_metrics: dict[str, Any] | None = None
-    left_out: list[dict] = field(default_factory=list)
-
-
-def train(
-    data: str | Path | None = None,
-    out: str | Path = "runs/latest",
-    config: TrainConfig | None = None,
-    *,
-    resume: bool = False,
-    verbose: bool = True,
-    **overrides: Any,
-) -> TrainResult:
-    """Train a model on DATA and write the run folder ``out``.
-
-    Args:
-        data: a folder per class, a CSV manifest, a prepared folder or a built-in name. With
-            ``resume`` it may be left out: the run remembers its data.
-        out: the run folder (model bundle, split.csv, history.csv, checkpoints).
-        config: a :class:`TrainConfig`; ``overrides`` replace its fields (``epochs=3``).
-        resume: continue the run in ``out`` from its newest good checkpoint.
-        verbose: print progress and results to stderr.
-
-    Returns:
-        A :class:`TrainResult`.
-
-    Example:
-        >>> result = imgcls.train("digits", out="runs/digits", epochs=5)   # doctest: +SKIP
-        >>> result.test_metrics["accuracy"] > 0.9                         # doctest: +SKIP
-        True
-    """
-    folder = RunFolder(Path(out))
-    if resume:
-        config, data = _resume_config(folder, data, overrides)
-    else:
-        config = (config or TrainConfig()).updated(**overrides)
-        check(data is not None, "DATA is required (a folder, a CSV manifest or a built-in name)")
-        if config.model is not None:
-            get_spec(config.model)  # an unknown name fails before any data is read
-        taken = [p.name for p in (folder.run, folder.meta, folder.checkpoints) if p.exists()]
-        if taken:
-            raise ImgclsError(
-                f"--out {out} already holds a run ({taken[0]}); pass --resume to continue it "
-                "or choose another --out"
-            )
-    import keras
-
-    policy = keras.config.dtype_policy()
-    log = (lambda m: print(m, file=sys.stderr, flush=True)) if verbose else (lambda m: None)
-    try:
-        with RunLock(folder.path):
-            CheckpointManager(folder.path).clean_temporaries()
-            run_data, config = load_run_data(str(data), config, folder, resume, log)
-            record = write_run_files(folder, run_data, config, resume)
-            return _Trainer(run_data, folder, config, record, resume, verbose).run()
-    finally:
-        keras.config.set_dtype_policy(policy)  # the run's precision does not leak to the caller
-
-
-def _resume_config(
-    folder: RunFolder, data: Any, overrides: dict[str, Any]
-) -> tuple[TrainConfig, str]:
-    check(
-        folder.run.is_file(), f"--resume: {folder.path} is not a run folder (no {folder.run.name})"
-    )
-    saved = json.loads(folder.run.read_text(encoding="utf-8"))
-    config = TrainConfig.from_dict(saved["config"])
-    for key, value in overrides.items():
-        old = getattr(config, key, None)
-        if value is None or value == old or (isinstance(old, tuple) and tuple(value) == old):
-            continue
-        check(
-            key in RESUME_SAFE_KEYS,
-            f"--resume: `{key}` differs from the run's ({value!r} vs {old!r}); "
-            "resuming with a changed recipe is refused. Start a new run instead",
-        )
-    config = config.updated(**{k: v for k, v in overrides.items() if k in RESUME_SAFE_KEYS})
-    return config, str(data) if data is not None else saved["data"]["argument"]
 
 
 class _Trainer:
@@ -143,7 +53,7 @@ class _Trainer:
             self.log(f"no readable checkpoint in {self.ckpt.dir}; starting from the first step")
         self.spec = get_spec(config.model)
         self.precision = resolve_precision(config.precision, self.spec.recipe.get("cpu_bf16", True))
-        seed_everything(config.seed, config.deterministic)
+        backend.seed_everything(config.seed, config.deterministic)
         import keras
 
         keras.config.set_dtype_policy(self.precision)
@@ -308,11 +218,11 @@ class _Trainer:
                     f"checkpoint is in {self.ckpt.dir}. Start a new run with a lower --lr (now {c.lr})"
                 )
             state.elapsed_s = self.elapsed()
-            if state.stopped:  # a budget ran out mid-epoch
+            if state.stopped:  # a budget ran out mid-epoch (fit synced the variables at its end)
                 self.ckpt.save(self.model, self.optimizer, state.to_dict())
                 self.log_stop(state)
                 break
-            self.end_epoch(state, fit.history, progress)
+            self.end_epoch(state, fit.history, progress, hook.data_wait_share)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.t_start
@@ -320,14 +230,24 @@ class _Trainer:
     def before_step(self, state: TrainState):
         """The callback that sets each step's learning rate from the phase's plan (and clock)."""
 
+
         def set_rate(step: int) -> None:
             used = self.stop.time_used(state, self.phase, self.elapsed())
             step = state.epoch * self.steps + step - self.phase.start * self.steps
+            self.sync_variables()
             self.optimizer.learning_rate = self.plan(step, used)
             if hasattr(self.optimizer, "progress"):  # lookahead averages harder as lr decays
                 self.optimizer.progress.assign(self.plan.progress(step, used))
 
         return set_rate
+
+    def sync_variables(self) -> None:
+        """Make the Keras variables current mid-epoch. JAX's fit keeps the training state in
+        its own arrays and reads the variables again only after a sync: without one, a new
+        learning rate would be ignored and a mid-epoch checkpoint would hold stale weights."""
+        sync = getattr(self.fit_model, "jax_state_sync", None)
+        if sync is not None:
+            sync()
 
     def after_step(self, state: TrainState, step: int, logs: dict) -> None:
         state.step_in_epoch = step
@@ -344,18 +264,22 @@ class _Trainer:
             and step < self.steps
         ):
             state.elapsed_s = self.elapsed()
+            self.sync_variables()
             self.ckpt.save(self.model, self.optimizer, state.to_dict())
             return
         else:
             return
         self.fit_model.stop_training = True
 
-    def end_epoch(self, state: TrainState, logs: dict[str, list], progress) -> None:
+    def end_epoch(
+        self, state: TrainState, logs: dict[str, list], progress, data_wait: float
+    ) -> None:
         row = {
             "epoch": state.epoch + 1,
             **{k: float(v[-1]) for k, v in logs.items()},
             "lr": float(self.optimizer.learning_rate),
             "elapsed_s": round(state.elapsed_s, 2),
+            "data_wait": round(data_wait, 4),  # share of step time spent waiting for a batch
         }
         n_train = len(self.data.arrays["train"][0])
         progress.end(row, self.steps * min(self.config.batch_size, n_train))
@@ -463,8 +387,7 @@ def _class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
 
 
 def _raise_resource_error(e: Exception, batch_size: int) -> None:
-    name = type(e).__name__
-    if name == "ResourceExhaustedError" or isinstance(e, MemoryError):
+    if backend.is_out_of_memory(e):
         raise ImgclsError(
             f"out of memory with --batch-size {batch_size}; the last good checkpoint is intact. "
             f"Free memory and --resume the run, or start a new run with --batch-size "

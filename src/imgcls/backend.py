@@ -1,0 +1,223 @@
+"""The one seam where TensorFlow, JAX or PyTorch specifics live.
+
+imgcls runs on any Keras 3 backend; library code uses ``keras`` and ``keras.ops``. What the
+backends do differently (choosing one, seeding and determinism, the GPU's compute capability,
+out-of-memory errors, gradients of an arbitrary function, muting start-up chatter) is here, so
+that no other module imports ``tensorflow``, ``jax`` or ``torch`` (the input pipeline's
+``tf.data`` path runs only on the TensorFlow backend). With ``KERAS_BACKEND=jax`` or ``torch``
+imgcls never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from typing import Any
+
+from imgcls.errors import ImgclsError, check
+
+BACKENDS = ("tensorflow", "jax", "torch")
+# What to install for each backend (pyproject extras); TensorFlow's CPU build is a dependency.
+EXTRAS = {
+    "tensorflow": "pip install imgcls (CPU) or 'imgcls[tensorflow-gpu]'",
+    "jax": "pip install 'imgcls[jax]' (CPU) or 'imgcls[jax-cuda]'",
+    "torch": "pip install 'imgcls[torch]'",
+}
+_MODULES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
+
+
+def requested() -> str:
+    """The backend Keras will use: ``$KERAS_BACKEND``, else Keras' config file, else tensorflow."""
+    if "keras" in sys.modules:
+        import keras
+
+        return keras.config.backend()
+    name = os.environ.get("KERAS_BACKEND")
+    if name:
+        return name
+    import json
+
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    try:
+        with open(os.path.join(home, "keras.json"), encoding="utf-8") as f:
+            return json.load(f).get("backend", "tensorflow")
+    except (OSError, ValueError):
+        return "tensorflow"
+
+
+def select(name: str | None) -> str:
+    """Make ``name`` (or the requested one) Keras' backend before Keras is imported; check it is
+    one imgcls runs on and that it is installed. Returns the backend's name.
+
+    Raises:
+        ImgclsError: an unknown or uninstalled backend, or Keras already runs another one.
+    """
+    name = name or requested()
+    check(
+        name in BACKENDS,
+        f"`backend` must be one of {set(BACKENDS)}. Received: backend={name!r}",
+    )
+    if "keras" in sys.modules:
+        import keras
+
+        check(
+            keras.config.backend() == name,
+            f"`backend` {name} was asked for, but Keras already runs on {keras.config.backend()} "
+            "in this process; set KERAS_BACKEND before starting it",
+        )
+        return name
+    check(
+        importlib.util.find_spec(_MODULES[name]) is not None,
+        f"backend {name} is not installed: {EXTRAS[name]}",
+    )
+    os.environ["KERAS_BACKEND"] = name
+    return name
+
+
+def name() -> str:
+    """The backend Keras runs on (imports Keras)."""
+    import keras
+
+    return keras.config.backend()
+
+
+def import_keras_quietly() -> None:
+    """Import Keras (and its backend) with the backend's C-level start-up lines muted."""
+    if "keras" in sys.modules:
+        return
+    select(None)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import keras  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed Python, NumPy and the backend; with ``deterministic``, make its ops reproducible."""
+    import keras
+
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))
+    keras.utils.set_random_seed(seed)
+    if not deterministic:
+        return
+    backend = keras.config.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+    elif backend == "torch":
+        import torch
+
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    # JAX is deterministic on CPU; on GPU XLA's flag must be set before JAX starts.
+
+
+def gpu_capability() -> tuple[int, int] | None:
+    """Compute capability of the first GPU the backend sees, or ``None`` without one."""
+    import keras
+
+    backend = keras.config.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        if not gpus:
+            return None
+        details = tf.config.experimental.get_device_details(gpus[0])
+        return tuple(details.get("compute_capability", (0, 0)))
+    if backend == "torch":
+        import torch
+
+        return tuple(torch.cuda.get_device_capability(0)) if torch.cuda.is_available() else None
+    import jax
+
+    gpus = [d for d in jax.devices() if d.platform == "gpu"]
+    if not gpus:
+        return None
+    major, _, minor = str(getattr(gpus[0], "compute_capability", "0.0")).partition(".")
+    return int(major or 0), int(minor or 0)
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """True for the backend's out-of-memory error (or a plain ``MemoryError``)."""
+    text = f"{type(e).__name__} {e}"
+    return (
+        isinstance(e, MemoryError)
+        or type(e).__name__ in ("ResourceExhaustedError", "OutOfMemoryError")
+        or "RESOURCE_EXHAUSTED" in text
+        or "CUDA out of memory" in text
+    )
+
+
+def activation_gradients(run, x, index, is_logits: bool, split=None) -> tuple[Any, Any]:
+    """Grad-CAM's ingredients: a layer's activations and the gradient of each image's chosen
+    class score with respect to them.
+
+    Args:
+        run: ``x -> ([activations], scores)``, the model cut open at the layer.
+        x: float32 pixels.
+        index: the class per image.
+        is_logits: ``scores`` are logits (else probabilities, whose log is taken).
+        split: for JAX, which has no gradient tape: ``(to_activations, from_activations)``,
+            the model's two halves; ``None`` when the layer cannot be cut out that way.
+
+    Returns:
+        ``(activations, gradients)`` as float32 backend tensors.
+    """
+    import keras
+    from keras import ops
+
+    def chosen(scores):
+        scores = ops.cast(scores, "float32")
+        if not is_logits:
+            scores = ops.log(ops.maximum(scores, 1e-12))
+        return ops.take_along_axis(scores, ops.reshape(index, (-1, 1)), axis=1)
+
+    backend = keras.config.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            (fmap,), scores = run(tf.convert_to_tensor(x))
+            picked = chosen(scores)
+        return fmap, tape.gradient(picked, fmap)
+    if backend == "torch":
+        import torch
+
+        with torch.enable_grad():
+            (fmap,), scores = run(ops.convert_to_tensor(x))
+            (grad,) = torch.autograd.grad(chosen(scores).sum(), fmap)
+        return fmap.detach(), grad
+    check(split is not None, "Grad-CAM of this model needs the tensorflow or torch backend")
+    import jax
+
+    to_fmap, from_fmap = split
+    fmap = to_fmap(ops.convert_to_tensor(x))
+    picked, vjp = jax.vjp(lambda f: chosen(from_fmap(f)), fmap)
+    return fmap, vjp(ops.ones_like(picked))[0]
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the installed backends (for a bundle's record)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for package in ("tensorflow", "tensorflow-cpu", "jax", "jaxlib", "torch"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def require(module: str, why: str) -> None:
+    """One line naming the extra to install when ``module`` is missing."""
+    if importlib.util.find_spec(module) is None:
+        raise ImgclsError(f"{why} needs {module}: {EXTRAS.get(module, 'pip install ' + module)}")

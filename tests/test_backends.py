@@ -1,0 +1,128 @@
+"""imgcls on every Keras backend: JAX and PyTorch without TensorFlow, exact resume on each, and
+one bundle predicting the same on all three."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import write_folder
+
+# Runs imgcls's CLI with TensorFlow unimportable: a spec whose loader refuses, so
+# `import tensorflow` fails while libraries that only probe find_spec (torch) carry on.
+NO_TF = """
+import sys, importlib.abc, importlib.machinery
+class Refuse(importlib.abc.Loader):
+    def create_module(self, spec):
+        raise ImportError(f"{spec.name} must not be imported on this backend")
+    def exec_module(self, module):
+        pass
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "tensorflow":
+            return importlib.machinery.ModuleSpec(name, Refuse())
+sys.meta_path.insert(0, Block())
+from imgcls.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+OTHER_BACKENDS = [
+    pytest.param(b, marks=pytest.mark.skipif(not importlib.util.find_spec(b), reason=f"no {b}"))
+    for b in ("jax", "torch")
+]
+TINY = ["--model", "classic", "--image-size", "16", "16", "--batch-size", "8",
+        "--model-arg", "filters=[8,16]", "--model-arg", "dense_units=16"]  # fmt: skip
+
+
+def imgcls_cli(backend: str, *args: str, block_tf: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, KERAS_BACKEND=backend)
+    code = NO_TF if block_tf else "import sys; from imgcls.cli import main; sys.exit(main())"
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=600
+    )
+
+
+def ok(r: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def final_weights(run: Path) -> list[np.ndarray]:
+    """The last checkpoint's model variables (what resume must reproduce bit for bit)."""
+    from imgcls.train.checkpoint import CheckpointManager
+
+    _, arrays = CheckpointManager(run).load_latest()
+    return [arrays[k] for k in sorted(arrays) if k.startswith("model_")]
+
+
+@pytest.mark.parametrize("backend", OTHER_BACKENDS)
+def test_train_resume_evaluate_predict_without_tensorflow(backend, tmp_path):
+    data = write_folder(tmp_path / "data", per_class=12)
+    ref = tmp_path / "ref"
+    ok(imgcls_cli(backend, "train", str(data), "--out", str(ref), "--epochs", "3",
+                  "--checkpoint-every", "2", "--keep-checkpoints", "10", "--quiet", *TINY))  # fmt: skip
+    assert json.loads((ref / "run.json").read_text())["config"]["backend"] == backend
+    # Cut the run back to its first checkpoint (mid-epoch, step 2 of 3) and resume: the same
+    # weights as the uninterrupted run, bit for bit.
+    cut = tmp_path / "cut"
+    shutil.copytree(ref, cut)
+    ckpts = sorted((cut / "checkpoints").glob("ckpt-*.npz"))
+    assert ckpts[0].name == "ckpt-00000002.npz"
+    for p in ckpts[1:]:
+        p.unlink()
+    (cut / "model.keras").unlink()
+    ok(imgcls_cli(backend, "train", "--resume", str(cut), "--quiet"))
+    for a, b in zip(final_weights(ref), final_weights(cut), strict=True):
+        np.testing.assert_array_equal(a, b)
+    script = NO_TF.replace(
+        "from imgcls.cli import main\nsys.exit(main(sys.argv[1:]))",
+        "import imgcls\n"
+        "m = imgcls.evaluate(sys.argv[1], sys.argv[2], out=sys.argv[3])\n"
+        "print(m['accuracy'], len(imgcls.load(sys.argv[1]).predict(sys.argv[4:])))",
+    )
+    cats = sorted(str(p) for p in (data / "cats").glob("*.png"))
+    r = subprocess.run(
+        [sys.executable, "-c", script, str(ref), str(data), str(tmp_path / "ev"), *cats],
+        capture_output=True, text=True, env=dict(os.environ, KERAS_BACKEND=backend), timeout=600,
+    )  # fmt: skip
+    accuracy, n = ok(r).stdout.split()[-2:]
+    assert 0 <= float(accuracy) <= 1 and int(n) == 12
+    assert (tmp_path / "ev" / "report.html").is_file()
+    wrong = "torch" if backend == "jax" else "jax"
+    r = imgcls_cli(wrong, "train", "--resume", str(cut))
+    assert r.returncode == 2 and f"trained on the {backend} backend" in r.stderr
+
+
+@pytest.mark.parametrize("backend", OTHER_BACKENDS)
+def test_a_bundle_predicts_the_same_on_every_backend(backend, trained_run, tmp_path):
+    """The session's run (trained on TensorFlow) on another backend, float32: max |dp| <= 1e-4."""
+    import imgcls
+
+    run, data = trained_run
+    paths = sorted(str(p) for p in data.glob("*/*.png"))[:24]
+    here = imgcls.load(run).predict_proba(paths)
+    script = (
+        "import sys, json, imgcls\n"
+        "p = imgcls.load(sys.argv[1]).predict_proba(sys.argv[2:])\n"
+        "print(json.dumps(p.tolist()))\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", script, str(run), *paths], capture_output=True, text=True,
+        env=dict(os.environ, KERAS_BACKEND=backend), timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    there = np.array(json.loads(r.stdout.strip().splitlines()[-1]))
+    assert np.abs(there - here).max() <= 1e-4
+
+
+def test_an_unknown_or_missing_backend_is_one_line(trained_run, tmp_path):
+    r = imgcls_cli("mxnet", "predict", str(trained_run[0]), str(tmp_path), block_tf=False)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].startswith("imgcls: error: `backend` must be one of")
