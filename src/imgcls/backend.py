@@ -204,6 +204,66 @@ def activation_gradients(run, x, index, is_logits: bool, split=None) -> tuple[An
     return fmap, vjp(ops.ones_like(picked))[0]
 
 
+def init_processes(coordinator: str, num_processes: int, process_id: int) -> None:
+    """Join a data-parallel job of ``num_processes`` processes (JAX only): process 0 listens on
+    ``coordinator`` (``host:port``), the others connect to it. Call before any computation.
+
+    Raises:
+        ImgclsError: another backend, or numbers that do not make a job.
+    """
+    check(
+        requested() == "jax",
+        "training over several processes needs the jax backend (Keras' distribution API): "
+        "KERAS_BACKEND=jax",
+    )
+    check(
+        isinstance(num_processes, int) and num_processes >= 1,
+        f"`num_processes` must be a positive integer. Received: num_processes={num_processes}",
+    )
+    check(
+        isinstance(process_id, int) and 0 <= process_id < num_processes,
+        f"`process_id` must be in [0, {num_processes}). Received: process_id={process_id}",
+    )
+    host, _, port = (coordinator or "").rpartition(":")
+    check(
+        bool(host) and port.isdigit(),
+        f"`coordinator` must be HOST:PORT (process 0's address). Received: coordinator={coordinator}",
+    )
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPUs talk over TCP
+    import keras
+
+    keras.distribution.initialize(coordinator, num_processes, process_id)
+
+
+def process_info() -> tuple[int, int]:
+    """``(this process's index, number of processes)`` of a data-parallel job; ``(0, 1)``
+    when there is none."""
+    if name() != "jax":
+        return 0, 1
+    import jax
+
+    return jax.process_index(), jax.process_count()
+
+
+def data_parallel(on: bool) -> int:
+    """Spread each batch over every device of every process (Keras ``DataParallel``), or stop;
+    returns the number of devices. Only JAX, and only with more than one device."""
+    import keras
+
+    if name() != "jax":
+        return 1
+    devices = keras.distribution.list_devices()
+    if on and len(devices) > 1:
+        keras.distribution.set_distribution(
+            keras.distribution.DataParallel(devices=devices, auto_shard_dataset=False)
+        )
+    else:
+        keras.distribution.set_distribution(None)
+    return len(devices)
+
+
 def library_versions() -> dict[str, str]:
     """Versions of the installed backends (for a bundle's record)."""
     from importlib.metadata import PackageNotFoundError, version

@@ -8,7 +8,6 @@ library function of the same name with the same keyword names. Bad input raises
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import sys
@@ -65,6 +64,10 @@ def _train_args(p: argparse.ArgumentParser) -> None:
             scalar = next(t for t in (int, float, str) if t is kind or t in args)
             p.add_argument(flag, type=scalar, **meta)
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    job = p.add_argument_group("data-parallel job over several processes (JAX backend)")
+    job.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address")
+    job.add_argument("--num-processes", type=int, metavar="N", help="processes in the job")
+    job.add_argument("--process-id", type=int, metavar="I", help="this process, 0 to N-1")
 
 
 def _comma_list(text: str) -> tuple[str, ...]:
@@ -165,33 +168,26 @@ def _cmd_calibrate(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     return 0
 
 
-def _expand_paths(items: list[str]) -> list[str]:
-    from imgcls.data.decode import is_image_file
-
-    paths = []
-    for item in items:
-        if os.path.isdir(item):
-            for dirpath, dirnames, filenames in os.walk(item):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                paths += [os.path.join(dirpath, f) for f in sorted(filenames) if is_image_file(f)]
-        elif any(ch in item for ch in "*?[") and not os.path.exists(item):
-            paths += sorted(glob.glob(item, recursive=True))
-        else:
-            paths.append(item)
-    return paths
-
-
 def _cmd_predict(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import csv
 
+    from imgcls.data.sources import list_image_files
     from imgcls.predict import Predictor
 
+    if args.ray and not args.out:
+        parser.error("--ray writes a Parquet file: add --out predictions.parquet")
     if args.top_k < 1:
         parser.error(f"--top-k must be a positive integer. Received: {args.top_k}")
-    paths = _expand_paths(args.paths)
+    paths = list_image_files(args.paths)
     if not paths:
         print(f"imgcls: error: no image files found in {' '.join(args.paths)}", file=sys.stderr)
         return 2
+    if args.out:
+        from imgcls.batch import predict_to_parquet
+
+        out = predict_to_parquet(args.run, paths, args.out, args.ray, args.workers, args.engine)
+        print(f"wrote {out} ({len(paths)} images)")
+        return 0
     results = Predictor(args.run, engine=args.engine).predict(paths, top_k=args.top_k, tta=args.tta)
     if args.format == "json":
         print(json.dumps([r.to_dict() for r in results], indent=2))
@@ -406,11 +402,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="classify image files, folders or globs")
     p.add_argument("run", help="run folder written by `imgcls train`")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or glob patterns")
+    p.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="image files, folders, glob patterns or CSV manifests",
+    )
     p.add_argument("--top-k", type=int, default=3, help="classes shown per image (default 3)")
     p.add_argument("--format", choices=["table", "json", "csv"], default="table")
     _tta_arg(p)
     _engine_arg(p)
+    p.add_argument(
+        "--out", help="write every prediction to this Parquet file (resumable; for many images)"
+    )
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="with --out: predict on Ray (alone: a local Ray; or a cluster's address)",
+    )
+    p.add_argument(
+        "--workers", type=int, help="with --out: processes or Ray actors (default: cores)"
+    )
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("export", help="write the run's inference model for ONNX, TF or LiteRT")
@@ -479,6 +493,8 @@ def main(argv: list[str] | None = None) -> int:
 
             backend.select(_backend_asked(args))
             backend.import_keras_quietly()
+            if getattr(args, "num_processes", None):
+                backend.init_processes(args.coordinator, args.num_processes, args.process_id)
         return args.func(args, parser)
     except ImgclsError as e:
         print(f"imgcls: error: {e}", file=sys.stderr)

@@ -97,6 +97,7 @@ def train_dataset(
     num_classes: int | None = None,
     translate: int | None = None,
     alternate_flip: bool = False,
+    shard: tuple[int, int] = (0, 1),
 ):
     """The batches of one training epoch, starting after ``skip_steps`` batches.
 
@@ -118,7 +119,7 @@ def train_dataset(
     if keras.config.backend() != "tensorflow":
         return batches(
             x, y, batch_size, seed, epoch, augment, skip_steps, sample_weight, num_classes,
-            translate, alternate_flip,
+            translate, alternate_flip, shard=shard,
         )  # fmt: skip
     import tensorflow as tf
 
@@ -185,14 +186,20 @@ def train_dataset(
 
 
 def eval_dataset(
-    x: np.ndarray, y: np.ndarray | None, batch_size: int, num_classes: int | None = None
+    x: np.ndarray,
+    y: np.ndarray | None,
+    batch_size: int,
+    num_classes: int | None = None,
+    shard: tuple[int, int] = (0, 1),
 ):
     """Batches of images (or features) in order, no augmentation; the last batch may be smaller
     (labels one-hot with ``num_classes``)."""
     import keras
 
     if keras.config.backend() != "tensorflow":
-        return batches(x, y, batch_size, 0, 0, (), num_classes=num_classes, ordered=True)
+        return batches(
+            x, y, batch_size, 0, 0, (), num_classes=num_classes, ordered=True, shard=shard
+        )
     import tensorflow as tf
 
     n = len(x)
@@ -263,7 +270,8 @@ def batches(*args, **kwargs):
     Batch ``i`` is step ``skip_steps + i``; its images are gathered on the host and augmented
     with ``keras.ops`` (:func:`imgcls.data.augment.apply_params`) on the backend's device, from
     parameters drawn with ``(seed, epoch, step)``, so a resumed run sees the same batches.
-    ``ordered=True`` batches every image in order,
+    ``shard=(i, n)`` gives process ``i`` of a data-parallel job its slice of every batch
+    (batches that do not split evenly are left out). ``ordered=True`` batches every image in order,
     the last batch possibly smaller (evaluation). Arguments as :func:`train_dataset`'s.
     """
     return _batches_class()(*args, **kwargs)
@@ -291,6 +299,7 @@ class _BatchesMixin:
         translate: int | None = None,
         alternate_flip: bool = False,
         ordered: bool = False,
+        shard: tuple[int, int] = (0, 1),
     ):
         # No worker threads: with two, a resumed JAX run saw other batches than an uninterrupted
         # one (same weights, different losses from the first step). On the main thread the
@@ -313,6 +322,9 @@ class _BatchesMixin:
         self.first_flips = (
             np.random.default_rng([seed, 1]).random(n) < 0.5 if alternate_flip else None
         )
+        self.shard = shard  # (process, processes): this process feeds its slice of each batch
+        if shard[1] > 1:  # every process must get an equal slice
+            self.batches = [b for b in self.batches if len(b) % shard[1] == 0]
 
     def __len__(self) -> int:
         return len(self.batches) - self.skip
@@ -322,8 +334,10 @@ class _BatchesMixin:
 
         step = self.skip + i
         index = self.batches[step]
-        images = self.x[index]
-        if self.augment:
+        part, parts = self.shard
+        local = slice(part * len(index) // parts, (part + 1) * len(index) // parts)
+        images = self.x[index[local]]
+        if self.augment:  # drawn for the whole batch, so any number of processes sees the same
             from imgcls.data.augment import apply_params, draw_params
 
             flips = None
@@ -332,9 +346,10 @@ class _BatchesMixin:
             rng = np.random.default_rng([self.seed, self.epoch, step])
             h, w = images.shape[1:3]
             params = draw_params(rng, len(index), h, w, self.augment, flips, self.translate)
-            images = apply_params(images, params["transform"], params["color"])
+            images = apply_params(images, params["transform"][local], params["color"][local])
         else:
             images = ops.convert_to_tensor(np.asarray(images, np.float32))
+        index = index[local]
         labels = np.zeros(len(index), np.int32) if self.y is None else self.y[index]
         if self.num_classes:
             labels = np.eye(self.num_classes, dtype=np.float32)[labels]

@@ -265,3 +265,30 @@ def _hidden(name: str) -> bool:
 
 def _ignore(issues: list[dict], path: Path, root: Path, why: str) -> None:
     issues.append({"path": os.path.relpath(path, root), "kind": "ignored", "detail": why})
+
+
+def list_image_files(items: list[str]) -> list[str]:
+    """The image files named by ``items``: files, folders (walked, hidden entries skipped),
+    glob patterns, and CSV manifests (their ``path`` column, relative to the CSV)."""
+    import glob
+
+    paths: list[str] = []
+    for item in items:
+        if os.path.isdir(item):
+            for dirpath, dirnames, filenames in os.walk(item):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                paths += [os.path.join(dirpath, f) for f in sorted(filenames) if is_image_file(f)]
+        elif item.lower().endswith(".csv") and os.path.isfile(item):
+            with open(item, newline="", encoding="utf-8-sig") as f:
+                rows = list(csv.DictReader(f))
+            check(
+                bool(rows) and "path" in rows[0],
+                f"CSV {item} must have a `path` column (relative to the CSV)",
+            )
+            base = os.path.dirname(os.path.abspath(item))
+            paths += [os.path.join(base, r["path"].strip()) for r in rows]
+        elif any(ch in item for ch in "*?[") and not os.path.exists(item):
+            paths += sorted(glob.glob(item, recursive=True))
+        else:
+            paths.append(item)
+    return paths

@@ -8,6 +8,7 @@ where a crash left off.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from dataclasses import dataclass, field
@@ -62,7 +63,10 @@ def train(
         >>> result.test_metrics["accuracy"] > 0.9                         # doctest: +SKIP
         True
     """
+    from imgcls import backend
+
     folder = RunFolder(Path(out))
+    chief = backend.process_info()[0] == 0  # in a data-parallel job only process 0 writes
     if resume:
         config, data = _resume_config(folder, data, overrides)
     else:
@@ -71,28 +75,31 @@ def train(
         if config.model is not None:
             get_spec(config.model)  # an unknown name fails before any data is read
         taken = [p.name for p in (folder.run, folder.meta, folder.checkpoints) if p.exists()]
-        if taken:
+        if taken and chief:
             raise ImgclsError(
                 f"--out {out} already holds a run ({taken[0]}); pass --resume to continue it "
                 "or choose another --out"
             )
-    from imgcls import backend
-
     backend.select(config.backend)  # refuses a backend other than the one Keras runs on
     import keras
 
     policy = keras.config.dtype_policy()
-    log = (lambda m: print(m, file=sys.stderr, flush=True)) if verbose else (lambda m: None)
+    log = (lambda m: print(m, file=sys.stderr, flush=True)) if verbose and chief else print_nothing
     try:
-        with RunLock(folder.path):
-            CheckpointManager(folder.path).clean_temporaries()
+        with RunLock(folder.path) if chief else contextlib.nullcontext():
+            if chief:
+                CheckpointManager(folder.path).clean_temporaries()
             run_data, config = load_run_data(str(data), config, folder, resume, log)
-            record = write_run_files(folder, run_data, config, resume)
+            record = write_run_files(folder, run_data, config, resume, write=chief)
             from imgcls.train.trainer import _Trainer
 
-            return _Trainer(run_data, folder, config, record, resume, verbose).run()
+            return _Trainer(run_data, folder, config, record, resume, verbose and chief).run()
     finally:
         keras.config.set_dtype_policy(policy)  # the run's precision does not leak to the caller
+
+
+def print_nothing(message: str) -> None:
+    """The log of a quiet run (or of a data-parallel job's other processes)."""
 
 
 def _resume_config(

@@ -125,9 +125,12 @@ def load_run_data(
     return data, config
 
 
-def write_run_files(folder: RunFolder, data: RunData, config: TrainConfig, resume: bool) -> dict:
+def write_run_files(
+    folder: RunFolder, data: RunData, config: TrainConfig, resume: bool, write: bool = True
+) -> dict:
     """Write ``run.json``, ``split.csv`` and ``seen_digests.npy`` (or, on resume, check that the
-    data is the run's own); return the run record."""
+    data is the run's own); return the run record. ``write=False``: only return it (the other
+    processes of a data-parallel job)."""
     record = {"config": config.to_dict(), "data": data.info()}
     if resume:
         saved = json.loads(folder.run.read_text(encoding="utf-8"))
@@ -136,6 +139,8 @@ def write_run_files(folder: RunFolder, data: RunData, config: TrainConfig, resum
             f"--resume: the data at {data.argument} differs from what run {folder.path} was "
             "trained on (images, labels or split changed); resuming is refused. Start a new run",
         )
+        return record
+    if not write:
         return record
     folder.path.mkdir(parents=True, exist_ok=True)
     write_split_csv(folder.split, data.images, data.splits)

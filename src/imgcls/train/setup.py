@@ -1,4 +1,5 @@
-"""Pieces the trainer sets up before the first step: seeds, the optimizer and its rate plan."""
+"""Pieces the trainer sets up: the optimizer and its rate plan, class weights, callbacks, and
+the checks and messages of a run."""
 
 from __future__ import annotations
 
@@ -6,7 +7,12 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
+from imgcls import backend
+from imgcls.bundle import RunFolder
 from imgcls.config import TrainConfig
+from imgcls.errors import ImgclsError, check
 
 WARMUP_EPOCHS = 1  # linear learning-rate warm-up before the decay
 # Share of a time budget a run may run ahead of its steps before the clock sets the rate. A run
@@ -169,3 +175,54 @@ def __getattr__(name: str) -> Any:  # Keras classes are built on first use: impo
         globals()[name] = cls
         return cls
     raise AttributeError(name)
+
+
+def check_data_parallel(config: TrainConfig, spec, devices: int) -> None:
+    """What a data-parallel job (every batch spread over ``devices``) cannot do, in one line."""
+    check(
+        not spec.pretrained,
+        f"training on {devices} devices runs from-scratch models (fast, classic); "
+        f"{config.model} trains its head on one process",
+    )
+    check(
+        config.batch_size % devices == 0,
+        f"`batch_size` must split evenly over {devices} devices. "
+        f"Received: batch_size={config.batch_size}",
+    )
+    check(
+        not config.max_time,
+        "`max_time` is not supported on several processes: their clocks would stop them at "
+        "different steps",
+    )
+
+
+def steps_of(n_images: int, batch_size: int) -> int:
+    from imgcls.data.pipeline import steps_per_epoch
+
+    return steps_per_epoch(n_images, batch_size)
+
+
+def tensorboard_callbacks(folder: RunFolder) -> list:
+    import importlib.util
+
+    import keras
+
+    check(
+        importlib.util.find_spec("tensorboard") is not None,
+        "`--tensorboard` needs the tensorboard package: pip install 'imgcls[tensorboard]'",
+    )
+    return [keras.callbacks.TensorBoard(log_dir=str(folder.tensorboard))]
+
+
+def class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
+    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
+    return np.where(counts > 0, len(y) / (n_classes * np.maximum(counts, 1)), 0.0)
+
+
+def raise_resource_error(e: Exception, batch_size: int) -> None:
+    if backend.is_out_of_memory(e):
+        raise ImgclsError(
+            f"out of memory with --batch-size {batch_size}; the last good checkpoint is intact. "
+            f"Free memory and --resume the run, or start a new run with --batch-size "
+            f"{max(1, batch_size // 2)}"
+        ) from None

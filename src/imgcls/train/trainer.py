@@ -20,13 +20,20 @@ import numpy as np
 from imgcls import backend
 from imgcls.bundle import RunFolder
 from imgcls.config import TrainConfig
-from imgcls.errors import ImgclsError, check
+from imgcls.errors import ImgclsError
 from imgcls.io import write_csv
 from imgcls.models import get_spec
 from imgcls.train.api import TrainResult
 from imgcls.train.checkpoint import CheckpointManager, peek_state, restore
 from imgcls.train.rundata import RunData
-from imgcls.train.setup import build_optimizer
+from imgcls.train.setup import (
+    build_optimizer,
+    check_data_parallel,
+    class_weights,
+    raise_resource_error,
+    steps_of,
+    tensorboard_callbacks,
+)
 from imgcls.train.state import Phase, StopRule, TrainState, plan_phases
 
 
@@ -60,12 +67,17 @@ class _Trainer:
         kwargs = dict(config.model_args)
         if self.spec.pretrained:  # a checkpoint holds every weight: no need to fetch them again
             kwargs["weights"] = "none" if self.found else config.weights
+        self.process, self.processes = backend.process_info()
+        self.chief = self.process == 0  # only process 0 of a data-parallel job writes files
+        self.devices = backend.data_parallel(True)  # before any variable exists
+        if self.devices > 1:
+            check_data_parallel(config, self.spec, self.devices)
         x_train = data.arrays["train"][0]
         self.model = create_model(
             config.model, (*config.image_size, 3), len(data.class_names), **kwargs
         )
         self.spec.init_from_data(self.model, x_train, config.seed)
-        self.steps = _steps(len(x_train), config.batch_size)
+        self.steps = steps_of(len(x_train), config.batch_size)
         self.phases = plan_phases(config, self.spec.pretrained, self.spec.recipe)
         self.stop = StopRule(config.epochs, config.patience, (config.max_time or 0) * 60 or None)
         self.phase: Phase | None = None
@@ -141,14 +153,15 @@ class _Trainer:
         if self.phase.name == "head":
             x, augment = epoch_features(self.features["train"], c.seed, epoch), ()
             xv = self.features.get("val", xv[:0])
-        weights = _class_weights(y, n_classes) if c.class_weight == "balanced" else None
+        weights = class_weights(y, n_classes) if c.class_weight == "balanced" else None
         fraction = recipe.get("translate_fraction")
+        shard = (self.process, self.processes)
         ds = train_dataset(
             x, y, c.batch_size, c.seed, epoch, augment, skip, weights, n_classes,
             translate=max(1, round(min(c.image_size) * fraction)) if fraction else None,
-            alternate_flip=recipe.get("alternate_flip", False),
+            alternate_flip=recipe.get("alternate_flip", False), shard=shard,
         )  # fmt: skip
-        val = eval_dataset(xv, yv, c.batch_size, n_classes) if len(xv) else None
+        val = eval_dataset(xv, yv, c.batch_size, n_classes, shard) if len(xv) else None
         return ds, val
 
     # ---- loop --------------------------------------------------------------------------------
@@ -165,6 +178,11 @@ class _Trainer:
         self.log(
             f"model {c.model}{weights}: {self.model.count_params():,} parameters, precision "
             f"{self.precision}, epochs: {plan}, {self.steps} steps of {min(c.batch_size, counts['train'])}"
+            + (
+                f" over {self.devices} devices in {self.processes} processes"
+                if self.devices > 1
+                else ""
+            )
         )
         self.loop(state)
         return self.finish(state)
@@ -190,7 +208,7 @@ class _Trainer:
         n_train = len(self.data.arrays["train"][0])
         progress = Progress(c.epochs, self.steps, min(c.batch_size, n_train), enabled=self.verbose)
         hook = StepHook(lambda s, logs: self.after_step(state, s, logs), self.before_step(state))
-        extra = _tensorboard(self.folder) if c.tensorboard else []
+        extra = tensorboard_callbacks(self.folder) if c.tensorboard else []
         self.t_start = time.perf_counter() - state.elapsed_s
         while state.epoch < c.epochs and not state.stopped:
             epoch, skip = state.epoch, state.step_in_epoch
@@ -210,7 +228,7 @@ class _Trainer:
                     callbacks=[progress, hook, *extra], shuffle=False, verbose=0,
                 )  # fmt: skip
             except Exception as e:  # noqa: BLE001 - re-raised unless a known resource failure
-                _raise_resource_error(e, c.batch_size)
+                raise_resource_error(e, c.batch_size)
                 raise
             if self.nan_step is not None:
                 raise ImgclsError(
@@ -219,7 +237,7 @@ class _Trainer:
                 )
             state.elapsed_s = self.elapsed()
             if state.stopped:  # a budget ran out mid-epoch (fit synced the variables at its end)
-                self.ckpt.save(self.model, self.optimizer, state.to_dict())
+                self.save_checkpoint(state)
                 self.log_stop(state)
                 break
             self.end_epoch(state, fit.history, progress, hook.data_wait_share)
@@ -229,7 +247,6 @@ class _Trainer:
 
     def before_step(self, state: TrainState):
         """The callback that sets each step's learning rate from the phase's plan (and clock)."""
-
 
         def set_rate(step: int) -> None:
             used = self.stop.time_used(state, self.phase, self.elapsed())
@@ -265,7 +282,7 @@ class _Trainer:
         ):
             state.elapsed_s = self.elapsed()
             self.sync_variables()
-            self.ckpt.save(self.model, self.optimizer, state.to_dict())
+            self.save_checkpoint(state)
             return
         else:
             return
@@ -292,8 +309,14 @@ class _Trainer:
         if state.stopped:
             self.log_stop(state)
         keys = list(dict.fromkeys(k for r in state.history for k in r))
-        write_csv(self.folder.history, keys, [[r.get(k, "") for k in keys] for r in state.history])
-        self.ckpt.save(self.model, self.optimizer, state.to_dict(), best=improved)
+        if self.chief:
+            rows = [[r.get(k, "") for k in keys] for r in state.history]
+            write_csv(self.folder.history, keys, rows)
+        self.save_checkpoint(state, best=improved)
+
+    def save_checkpoint(self, state: TrainState, best: bool = False) -> None:
+        if self.chief:
+            self.ckpt.save(self.model, self.optimizer, state.to_dict(), best=best)
 
     def log_stop(self, state: TrainState) -> None:
         c, where = self.config, f"epoch {state.epoch + (state.step_in_epoch > 0)}"
@@ -330,6 +353,9 @@ class _Trainer:
 
         c = self.config
         stopped = state.stopped or "completed"
+        backend.data_parallel(False)  # the bundle and its test score are process 0's alone
+        if not self.chief:
+            return TrainResult(self.folder.path, state.history, stopped, None, self.data.left_out)
         meta = BundleMeta(
             class_names=self.data.class_names,
             image_size=tuple(c.image_size),
@@ -344,6 +370,8 @@ class _Trainer:
                 "stopped": stopped,
                 "precision": self.precision,
                 "train_seconds": round(state.elapsed_s, 2),
+                "devices": self.devices,
+                "processes": self.processes,
                 **({"feature_pass": self.feature_pass} if self.feature_pass else {}),
             },
         )
@@ -361,35 +389,3 @@ class _Trainer:
         return TrainResult(
             self.folder.path, state.history, stopped, test_metrics, self.data.left_out
         )
-
-
-def _steps(n_images: int, batch_size: int) -> int:
-    from imgcls.data.pipeline import steps_per_epoch
-
-    return steps_per_epoch(n_images, batch_size)
-
-
-def _tensorboard(folder: RunFolder) -> list:
-    import importlib.util
-
-    import keras
-
-    check(
-        importlib.util.find_spec("tensorboard") is not None,
-        "`--tensorboard` needs the tensorboard package: pip install 'imgcls[tensorboard]'",
-    )
-    return [keras.callbacks.TensorBoard(log_dir=str(folder.tensorboard))]
-
-
-def _class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
-    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
-    return np.where(counts > 0, len(y) / (n_classes * np.maximum(counts, 1)), 0.0)
-
-
-def _raise_resource_error(e: Exception, batch_size: int) -> None:
-    if backend.is_out_of_memory(e):
-        raise ImgclsError(
-            f"out of memory with --batch-size {batch_size}; the last good checkpoint is intact. "
-            f"Free memory and --resume the run, or start a new run with --batch-size "
-            f"{max(1, batch_size // 2)}"
-        ) from None
