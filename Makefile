@@ -20,8 +20,10 @@ demo: $(STAMP)
 	$(PY) examples/export_digits.py runs/demo/samples 5
 	$(VENV)/bin/imgcls predict runs/demo runs/demo/samples --top-k 3
 
+# Two pytest workers, one test file each at a time: most tests wait on subprocesses and imports,
+# so two cores run the suite in ~6 minutes instead of ~10 (docs/BENCHMARKS.md).
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 	@command -v chromium >/dev/null 2>&1 || echo "make test: the browser test was skipped: no chromium here (apt-get install chromium; .ci/run does)"
 
 lint: $(STAMP)

@@ -1,0 +1,215 @@
+"""The ``imgcls`` command: parse arguments, make one library call, print the result.
+
+No logic lives here. Each subcommand pops its CLI-only options and hands the rest to the
+library function of the same name with the same keyword names. Bad input raises
+``ImgclsError``, printed as one line with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from imgcls import __version__
+from imgcls.cli import commands, flags
+from imgcls.config import TTA_MODES
+
+os.environ.setdefault(
+    "TF_CPP_MIN_LOG_LEVEL", "3"
+)  # hide TensorFlow's C++ log lines; errors still raise
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imgcls",
+        description="Image classification with Keras: prepare data, train, evaluate and predict.",
+    )
+    parser.add_argument("--version", action="version", version=f"imgcls {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "prepare", help="scan, clean, split and cache DATA; write a report of every issue"
+    )
+    p.add_argument("data", help="folder per class (optionally train/val/test) or CSV manifest")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="folder for manifest.csv, the pixel cache, report.json and report.html",
+    )
+    p.add_argument(
+        "--image-size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="cache size (default: as train picks)",
+    )
+    p.add_argument(
+        "--on-error",
+        choices=["skip", "fail"],
+        default="skip",
+        help="skip: leave bad files out and list them (default); fail: exit 1 listing them",
+    )
+    p.add_argument(
+        "--val-split", type=float, default=0.1, help="fraction for validation (default 0.1)"
+    )
+    p.add_argument("--test-split", type=float, default=0.1, help="fraction for test (default 0.1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--label-issues", action="store_true", help="rank suspected mislabelled images (cleanlab)"
+    )
+    p.add_argument(
+        "--from-run",
+        metavar="RUN",
+        help="with --label-issues: probabilities from this run's model "
+        "(default: k-fold cross-validation of a quick model)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(
+        func=commands.cmd_prepare, keras=False
+    )  # scanning never needs TensorFlow: skip its import
+
+    p = sub.add_parser("train", help="train a model and write a run folder")
+    flags.train_args(p)
+    p.set_defaults(func=flags.cmd_train)
+
+    p = sub.add_parser("evaluate", help="metrics of a run on a data set (default: its test split)")
+    p.add_argument("run", help="run folder written by `imgcls train`")
+    p.add_argument(
+        "data", help="the run's data (its test split is used) or other labelled data (all of it)"
+    )
+    p.add_argument("--out", required=True, help="folder for metrics.json and report.html")
+    p.add_argument(
+        "--split", choices=["test", "val", "train", "all"], help="split of the run's own data"
+    )
+    _tta_arg(p)
+    _engine_arg(p)
+    p.set_defaults(func=commands.cmd_evaluate)
+
+    p = sub.add_parser(
+        "explain", help="filters, feature maps, Grad-CAM and top classes for one image"
+    )
+    p.add_argument("run", help="run folder written by `imgcls train`")
+    p.add_argument("image", help="an image file")
+    p.add_argument("--out", required=True, help="folder for the PNGs and explain.json")
+    p.add_argument("--top-k", type=int, default=5, help="classes shown (default 5)")
+    p.set_defaults(func=commands.cmd_explain)
+
+    p = sub.add_parser(
+        "calibrate", help="fit a temperature on the validation split; predict uses it"
+    )
+    p.add_argument("run", help="run folder written by `imgcls train` (its bundle.json is updated)")
+    p.add_argument("data", nargs="?", help="the run's data (default: as recorded in the run)")
+    p.add_argument(
+        "--split",
+        choices=["val", "test", "train", "all"],
+        help="split of the run's data (default val)",
+    )
+    p.set_defaults(func=commands.cmd_calibrate)
+
+    p = sub.add_parser("predict", help="classify image files, folders or globs")
+    p.add_argument("run", help="run folder written by `imgcls train`")
+    p.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="image files, folders, glob patterns or CSV manifests",
+    )
+    p.add_argument("--top-k", type=int, default=3, help="classes shown per image (default 3)")
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    _tta_arg(p)
+    _engine_arg(p)
+    p.add_argument(
+        "--out", help="write every prediction to this Parquet file (resumable; for many images)"
+    )
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="with --out: predict on Ray (alone: a local Ray; or a cluster's address)",
+    )
+    p.add_argument(
+        "--workers", type=int, help="with --out: processes or Ray actors (default: cores)"
+    )
+    p.set_defaults(func=commands.cmd_predict)
+
+    p = sub.add_parser("export", help="write the run's inference model for ONNX, TF or LiteRT")
+    p.add_argument("run", help="run folder written by `imgcls train`")
+    p.add_argument("--format", required=True, choices=["onnx", "savedmodel", "litert"])
+    p.add_argument("--out", required=True, help="folder for the model file and imgcls.json")
+    p.add_argument(
+        "--no-tta",
+        action="store_true",
+        help="leave the run's test-time augmentation out of the graph (one view: faster)",
+    )
+    p.set_defaults(func=commands.cmd_export)
+
+    p = sub.add_parser("serve", help="an HTTP server: web page, JSON and Open Inference API")
+    p.add_argument("run", help="run folder written by `imgcls train`")
+    flags.serve_args(p)
+    p.set_defaults(func=commands.cmd_serve)
+
+    p = sub.add_parser("models", help="list registered models with their parameter counts")
+    p.add_argument("--image-size", type=int, nargs=2, default=(32, 32), metavar=("H", "W"))
+    p.add_argument("--classes", type=int, default=10)
+    p.set_defaults(func=commands.cmd_models)
+    return parser
+
+
+def _engine_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--engine",
+        choices=["keras", "onnx"],
+        default="keras",
+        help="keras, or onnx: ONNX Runtime on an export cached in the run folder (faster on CPU)",
+    )
+
+
+def _tta_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tta",
+        nargs="?",
+        const="flip",
+        choices=TTA_MODES,
+        help="test-time augmentation: none, flip (alone: --tta), translate or flip_translate; "
+        "default: what the run's bundle.json says",
+    )
+
+
+def _backend_asked(args: argparse.Namespace) -> str | None:
+    """``--backend``, else the ``backend`` of ``--config`` (train), else None ($KERAS_BACKEND)."""
+    if getattr(args, "backend", None):
+        return args.backend
+    if getattr(args, "config", None):
+        from imgcls.config import load_config_file
+
+        return load_config_file(args.config).get("backend")
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``imgcls`` console script."""
+    from imgcls.errors import ImgclsError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if getattr(args, "keras", True):
+            from imgcls import backend
+
+            backend.select(_backend_asked(args))
+            backend.import_keras_quietly()
+            if getattr(args, "num_processes", None):
+                backend.init_processes(args.coordinator, args.num_processes, args.process_id)
+        return args.func(args, parser)
+    except ImgclsError as e:
+        print(f"imgcls: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("imgcls: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

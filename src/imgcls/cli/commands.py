@@ -1,0 +1,185 @@
+"""The other subcommands: each parses nothing more, makes one library call and prints."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def cmd_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from imgcls.evaluate import evaluate
+
+    metrics = evaluate(
+        args.run, args.data, out=args.out, split=args.split, tta=args.tta, engine=args.engine
+    )
+    print(
+        f"accuracy {metrics['accuracy']:.4f} on {metrics['n_images']} images ({metrics['split']})"
+    )
+    seen = metrics["seen_in_training"]
+    if seen and seen["n"] and metrics["split"] not in ("train", "val"):  # those were asked for
+        print(
+            f"imgcls: warning: {seen['n']} of {metrics['n_images']} images are identical to images "
+            f"run {args.run} trained or validated on (first: {seen['ids'][0]}); this accuracy is "
+            "not a held-out estimate",
+            file=sys.stderr,
+        )
+    print(f"wrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'report.html'}")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from imgcls.evaluate.explain import explain
+
+    if args.top_k < 1:
+        parser.error(f"--top-k must be a positive integer. Received: {args.top_k}")
+    result = explain(args.run, args.image, out=args.out, top_k=args.top_k)
+    for row in result["top_k"]:
+        print(f"{row['label']}  {row['probability']:.4f}")
+    print(f"wrote {len(result['files'])} PNGs and explain.json to {args.out}")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from imgcls.evaluate.calibrate import calibrate
+
+    r = calibrate(args.run, args.data, split=args.split)
+    print(
+        f"temperature {r['temperature']:.4f} fitted on {r['n_images']} images ({r['split']}): "
+        f"NLL {r['nll_before']:.4f} -> {r['nll_after']:.4f}, ECE {r['ece_before']:.4f} -> {r['ece_after']:.4f}"
+    )
+    print(f"stored in {Path(args.run) / 'bundle.json'}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+
+    from imgcls.data.sources import list_image_files
+    from imgcls.predict import Predictor
+
+    if args.ray and not args.out:
+        parser.error("--ray writes a Parquet file: add --out predictions.parquet")
+    if args.top_k < 1:
+        parser.error(f"--top-k must be a positive integer. Received: {args.top_k}")
+    paths = list_image_files(args.paths)
+    if not paths:
+        print(f"imgcls: error: no image files found in {' '.join(args.paths)}", file=sys.stderr)
+        return 2
+    if args.out:
+        from imgcls.batch import predict_to_parquet
+
+        out = predict_to_parquet(args.run, paths, args.out, args.ray, args.workers, args.engine)
+        print(f"wrote {out} ({len(paths)} images)")
+        return 0
+    results = Predictor(args.run, engine=args.engine).predict(paths, top_k=args.top_k, tta=args.tta)
+    if args.format == "json":
+        print(json.dumps([r.to_dict() for r in results], indent=2))
+    elif args.format == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["path", "label", "probability", "top_k", "error"])
+        for r in results:
+            writer.writerow(
+                [
+                    r.source,
+                    r.label or "",
+                    "" if r.probability is None else f"{r.probability:.6f}",
+                    ";".join(f"{lab}:{p:.6f}" for lab, p in r.top_k),
+                    r.error or "",
+                ]
+            )
+    else:
+        width = max(len(r.source) for r in results)
+        for r in results:
+            if r.error is None:
+                others = "  ".join(f"{lab} {p:.3f}" for lab, p in r.top_k[1:])
+                print(f"{r.source:<{width}}  {r.label}  {r.probability:.3f}  {others}".rstrip())
+    failed = [r for r in results if r.error]
+    for r in failed:
+        print(f"imgcls: cannot predict {r.source}: {r.error}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from imgcls.export import export
+
+    path = export(args.run, args.format, args.out, tta=not args.no_tta)
+    print(f"wrote {path} and {Path(args.out) / 'imgcls.json'}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import dataclasses
+
+    from imgcls.serve import ServeConfig, serve
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(ServeConfig)}
+    values["token"] = values["token"] or os.environ.get("IMGCLS_TOKEN") or None
+    serve(args.run, ServeConfig(**values))
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from imgcls.data.prepare import prepare
+
+    if args.from_run and not args.label_issues:
+        parser.error(
+            "--from-run RUN gives the probabilities for --label-issues; add --label-issues"
+        )
+    if args.from_run:
+        from imgcls import backend
+
+        backend.import_keras_quietly()
+    result = prepare(
+        args.data,
+        out=args.out,
+        image_size=tuple(args.image_size) if args.image_size else None,
+        on_error=args.on_error,
+        val_split=args.val_split,
+        test_split=args.test_split,
+        seed=args.seed,
+        label_issues=args.label_issues,
+        from_run=args.from_run,
+        verbose=not args.quiet,
+    )
+    report = result.report
+    for issue in result.bad_files:
+        print(
+            f"imgcls: {'bad file' if not result.completed else 'left out'} {issue['path']}: "
+            f"{issue['kind']}: {issue['detail']}",
+            file=sys.stderr,
+        )
+    if not result.completed:
+        print(
+            f"imgcls: {len(result.bad_files)} bad file(s) with --on-error fail; nothing prepared. "
+            f"See {result.out / 'report.html'}",
+            file=sys.stderr,
+        )
+        return 1
+    counts = ", ".join(f"{k} {v}" for k, v in report["issue_counts"].items()) or "none"
+    print(
+        f"{report['n_usable']} usable images of {report['n_files']} ({report['split_counts']['train']} train / "
+        f"{report['split_counts']['val']} val / {report['split_counts']['test']} test); issues: {counts}"
+    )
+    for suggestion in report["suggestions"]:
+        print(f"suggestion: {suggestion}")
+    print(f"prepared {result.out} (manifest.csv, {report['cache']}, report.json, report.html)")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from imgcls.models import create_model, get_spec, list_models
+
+    size = tuple(args.image_size)
+    print(
+        f"{'model':<20} {'parameters':>12}  description   (for {size[0]}x{size[1]} RGB, {args.classes} classes)"
+    )
+    for name in list_models():
+        spec = get_spec(name)
+        model = create_model(
+            name, (*size, 3), args.classes, **({"weights": "none"} if spec.pretrained else {})
+        )
+        print(f"{name:<20} {model.count_params():>12,}  {spec.description}")
+    return 0
