@@ -19,6 +19,7 @@ import argparse
 import csv
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -31,14 +32,19 @@ ROOT = Path(__file__).resolve().parents[1]
 TEST_PER_CLASS = 500
 
 
-def write_manifest(cifar: Path, out: Path, seed: int = 0) -> Path:
-    """CSV with split=train for 45,000 images and split=test for 5,000, stratified."""
+def write_manifest(
+    cifar: Path, out: Path, seed: int = 0, train_per_class: int | None = None
+) -> Path:
+    """CSV with split=train for 45,000 images (or ``train_per_class`` per class, for a quick
+    check) and split=test for 5,000, stratified."""
     rng = np.random.default_rng(seed)
     rows = []
     for cls in sorted(p.name for p in cifar.iterdir() if p.is_dir()):
         files = sorted(str(p) for p in (cifar / cls).glob("*.jpg"))
         test = set(rng.choice(len(files), TEST_PER_CLASS, replace=False).tolist())
-        rows += [f"{f},{cls},{'test' if i in test else 'train'}" for i, f in enumerate(files)]
+        train = [i for i in range(len(files)) if i not in test][:train_per_class]
+        rows += [f"{files[i]},{cls},test" for i in sorted(test)]
+        rows += [f"{files[i]},{cls},train" for i in train]
     path = out / "cifar10_45k_5k.csv"
     path.write_text("path,label,split\n" + "\n".join(rows) + "\n")
     return path
@@ -49,18 +55,19 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared/datasets/cifar10/train")
     p.add_argument("--out", type=Path, default=Path("/tmp/imgcls-gpu-check"))
     p.add_argument("--backend", default="jax", choices=["jax", "torch", "tensorflow"])
-    p.add_argument("--extra", nargs="*", default=[], help="more `imgcls train` flags")
+    p.add_argument("--train-per-class", type=int, help="fewer training images (a quick check)")
+    p.add_argument("--extra", default="", help='more `imgcls train` flags, e.g. --extra="--epochs 2"')
     a = p.parse_args()
     if not a.data.is_dir():
         sys.exit(f"skipped: CIFAR-10 folder {a.data} not found (--data)")
     a.out.mkdir(parents=True, exist_ok=True)
-    manifest = write_manifest(a.data, a.out)
+    manifest = write_manifest(a.data, a.out, train_per_class=a.train_per_class)
     run = a.out / f"fast-{a.backend}"
     subprocess.run(["rm", "-rf", str(run)], check=True)
     env = dict(os.environ, KERAS_BACKEND=a.backend)
     imgcls = [sys.executable, "-m", "imgcls"]
     cmd = [*imgcls, "train", str(manifest), "--out", str(run), "--model", "fast",
-           "--val-split", "0", *a.extra]  # fmt: skip
+           "--val-split", "0", *shlex.split(a.extra)]  # fmt: skip
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, env=env)
     wall = time.perf_counter() - t0

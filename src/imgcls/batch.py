@@ -165,7 +165,7 @@ class _RayPredictor:
 
     def __call__(self, batch: dict) -> dict:
         columns = _predict_part(self.predictor, [str(p) for p in batch["path"]])
-        return {"order": batch["order"], **columns}
+        return {"part": batch["part"], "order": batch["order"], **columns}
 
 
 def _ray(run, parts, todo, parts_dir: Path, workers: int, engine: str, address: str) -> None:
@@ -189,16 +189,28 @@ def _ray(run, parts, todo, parts_dir: Path, workers: int, engine: str, address: 
         ) from None
     ray.data.DataContext.get_current().enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
-    for k in todo:
-        ds = ray.data.from_items([{"path": p, "order": i} for i, p in enumerate(parts[k])])
-        ds = ds.map_batches(
-            _RayPredictor, fn_constructor_kwargs={"run": str(Path(run).resolve()), "engine": engine},
-            batch_size=RAY_BATCH, concurrency=workers, num_cpus=1, batch_format="numpy",
-        )  # fmt: skip
-        table = ds.to_arrow_refs()
-        table = pa.concat_tables(ray.get(table))  # Ray Data does not keep the order: restore it
-        table = table.take(pc.sort_indices(table, [("order", "ascending")])).drop(["order"])
-        _write_part(parts_dir, k, table)
+    # One pipeline and one actor pool for every missing part; rows come back in any order,
+    # and a part is written as soon as all its rows are in.
+    rows = pa.table({
+        "path": [p for k in todo for p in parts[k]],
+        "part": np.repeat(todo, [len(parts[k]) for k in todo]),
+        "order": np.concatenate([np.arange(len(parts[k])) for k in todo]),
+    })  # fmt: skip
+    ds = ray.data.from_arrow(rows).map_batches(
+        _RayPredictor, fn_constructor_kwargs={"run": str(Path(run).resolve()), "engine": engine},
+        batch_size=RAY_BATCH, concurrency=workers, num_cpus=1, batch_format="numpy",
+    )  # fmt: skip
+    pending: dict[int, list] = {k: [] for k in todo}
+    done: dict[int, int] = dict.fromkeys(todo, 0)
+    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        for k in pc.unique(batch["part"]).to_pylist():
+            piece = batch.filter(pc.equal(batch["part"], k))
+            pending[k].append(piece)
+            done[k] += len(piece)
+            if done[k] == len(parts[k]):
+                table = pa.concat_tables(pending.pop(k))
+                table = table.take(pc.sort_indices(table, [("order", "ascending")]))
+                _write_part(parts_dir, k, table.drop(["part", "order"]))
 
 
 def _probe(address: str) -> None:

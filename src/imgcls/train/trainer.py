@@ -173,7 +173,11 @@ class _Trainer:
             f"{counts['val']} val / {counts['test']} test images at {c.image_size[0]}x{c.image_size[1]}"
         )
         state = self.initial_state()
-        weights = f", weights {c.weights}" if self.spec.pretrained else ""
+        weights = ""
+        if self.spec.pretrained:
+            from imgcls.models.applications import weights_source
+
+            weights = f", {weights_source(c.model, c.weights)}"
         plan = " then ".join(f"{p.epochs} {p.name}" for p in self.phases)
         self.log(
             f"model {c.model}{weights}: {self.model.count_params():,} parameters, precision "
