@@ -45,6 +45,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=100_000)
     p.add_argument("--data", type=Path, default=Path("/tmp/imgcls-bench-batch"))
+    p.add_argument("--ways", nargs="+", type=int, default=[0, 1, 2], help="rows to run: 0 1 2")
     a = p.parse_args()
     from engines import make_run
 
@@ -54,11 +55,12 @@ def main() -> None:
     base = Path(tempfile.mkdtemp(prefix="imgcls-bench-batch-run-"))
     run = make_run("fast", base)
     rows = []
-    for name, flags in (
+    ways = [
         ("one process", ["--workers", "1"]),
         ("2 local processes", ["--workers", "2"]),
         ("Ray Data, 2 local workers", ["--ray", "--workers", "2"]),
-    ):
+    ]
+    for name, flags in [ways[i] for i in a.ways]:
         out = base / "out.parquet"
         shutil.rmtree(base / "out.parquet.parts", ignore_errors=True)
         out.unlink(missing_ok=True)

@@ -56,7 +56,9 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("/tmp/imgcls-gpu-check"))
     p.add_argument("--backend", default="jax", choices=["jax", "torch", "tensorflow"])
     p.add_argument("--train-per-class", type=int, help="fewer training images (a quick check)")
-    p.add_argument("--extra", default="", help='more `imgcls train` flags, e.g. --extra="--epochs 2"')
+    p.add_argument(
+        "--extra", default="", help='more `imgcls train` flags, e.g. --extra="--epochs 2"'
+    )
     a = p.parse_args()
     if not a.data.is_dir():
         sys.exit(f"skipped: CIFAR-10 folder {a.data} not found (--data)")

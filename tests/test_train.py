@@ -181,3 +181,24 @@ def test_a_binding_time_budget_decays_the_learning_rate_before_it_stops(data, tm
     # By steps alone the rate would still be near its peak (under half the epochs ran); the
     # clock decays it instead, so the run ends nearly annealed rather than cut off at full rate.
     assert lrs[-1] < 0.3 * 0.01 and lrs[1:] == sorted(lrs[1:], reverse=True)  # after warm-up
+
+
+def test_an_optimizer_that_plans_its_own_rate_follows_the_host_plan():
+    """JAX sets the rate inside its compiled step (plan_in_graph); the rates must be the plan's."""
+    import keras
+
+    from imgcls.train.setup import LrPlan, _lookahead_sgd_class, plan_in_graph
+
+    for plan in (LrPlan(0.4, 3, 12, "linear"), LrPlan(0.01, 2, 9, "cosine", 0.01)):
+        var = keras.Variable(np.ones(2, np.float32))
+        optimizer = _lookahead_sgd_class()(plan(0), lookahead_every=2, momentum=0.9)
+        plan_in_graph(optimizer, plan)
+        rates, progress = [], []
+        for _ in range(12):
+            optimizer.apply([keras.ops.zeros(2)], [var])
+            rates.append(float(optimizer.learning_rate))
+            progress.append(float(optimizer.progress))
+        # the rate of step i is set just before step i is applied
+        np.testing.assert_allclose(rates, [plan(i) for i in range(12)], rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(progress, [plan.progress(i) for i in range(12)], atol=1e-6)
+        assert max(rates) == pytest.approx(plan.peak) and rates[-1] < plan.peak / 5

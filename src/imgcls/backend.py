@@ -145,6 +145,23 @@ def gpu_capability() -> tuple[int, int] | None:
     return int(major or 0), int(minor or 0)
 
 
+def device_function(fn):
+    """``fn`` (a function of ``keras.ops``) compiled once for the device where that pays: JAX on
+    a GPU or TPU, which otherwise dispatches one eager op at a time from Python. Measured for
+    ``fast``'s augmentation of a 512-image batch of 32x32 (:func:`imgcls.data.augment.apply_params`,
+    2 cores, JAX 0.10): 90 ms of host time per batch eager against 0.5 ms compiled, which on an
+    H200 had capped training at ~16,000 images/s. On a CPU the eager ops run at once and beat
+    XLA's compiled gather (98 ms against 172 ms a batch), and PyTorch and TensorFlow (whose
+    ``tf.data`` path runs the augmentation in graph mode already) get ``fn`` unchanged."""
+    import keras
+
+    if keras.config.backend() != "jax":
+        return fn
+    import jax
+
+    return jax.jit(fn) if jax.default_backend() != "cpu" else fn
+
+
 def is_out_of_memory(e: BaseException) -> bool:
     """True for the backend's out-of-memory error (or a plain ``MemoryError``)."""
     text = f"{type(e).__name__} {e}"

@@ -27,6 +27,7 @@ from imgcls.io import atomic_path, write_json
 
 PART_IMAGES = 2048  # images per part: a resumed job redoes at most one part per worker
 RAY_BATCH = 64  # images per Ray Data batch handed to an actor
+BLOCKS_PER_WORKER = 8  # blocks per actor the file list is cut into: a block feeds one actor
 RAY_PROBE_S = 5.0  # seconds to wait for a Ray address to accept a connection
 
 
@@ -196,7 +197,10 @@ def _ray(run, parts, todo, parts_dir: Path, workers: int, engine: str, address: 
         "part": np.repeat(todo, [len(parts[k]) for k in todo]),
         "order": np.concatenate([np.arange(len(parts[k])) for k in todo]),
     })  # fmt: skip
-    ds = ray.data.from_arrow(rows).map_batches(
+    # Cut here, not with Dataset.repartition: its tasks need a CPU that the actors already hold.
+    size = -(-len(rows) // min(workers * BLOCKS_PER_WORKER, max(1, len(rows) // RAY_BATCH)))
+    blocks = [rows.slice(i, size) for i in range(0, len(rows), size)]
+    ds = ray.data.from_arrow(blocks).map_batches(
         _RayPredictor, fn_constructor_kwargs={"run": str(Path(run).resolve()), "engine": engine},
         batch_size=RAY_BATCH, concurrency=workers, num_cpus=1, batch_format="numpy",
     )  # fmt: skip

@@ -278,6 +278,15 @@ def batches(*args, **kwargs):
 
 
 @functools.cache
+def _apply_params():
+    """The augmentation, compiled for the device where that pays (one compilation a process)."""
+    from imgcls import backend
+    from imgcls.data.augment import apply_params
+
+    return backend.device_function(apply_params)
+
+
+@functools.cache
 def _batches_class():
     import keras
 
@@ -338,7 +347,7 @@ class _BatchesMixin:
         local = slice(part * len(index) // parts, (part + 1) * len(index) // parts)
         images = self.x[index[local]]
         if self.augment:  # drawn for the whole batch, so any number of processes sees the same
-            from imgcls.data.augment import apply_params, draw_params
+            from imgcls.data.augment import draw_params
 
             flips = None
             if self.first_flips is not None:
@@ -346,7 +355,7 @@ class _BatchesMixin:
             rng = np.random.default_rng([self.seed, self.epoch, step])
             h, w = images.shape[1:3]
             params = draw_params(rng, len(index), h, w, self.augment, flips, self.translate)
-            images = apply_params(images, params["transform"][local], params["color"][local])
+            images = _apply_params()(images, params["transform"][local], params["color"][local])
         else:
             images = ops.convert_to_tensor(np.asarray(images, np.float32))
         index = index[local]

@@ -62,6 +62,45 @@ class LrPlan:
             decay = 0.5 * (1.0 + math.cos(math.pi * progress))
         return self.peak * min(ramp, decay)
 
+    def tensor(self, step):
+        """``(rate, progress)`` at ``step`` (a float32 tensor) without a clock, in ``keras.ops``,
+        for :func:`plan_in_graph`."""
+        from keras import ops
+
+        ramp = 1.0
+        if self.warmup:
+            ramp = ops.where(
+                step < self.warmup, self.start + (1.0 - self.start) * step / self.warmup, 1.0
+            )
+        progress = ops.clip((step - self.warmup) / max(self.total - self.warmup, 1), 0.0, 1.0)
+        if self.shape == "linear":
+            decay = 1.0 - progress
+        else:
+            decay = 0.5 * (1.0 + ops.cos(math.pi * progress))
+        return self.peak * ops.minimum(ramp, decay), progress
+
+
+def plan_in_graph(optimizer, plan: LrPlan) -> None:
+    """Let ``optimizer`` set its learning rate (and a lookahead's ``progress``) from ``plan`` at
+    its own step count, inside the compiled training step, instead of the trainer assigning
+    them from the host before each step. On JAX a host assignment needs the whole training
+    state synced back into the Keras variables and re-read (measured ~3.5 ms a step on 2
+    cores for ``fast``: 7 s over the 2,088 steps of a 24-epoch CIFAR-10 run). Only for plans
+    without a clock: a time budget's share is known only on the host. The rate and progress
+    stay the optimizer's variables, so checkpoints look the same either way."""
+    from keras import ops
+
+    apply = optimizer.apply
+
+    def planned_apply(grads, trainable_variables=None):
+        rate, progress = plan.tensor(ops.cast(optimizer.iterations, "float32"))
+        optimizer.learning_rate.assign(rate)
+        if hasattr(optimizer, "progress"):
+            optimizer.progress.assign(progress)
+        return apply(grads, trainable_variables)
+
+    optimizer.apply = planned_apply
+
 
 def build_optimizer(
     config: TrainConfig,

@@ -30,6 +30,7 @@ from imgcls.train.setup import (
     build_optimizer,
     check_data_parallel,
     class_weights,
+    plan_in_graph,
     raise_resource_error,
     steps_of,
     tensorboard_callbacks,
@@ -84,6 +85,7 @@ class _Trainer:
         self.fit_model = self.model  # what model.fit trains: the head alone in a head phase
         self.optimizer: Any = None
         self.plan: Any = None
+        self.host_rate = True  # the trainer assigns each step's rate (else the optimizer does)
         self.features: dict[str, np.ndarray] = {}  # "train": (views, N, D), "val": (N, D)
         self.feature_pass: dict[str, float] | None = None  # images, seconds, images/s
         self.t_start = 0.0
@@ -120,6 +122,10 @@ class _Trainer:
             metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
         )
         self.optimizer.build(self.fit_model.trainable_variables)
+        # JAX sets the rate inside its compiled step unless a clock steers it (see plan_in_graph)
+        self.host_rate = backend.name() != "jax" or bool(self.stop.max_time_s or phase.budget_s)
+        if not self.host_rate:
+            plan_in_graph(self.optimizer, self.plan)
         self.phase = phase
 
     def compute_features(self) -> None:
@@ -253,6 +259,8 @@ class _Trainer:
         """The callback that sets each step's learning rate from the phase's plan (and clock)."""
 
         def set_rate(step: int) -> None:
+            if not self.host_rate:
+                return
             used = self.stop.time_used(state, self.phase, self.elapsed())
             step = state.epoch * self.steps + step - self.phase.start * self.steps
             self.sync_variables()
