@@ -64,6 +64,11 @@ class TrainConfig:
     val_split: float = field(default=0.1, metadata={"help": "fraction for validation"})
     test_split: float = field(default=0.1, metadata={"help": "fraction for test"})
     seed: int = field(default=0, metadata={"help": "seed of the split, init and augmentation"})
+    split_file: str | None = _opt(
+        "split.csv (id,label,split) giving each image's split instead of drawing one; images "
+        "it does not name are left out",
+        metavar="CSV",
+    )
     augment: tuple[str, ...] | None = _opt(
         "comma list of flip,translate,crop,color, or none (default: suits the data)"
     )

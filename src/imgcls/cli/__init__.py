@@ -150,6 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     flags.serve_args(p)
     p.set_defaults(func=commands.cmd_serve)
 
+    p = sub.add_parser(
+        "tune", help="search training settings on the validation split, then test once"
+    )
+    flags.tune_args(p)
+    p.set_defaults(func=commands.cmd_tune)
+
     p = sub.add_parser("models", help="list registered models with their parameter counts")
     p.add_argument("--image-size", type=int, nargs=2, default=(32, 32), metavar=("H", "W"))
     p.add_argument("--classes", type=int, default=10)

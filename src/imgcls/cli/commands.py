@@ -183,3 +183,28 @@ def cmd_models(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         )
         print(f"{name:<20} {model.count_params():>12,}  {spec.description}")
     return 0
+
+
+def cmd_tune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from imgcls.cli.flags import TUNE_SETTINGS
+    from imgcls.tune import tune
+
+    given = {k: getattr(args, k) for k in TUNE_SETTINGS if getattr(args, k) is not None}
+    if args.resume:
+        if given or args.data or args.out:
+            parser.error("--resume DIR continues a search as it was started; give nothing else")
+        record = tune(out=args.resume, resume=True, verbose=not args.quiet)
+        out = Path(args.resume)
+    else:
+        if not args.data or not args.out:
+            parser.error("DATA and --out DIR are required (or --resume DIR)")
+        record = tune(args.data, args.out, verbose=not args.quiet, **given)
+        out = Path(args.out)
+    test, best = record["test"], record["best"]
+    print(
+        f"best trial {best['trial']}: val_accuracy {best['val_accuracy']:.4f}; "
+        f"test accuracy {test['accuracy']:.4f} (95% CI {test['ci95'][0]:.4f}-{test['ci95'][1]:.4f}, "
+        f"{test['n_images']} images, read once)"
+    )
+    print(f"wrote {out / 'best'}, {out / 'trials.csv'} and {out / 'report.html'}")
+    return 0

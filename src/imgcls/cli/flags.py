@@ -122,3 +122,35 @@ def serve_args(p: argparse.ArgumentParser) -> None:
         if f.default is not None:
             meta["help"] = f"{meta['help']} (default {f.default})"
         p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default, **meta)
+
+
+def tune_args(p: argparse.ArgumentParser) -> None:
+    """``imgcls tune``'s arguments (the fields of :class:`~imgcls.tune.TuneSettings`)."""
+    from imgcls.config import PRECISIONS
+    from imgcls.tune import ALGORITHMS, FINALS
+
+    p.add_argument("data", nargs="?", help="labelled data, as `imgcls train` takes it")
+    p.add_argument("--out", help="new folder for the search (trials, best/, report.html)")
+    p.add_argument("--resume", metavar="DIR", help="continue the search in DIR after a stop")
+    p.add_argument("--model", help="registered model (default: as `imgcls train` picks)")
+    p.add_argument("--algorithm", choices=ALGORITHMS, help="KerasTuner oracle (default bayesian)")
+    p.add_argument("--trials", type=int, help="trials to run (default 10)")
+    p.add_argument("--max-time", type=float, metavar="MIN", help="minutes for the trials")
+    p.add_argument("--space", metavar="FILE", help="JSON/TOML ranges narrowing the model's space")
+    p.add_argument("--seed", type=int, help="seed of the split, the oracle and every trial")
+    p.add_argument(
+        "--final",
+        choices=FINALS,
+        help="retrain the best settings on train+val (default) or keep the best trial",
+    )
+    p.add_argument("--val-split", type=float, help="fraction for validation (default 0.1)")
+    p.add_argument("--test-split", type=float, help="fraction for test (default 0.1)")
+    p.add_argument("--precision", choices=PRECISIONS, help="numeric precision of every trial")
+    p.add_argument("--backend", choices=("tensorflow", "jax", "torch"), help="Keras backend")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+TUNE_SETTINGS = (
+    "model", "algorithm", "trials", "max_time", "space", "seed", "final", "val_split",
+    "test_split", "precision", "backend",
+)  # fmt: skip

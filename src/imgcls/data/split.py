@@ -108,7 +108,18 @@ def read_split_csv(path: str | Path, images: ImageSet) -> np.ndarray:
     path = Path(path)
     check(path.is_file(), f"split file not found: {path}")
     with open(path, newline="", encoding="utf-8") as f:
-        recorded = {row["id"]: row["split"] for row in csv.DictReader(f)}
+        reader = csv.DictReader(f)
+        check(
+            {"id", "split"} <= set(reader.fieldnames or ()),
+            f"split file {path} must have `id` and `split` columns (as a run's split.csv). "
+            f"Received: {reader.fieldnames}",
+        )
+        recorded = {row["id"]: row["split"] for row in reader}
+    odd = sorted(set(recorded.values()) - {"train", "val", "test"})
+    if odd:
+        raise ImgclsError(
+            f"split file {path}: `split` must be train, val or test. Received: {odd[0]!r}"
+        )
     splits = np.array([recorded.get(i, "") for i in images.ids], dtype="<U5")
     unknown = int((splits == "").sum())
     if unknown and unknown == len(splits):

@@ -30,6 +30,7 @@ class ModelSpec:
     recipe: dict[str, Any] = field(default_factory=dict)
     min_side: int = 8  # smallest image side in pixels the architecture accepts
     pretrained: bool = False  # takes `weights` (imagenet, none or a file)
+    space: dict[str, Any] = field(default_factory=dict)  # what `imgcls tune` searches
 
     def init_from_data(self, model: Any, images: Any, seed: int) -> None:
         """Run the family's ``init_from_data(model, train_images, seed)`` if it has one."""
@@ -47,11 +48,16 @@ def register_model(
     recipe: dict[str, Any] | None = None,
     min_side: int = 8,
     pretrained: bool = False,
+    space: dict[str, Any] | None = None,
 ) -> Callable:
-    """Decorator adding a builder ``fn(input_shape, num_classes, **kwargs) -> keras.Model``."""
+    """Decorator adding a builder ``fn(input_shape, num_classes, **kwargs) -> keras.Model``.
+
+    ``space`` is what ``imgcls tune`` searches, in the form :mod:`imgcls.tune.space` reads."""
 
     def wrap(fn: Callable) -> Callable:
-        _REGISTRY[name] = ModelSpec(name, fn, description, dict(recipe or {}), min_side, pretrained)
+        _REGISTRY[name] = ModelSpec(
+            name, fn, description, dict(recipe or {}), min_side, pretrained, dict(space or {})
+        )
         return fn
 
     return wrap

@@ -38,6 +38,14 @@ TRANSFER_RECIPE = {
     # 86 images/s in float32 and 66 in mixed_bfloat16 (bench/photos.py).
     "cpu_bf16": False,
 }
+# What `imgcls tune` searches: the head's AdamW rate and regularisation, batch and epochs.
+TRANSFER_SPACE = {
+    "lr": {"min": 1e-4, "max": 1e-2, "log": True},
+    "weight_decay": {"min": 1e-6, "max": 1e-3, "log": True},
+    "label_smoothing": {"min": 0.0, "max": 0.2},
+    "batch_size": {"values": [16, 32, 64]},
+    "epochs": {"min": 10, "max": 60},
+}
 # registry name -> (keras.applications attribute, extra constructor arguments, caffe
 # preprocessing, ImageNet weights file Keras caches in ~/.keras/models)
 BACKBONES = {
@@ -223,6 +231,7 @@ def _register(name: str, title: str) -> None:
         name,
         f"{title} backbone + new head (transfer learning)",
         recipe=TRANSFER_RECIPE,
+        space=TRANSFER_SPACE,
         min_side=32,
         pretrained=True,
     )

@@ -25,11 +25,23 @@ CLASSIC_RECIPE = {
     "min_steps_per_epoch": 10,  # smaller data sets get a smaller batch (down to 16)
 }
 
+# What `imgcls tune` searches (imgcls.tune.space): around the recipe, AdamW's usual ranges.
+CLASSIC_SPACE = {
+    "lr": {"min": 3e-4, "max": 1e-2, "log": True},
+    "weight_decay": {"min": 1e-5, "max": 1e-2, "log": True},
+    "label_smoothing": {"min": 0.0, "max": 0.2},
+    "batch_size": {"values": [32, 64, 128]},
+    "dropout": {"min": 0.0, "max": 0.4},
+    "dense_dropout": {"min": 0.0, "max": 0.6},
+    "epochs": {"min": 8, "max": 40},
+}
+
 
 @register_model(
     "classic",
     "3x3 conv blocks + BN + ReLU + max-pool + dropout, dense head",
     recipe=CLASSIC_RECIPE,
+    space=CLASSIC_SPACE,
     min_side=8,
 )
 def classic(

@@ -79,6 +79,17 @@ class RunData:
         }
 
 
+def data_facts(images: ImageSet, splits: np.ndarray, config: TrainConfig) -> DataFacts:
+    """What :meth:`TrainConfig.resolve` needs to know of the data."""
+    typical = typical_size(images)
+    return DataFacts(
+        typical_size=tuple(config.image_size or typical),
+        n_train=int((splits == "train").sum()),
+        augment=tuple(images.augment),
+        cache_size=typical if images.cache is not None else None,
+    )
+
+
 def load_run_data(
     argument: str,
     config: TrainConfig,
@@ -92,8 +103,10 @@ def load_run_data(
         The decoded data and the resolved config.
     """
     images = load_source(argument)
-    if resume:
-        splits = read_split_csv(folder.split, images)
+    if resume or config.split_file:
+        splits = read_split_csv(folder.split if resume else config.split_file, images)
+        named = np.isin(splits, SPLITS)  # a split file may leave images out (never decoded)
+        images, splits = images.subset(named), splits[named]
     else:
         splits = assign_splits(
             images.labels, config.val_split, config.test_split, config.seed, images.splits
@@ -101,14 +114,7 @@ def load_run_data(
         for name in carved_splits(images.splits, splits):
             share = config.test_split if name == "test" else config.val_split
             log(f"no {name}/ folder: a stratified {share:.0%} of train/ is the {name} split")
-    typical = typical_size(images)
-    facts = DataFacts(
-        typical_size=tuple(config.image_size or typical),
-        n_train=int((splits == "train").sum()),
-        augment=tuple(images.augment),
-        cache_size=typical if images.cache is not None else None,
-    )
-    resolved = config.resolve(facts)
+    resolved = config.resolve(data_facts(images, splits, config))
     for note in resolved.notes:
         log(note)
     config = resolved.config
