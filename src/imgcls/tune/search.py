@@ -175,7 +175,7 @@ class _Search:
         self.space = spaces.model_space(self.model, c.space)
         epochs = self.space.pop("epochs") if c.algorithm == "hyperband" else None
         self.max_epochs = int(epochs.high) if epochs else resolved.epochs  # Hyperband's most
-        self.defaults = spaces.defaults(self.model, self.space, asdict(resolved))
+        self.space, self.defaults = spaces.first_trial(self.model, self.space, asdict(resolved))
         self.record = record or {
             "kind": "imgcls-tune",
             "settings": {**asdict(c), "model": self.model},

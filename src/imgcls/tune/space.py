@@ -15,6 +15,7 @@ The first trial is always the recipe's own settings, so a search can only match 
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import math
@@ -45,12 +46,22 @@ class Param:
     log: bool = False
     integer: bool = False
     values: tuple | None = None
+    given: bool = False  # from a --space file (kept as given), not the model's registered space
 
     def describe(self) -> str:
         if self.values is not None:
             return f"{self.name} in {list(self.values)}"
         low, high = (int(self.low), int(self.high)) if self.integer else (self.low, self.high)
         return f"{self.name} in [{low}, {high}]" + (" (log)" if self.log else "")
+
+    def widened(self, value: Any) -> Param:
+        """This range grown to hold ``value``."""
+        if self.values is not None:
+            if value in self.values:
+                return self
+            return dataclasses.replace(self, values=tuple(sorted((*self.values, value))))
+        low, high = min(self.low, value), max(self.high, value)
+        return dataclasses.replace(self, low=float(low), high=float(high))
 
     def clip(self, value: Any) -> Any:
         """``value`` moved into the range (a default outside a narrowed range)."""
@@ -72,7 +83,7 @@ class Param:
             hp.Float(self.name, self.low, self.high, sampling=sampling, default=default)
 
 
-def parse_space(entries: dict[str, Any], where: str) -> dict[str, Param]:
+def parse_space(entries: dict[str, Any], where: str, given: bool = False) -> dict[str, Param]:
     """Turn ``{name: {"min", "max", "log"} | {"values"}}`` into :class:`Param` objects.
 
     Raises:
@@ -97,7 +108,7 @@ def parse_space(entries: dict[str, Any], where: str) -> dict[str, Param]:
                 f"{field}: `values` must be a non-empty list of numbers or strings without "
                 f"repeats. Received: {values!r}",
             )
-            params[name] = Param(name, values=tuple(values))
+            params[name] = Param(name, values=tuple(values), given=given)
             continue
         low, high, log = spec.get("min"), spec.get("max"), bool(spec.get("log", False))
         numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high))
@@ -105,7 +116,7 @@ def parse_space(entries: dict[str, Any], where: str) -> dict[str, Param]:
         check(low < high, f"{field}: `min` must be below `max`. Received: min={low}, max={high}")
         check(not log or low > 0, f"{field}: a log range needs `min` > 0. Received: min={low}")
         integer = isinstance(low, int) and isinstance(high, int)
-        params[name] = Param(name, float(low), float(high), log, integer)
+        params[name] = Param(name, float(low), float(high), log, integer, given=given)
     return params
 
 
@@ -132,7 +143,7 @@ def load_space_file(path: str | Path) -> tuple[dict[str, Param], bool]:
     check(isinstance(data, dict), f"`--space` file {path} must hold a table/object of parameters")
     replace = data.pop("replace", False)
     check(isinstance(replace, bool), f"`--space` file {path}: `replace` must be true or false")
-    return parse_space(data, f"`--space` file {path}"), replace
+    return parse_space(data, f"`--space` file {path}", given=True), replace
 
 
 def model_space(model: str, space_file: str | Path | None = None) -> dict[str, Param]:
@@ -190,17 +201,24 @@ def builder_defaults(model: str) -> dict[str, Any]:
     }
 
 
-def defaults(model: str, params: dict[str, Param], resolved: dict[str, Any]) -> dict[str, Any]:
-    """The first trial's values: the recipe's (as ``imgcls train`` resolves them) or the
-    builder's defaults, moved into the searched ranges."""
+def first_trial(
+    model: str, params: dict[str, Param], resolved: dict[str, Any]
+) -> tuple[dict[str, Param], dict[str, Any]]:
+    """The space and the first trial's values: the recipe's, as ``imgcls train`` resolves them
+    for this data (or the builder's defaults). A registered range grows to hold its recipe's
+    value (on a small data set ``imgcls train`` shrinks the batch, and an SGD rate with it), so
+    the first trial is exactly what ``imgcls train`` would run; a range from a ``--space`` file
+    stays as given and the value moves into it."""
     builder = builder_defaults(model)
-    out = {}
+    space, values = dict(params), {}
     for name, p in params.items():
         value = resolved.get(name) if name in SETTINGS else builder.get(name)
         if value is None or isinstance(value, list | tuple):
             value = p.values[0] if p.values is not None else p.low
-        out[name] = p.clip(value)
-    return out
+        if not p.given:
+            space[name] = p = p.widened(value)
+        values[name] = p.clip(value)
+    return space, values
 
 
 def train_flags(values: dict[str, Any]) -> list[str]:
