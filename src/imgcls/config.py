@@ -7,13 +7,12 @@ repeated, resumed or compared exactly.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imgcls.errors import ImgclsError, check
+from imgcls.errors import check
 
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 AUGMENTATIONS = ("flip", "translate", "crop", "color")
@@ -296,21 +295,9 @@ class Resolved:
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a JSON or TOML config file into a dict (keys are checked by ``from_dict``)."""
-    path = Path(path)
-    check(path.is_file(), f"`--config` file not found: {path}")
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix == ".toml":
-            import tomllib
+    from imgcls.io import read_table_file
 
-            data = tomllib.loads(text)
-        else:
-            data = json.loads(text)
-    except ValueError as e:
-        raise ImgclsError(
-            f"`--config` file {path} is not valid {path.suffix.lstrip('.') or 'JSON'}: {e}"
-        ) from None
-    check(isinstance(data, dict), f"`--config` file {path} must hold a table/object of settings")
+    data = read_table_file(path, "--config", "settings")
     return data.get("train", data)
 
 

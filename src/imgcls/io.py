@@ -97,3 +97,29 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+def read_table_file(path: str | os.PathLike, option: str, what: str) -> dict[str, Any]:
+    """The table in a JSON or TOML file (by its suffix) given as ``option`` (``--config``,
+    ``--space``), holding ``what``.
+
+    Raises:
+        ImgclsError: the file is missing, not valid JSON/TOML, or not one table/object.
+    """
+    from imgcls.errors import ImgclsError, check
+
+    path = Path(path)
+    check(path.is_file(), f"`{option}` file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        else:
+            data = json.loads(text)
+    except ValueError as e:
+        kind = path.suffix.lstrip(".").upper() or "JSON"
+        raise ImgclsError(f"`{option}` file {path} is not valid {kind}: {e}") from None
+    check(isinstance(data, dict), f"`{option}` file {path} must hold a table/object of {what}")
+    return data

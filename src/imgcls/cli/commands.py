@@ -198,8 +198,16 @@ def cmd_tune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     else:
         if not args.data or not args.out:
             parser.error("DATA and --out DIR are required (or --resume DIR)")
-        record = tune(args.data, args.out, verbose=not args.quiet, **given)
+        record = tune(
+            args.data, args.out, chief=args.chief, worker=args.worker, worker_id=args.worker_id,
+            verbose=not args.quiet, **given,
+        )  # fmt: skip
         out = Path(args.out)
+    if args.worker:
+        print(
+            f"worker {record['worker']['id']}: no more trials from {args.worker}; trials in {out}"
+        )
+        return 0
     test, best = record["test"], record["best"]
     print(
         f"best trial {best['trial']}: val_accuracy {best['val_accuracy']:.4f}; "

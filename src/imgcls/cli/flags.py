@@ -147,6 +147,13 @@ def tune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-split", type=float, help="fraction for test (default 0.1)")
     p.add_argument("--precision", choices=PRECISIONS, help="numeric precision of every trial")
     p.add_argument("--backend", choices=("tensorflow", "jax", "torch"), help="Keras backend")
+    p.add_argument(
+        "--chief", metavar="HOST:PORT", help="serve the oracle here to workers on other hosts"
+    )
+    p.add_argument(
+        "--worker", metavar="HOST:PORT", help="run trials for the chief at HOST:PORT (same DATA)"
+    )
+    p.add_argument("--worker-id", help="this worker's name (default: host name and process id)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
 
 

@@ -1,6 +1,7 @@
 """``imgcls tune``: search training settings on the validation split, test once (see
 :mod:`imgcls.tune.search`)."""
 
-from imgcls.tune.search import ALGORITHMS, FINALS, TuneSettings, tune
+from imgcls.tune.search import tune
+from imgcls.tune.settings import ALGORITHMS, FINALS, TuneSettings
 
 __all__ = ["ALGORITHMS", "FINALS", "TuneSettings", "tune"]

@@ -1,4 +1,5 @@
-"""``DIR/report.html`` of a search: one offline file (pictures are embedded PNGs, no scripts).
+"""What a search writes for people: ``DIR/trials.csv`` and ``DIR/report.html``, one offline
+file (pictures are embedded PNGs, no scripts).
 
 It shows the validation score of each trial and the best so far, the score against each
 searched parameter, the best settings beside the recipe's, and the final test score with its
@@ -14,7 +15,46 @@ import numpy as np
 
 from imgcls.evaluate.plots import to_png
 from imgcls.evaluate.report import _STYLE, _e, _img, _table
-from imgcls.io import atomic_open
+from imgcls.io import atomic_open, write_csv
+from imgcls.tune.trials import OBJECTIVE, TRIAL_FIGURES
+
+
+def write_trials_csv(search) -> None:
+    """``DIR/trials.csv``: one row per ended trial, in the order they started, from the oracle
+    (which holds every trial, also those that workers on other hosts ran)."""
+    names = list(search.space)
+    oracle = search.oracle
+    rows = []
+    for trial_id in oracle.start_order:
+        if trial_id not in oracle.end_order:
+            continue
+        trial = oracle.trials[trial_id]
+        figures = [
+            trial.metrics.get_last_value(k) if trial.metrics.exists(k) else None
+            for k in TRIAL_FIGURES
+        ]
+        values = trial.hyperparameters.values
+        rows.append([
+            int(trial_id) + 1, trial.status.lower(), _figure(trial.score),
+            *[_figure(v) for v in figures], *[values.get(n, "") for n in names],
+        ])  # fmt: skip
+    header = ["trial", "status", OBJECTIVE, *TRIAL_FIGURES, *names]
+    write_csv(search.path("trials.csv"), header, rows)
+
+
+def _figure(value) -> str:
+    if value is None:
+        return ""
+    return str(int(value)) if float(value).is_integer() else f"{value:.6g}"
+
+
+def wilson_interval(accuracy: float, n: int, z: float = 1.96) -> list[float]:
+    """95% Wilson score interval of an accuracy measured on ``n`` images."""
+    if n <= 0:
+        return [0.0, 1.0]
+    centre = (accuracy + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(accuracy * (1 - accuracy) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [round(float(centre - half), 4), round(float(centre + half), 4)]
 
 
 def write_report(search) -> None:

@@ -126,21 +126,9 @@ def load_space_file(path: str | Path) -> tuple[dict[str, Param], bool]:
     Raises:
         ImgclsError: the file is missing, unreadable, empty or contradictory.
     """
-    path = Path(path)
-    check(path.is_file(), f"`--space` file not found: {path}")
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix == ".toml":
-            import tomllib
+    from imgcls.io import read_table_file
 
-            data = tomllib.loads(text)
-        else:
-            data = json.loads(text)
-    except ValueError as e:
-        raise ImgclsError(
-            f"`--space` file {path} is not valid {path.suffix[1:] or 'JSON'}: {e}"
-        ) from None
-    check(isinstance(data, dict), f"`--space` file {path} must hold a table/object of parameters")
+    data = read_table_file(path, "--space", "parameters")
     replace = data.pop("replace", False)
     check(isinstance(replace, bool), f"`--space` file {path}: `replace` must be true or false")
     return parse_space(data, f"`--space` file {path}", given=True), replace

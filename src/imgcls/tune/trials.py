@@ -1,0 +1,119 @@
+"""What a search is made of: KerasTuner's oracle (its state written atomically) and one
+trial, an ``imgcls`` command in a subprocess that dies with the search."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from imgcls.errors import ImgclsError
+from imgcls.io import write_json
+
+OBJECTIVE = "val_accuracy"
+TRIAL_FIGURES = ("epochs_run", "seconds", "peak_rss_mb")  # reported to the oracle beside it
+SERVE_POLL_S = 0.2  # how often the chief checks whether the search has ended
+MAX_FAILED_IN_A_ROW = 3  # consecutive failed trials that end the search (KerasTuner's default)
+
+
+def make_oracle(search):
+    """The KerasTuner oracle of ``search``: new, or reloaded from ``DIR/oracle``."""
+    import keras_tuner as kt
+
+    c = search.config
+    hp = kt.HyperParameters()
+    for name, param in search.space.items():
+        param.add_to(hp, search.defaults[name])
+    common = dict(
+        objective=kt.Objective(OBJECTIVE, direction="max"),
+        hyperparameters=hp,
+        seed=c.seed,
+        allow_new_entries=False,
+        tune_new_entries=False,
+        max_consecutive_failed_trials=MAX_FAILED_IN_A_ROW,
+    )
+    if c.algorithm == "hyperband":
+        oracle = kt.oracles.HyperbandOracle(max_epochs=search.max_epochs, factor=3, **common)
+    elif c.algorithm == "random":
+        oracle = kt.oracles.RandomSearchOracle(max_trials=c.trials, **common)
+    else:
+        oracle = kt.oracles.BayesianOptimizationOracle(max_trials=c.trials, **common)
+    oracle._set_project_dir(str(search.folder), "oracle")
+    oracle._display.verbose = 0  # imgcls prints one line per trial instead
+    # KerasTuner writes its state with a plain open(): a kill mid-write leaves it unreadable
+    # (keras-tuner#835, #987). Write each file whole instead.
+    oracle.save = lambda: write_json(oracle._get_oracle_fname(), oracle.get_state())
+    oracle._save_trial = lambda trial: write_json(
+        os.path.join(oracle._get_trial_dir(trial.trial_id), "trial.json"), trial.get_state()
+    )
+    if Path(oracle._get_oracle_fname()).is_file():
+        oracle.reload()
+    return oracle
+
+
+def serve_oracle(oracle, address: str) -> None:
+    """Serve ``oracle`` at ``address`` to workers (KerasTuner's gRPC chief) until every trial
+    is proposed and ended and every worker has been told to stop.
+
+    KerasTuner's own ``start_server`` polls every 20 s and reads the address from environment
+    variables; this is the same servicer with a short poll."""
+    from concurrent import futures
+
+    import grpc
+    from keras_tuner.src import protos
+    from keras_tuner.src.distribute.oracle_chief import OracleServicer, exit_chief
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    servicer = OracleServicer(oracle)
+    protos.get_service_grpc().add_OracleServicer_to_server(servicer, server)
+    if server.add_insecure_port(address) == 0:
+        raise ImgclsError(f"`--chief` {address}: cannot listen there (in use, or not this host)")
+    server.start()
+    try:
+        while not (servicer.stop_triggered and exit_chief(oracle)):
+            time.sleep(SERVE_POLL_S)
+    finally:
+        server.stop(grace=2)
+
+
+def run_imgcls(args: list[str], log: Path) -> tuple[int, float, str]:
+    """``imgcls ARGS`` in a subprocess, its output appended to ``log``; returns its exit status,
+    its peak resident memory in MB and its last error line (or last line)."""
+    with open(log, "a", encoding="utf-8") as f:
+        f.write(f"$ imgcls {' '.join(args)}\n")
+        f.flush()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "imgcls", *args],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
+        _, status, usage = os.wait4(proc.pid, 0)  # rusage of this child alone
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    lines = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+    errors = [x for x in lines if x.startswith("imgcls: error") or "Error" in x]
+    message = (errors or lines or ["no output"])[-1][:300]
+    return proc.returncode, round(usage.ru_maxrss / 1024, 1), message
+
+
+def _die_with_parent() -> None:
+    """In the child: ask Linux to SIGKILL it when the search process dies (also by SIGKILL),
+    so a killed search never leaves a trial training on into a folder a resume will reuse."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def now() -> str:
+    """The time, as tune.json records it."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
