@@ -113,10 +113,15 @@ def _poisoned_model(input_shape, num_classes, after_steps: int = 4):
     return keras.Model(inputs, layers.Softmax(dtype="float32")(x))
 
 
-def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(data, tmp_path):
-    from imgcls.models import register_model
+def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(
+    data, tmp_path, monkeypatch
+):
+    import imgcls.models as models
 
-    register_model("poisoned", "test only: NaN after 4 steps")(_poisoned_model)
+    # registered for this test alone: other tests in this process list every model
+    models._load_families()
+    monkeypatch.setattr(models, "_REGISTRY", dict(models._REGISTRY))
+    models.register_model("poisoned", "test only: NaN after 4 steps")(_poisoned_model)
     run = tmp_path / "r"
     with pytest.raises(ImgclsError, match=r"loss became NaN at epoch 2, step \d.*--lr"):
         imgcls.train(str(data), out=run, model="poisoned", epochs=3, batch_size=8, verbose=False)
