@@ -90,6 +90,7 @@ def test_a_search_ends_with_a_best_run_that_evaluate_takes(search, tmp_path):
     assert lo < record["test"]["accuracy"] < hi
 
 
+@pytest.mark.slow  # make test-slow: ~2 min of subprocesses
 def test_a_search_killed_mid_trial_resumes_to_the_same_result(search, space_file, tmp_path):
     out = tmp_path / "killed"
     proc = subprocess.Popen(_tune_cmd(out, space_file), stderr=subprocess.DEVNULL)

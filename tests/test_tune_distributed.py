@@ -21,6 +21,7 @@ def space_file(tmp_path):
     return path
 
 
+@pytest.mark.slow  # make test-slow: ~2 min of subprocesses
 def test_a_chief_and_two_workers_on_loopback_run_one_search(space_file, tmp_path):
     """KerasTuner's chief/worker mode: workers pull trials from the chief's oracle over gRPC."""
     with socket.socket() as s:  # a free loopback port

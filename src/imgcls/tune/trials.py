@@ -3,10 +3,8 @@ trial, an ``imgcls`` command in a subprocess that dies with the search."""
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -90,10 +88,9 @@ def run_imgcls(args: list[str], log: Path) -> tuple[int, float, str]:
         f.write(f"$ imgcls {' '.join(args)}\n")
         f.flush()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "imgcls", *args],
+            [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *args],
             stdout=f,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
         _, status, usage = os.wait4(proc.pid, 0)  # rusage of this child alone
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -103,11 +100,19 @@ def run_imgcls(args: list[str], log: Path) -> tuple[int, float, str]:
     return proc.returncode, round(usage.ru_maxrss / 1024, 1), message
 
 
-def _die_with_parent() -> None:
-    """In the child: ask Linux to SIGKILL it when the search process dies (also by SIGKILL),
-    so a killed search never leaves a trial training on into a folder a resume will reuse."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+# Runs `python -m imgcls ARGS` after asking Linux to SIGKILL it when the search process dies
+# (also by SIGKILL), so a killed search never leaves a trial training on into a folder that a
+# resume will reuse. Done in the child's own first lines, not with Popen's preexec_fn: forking a
+# worker that holds a gRPC channel through Python code crashed the child ("epoll_wait error:
+# Bad file descriptor"); without preexec_fn the child is spawned without running Python code.
+_DIE_WITH_PARENT = (
+    "import ctypes, os, runpy, signal, sys\n"
+    "if sys.platform == 'linux':\n"
+    "    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG\n"
+    "    if os.getppid() != int(sys.argv[1]): sys.exit(137)  # the search died first\n"
+    "sys.argv = ['imgcls', *sys.argv[2:]]\n"
+    "runpy.run_module('imgcls', run_name='__main__', alter_sys=True)\n"
+)
 
 
 def read_json(path: Path) -> Any:
