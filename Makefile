@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(VENV)/bin/imgcls predict runs/demo runs/demo/samples --top-k 3
 
 # Two pytest workers, one test file each at a time: most tests wait on subprocesses and imports,
-# so two cores run the suite in ~6 minutes instead of ~10 (docs/BENCHMARKS.md).
+# so two cores run the suite in ~7 minutes (docs/BENCHMARKS.md).
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow" tests
 	@command -v chromium >/dev/null 2>&1 || echo "make test: the browser test was skipped: no chromium here (apt-get install chromium; .ci/run does)"
