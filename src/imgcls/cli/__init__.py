@@ -23,7 +23,10 @@ os.environ.setdefault(
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imgcls",
-        description="Image classification with Keras: prepare data, train, evaluate and predict.",
+        description=(
+            "Image classification with Keras: prepare data, train, tune, evaluate, predict, "
+            "export and serve."
+        ),
     )
     parser.add_argument("--version", action="version", version=f"imgcls {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

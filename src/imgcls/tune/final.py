@@ -69,13 +69,12 @@ def make_best(search, trial_id: str, info: dict, target: Path) -> None:
 
 def evaluate_test(search, run: Path) -> None:
     """The one read of the test split: ``imgcls evaluate best DATA`` with its default split."""
-    from imgcls.data.split import write_split_csv
+    from imgcls.data.split import read_split_csv, write_split_csv
 
-    named = read_split_rows(run / "split.csv")  # what best/ trained and validated on
+    named = read_split_csv(run / "split.csv", search.images)  # what best/ trained on ("" not)
     test = search.splits == "test"
-    ids = np.array(search.images.ids)
-    keep = test | np.isin(ids, list(named))
-    rows = np.where(test, "test", [named.get(i, "") for i in ids])
+    keep = test | (named != "")
+    rows = np.where(test, "test", named)
     write_split_csv(run / "split.csv", search.images.subset(keep), rows[keep])
     search.record["test"] = {"reads": search.record["test"].get("reads", 0) + 1, "at": now()}
     search.save_record()
@@ -93,11 +92,3 @@ def evaluate_test(search, run: Path) -> None:
         metrics=str(out / "metrics.json"),
     )
     search.save_record()
-
-
-def read_split_rows(path: Path) -> dict[str, str]:
-    """``{id: split}`` of a split.csv."""
-    import csv
-
-    with open(path, newline="", encoding="utf-8") as f:
-        return {row["id"]: row["split"] for row in csv.DictReader(f)}
