@@ -1,9 +1,11 @@
-"""Inference speed of a bundle: Keras (TensorFlow) vs ONNX Runtime, same images, one run.
+"""Inference speed of a bundle: Keras (TensorFlow) in float32 and in bfloat16 vs ONNX Runtime,
+same images, one run.
 
 For `fast` and `classic` at 32x32 (10 classes), without and with the bundle's test-time
 augmentation baked into the graph: images/s at batch 256 and the latency of one image (batch
 1), median of ``--repeats`` timed calls after a warm-up. The models are trained for one epoch
-on random images: speed does not depend on the weights.
+on random images: speed does not depend on the weights (what bfloat16 does to the answers of
+a trained model: bench/engine_accuracy.py).
 
     python bench/engines.py
 """
@@ -48,18 +50,16 @@ def make_run(model: str, base: Path) -> Path:
 
 
 def measure(run: Path, tta: str, repeats: int) -> list[dict]:
-    from imgcls.engine import KerasEngine, OnnxEngine
-    from imgcls.export import cached_onnx
+    from imgcls.engine import ENGINES, KerasEngine
     from imgcls.predict import Predictor
 
-    predictor = Predictor(run)
     x256 = np.random.default_rng(0).integers(0, 256, (256, 32, 32, 3)).astype(np.float32)
     x1 = x256[:1]
-    keras_runner = predictor.runner(tta)
-    onnx_runner = OnnxEngine(cached_onnx(run, tta, predictor.temperature))
+    runners = {name: Predictor(run, engine=name).runner(tta) for name in ENGINES}
+    keras_runner = runners["keras"]
     model = keras_runner.model
     rows = []
-    for name, engine in (("keras", keras_runner), ("onnx", onnx_runner)):
+    for name, engine in runners.items():
         big = timed_median(lambda e=engine: e(x256), repeats)
         one = timed_median(lambda e=engine: e(x1), repeats * 4)
         rows.append({"engine": name, "images_per_s_b256": 256 / big, "latency_ms_b1": one * 1000})
@@ -86,7 +86,7 @@ def main() -> None:
     finally:
         shutil.rmtree(base, ignore_errors=True)
     print(
-        f"\n{'model':<8} {'tta':<15} {'engine':<6} {'img/s b256':>11} {'ms b1':>7} {'vs keras':>9}"
+        f"\n{'model':<8} {'tta':<15} {'engine':<10} {'img/s b256':>11} {'ms b1':>7} {'vs keras':>9}"
     )
     for r in results:
         base_row = next(
@@ -95,7 +95,7 @@ def main() -> None:
             if x["model"] == r["model"] and x["tta"] == r["tta"] and x["engine"] == "keras"
         )
         ratio = r["images_per_s_b256"] / base_row["images_per_s_b256"]
-        print(f"{r['model']:<8} {r['tta']:<15} {r['engine']:<6} {r['images_per_s_b256']:>11,.0f} "
+        print(f"{r['model']:<8} {r['tta']:<15} {r['engine']:<10} {r['images_per_s_b256']:>11,.0f} "
               f"{r['latency_ms_b1']:>7.2f} {ratio:>8.2f}x")  # fmt: skip
     record = {
         "machine": f"{platform.machine()} {os.cpu_count()} cores",

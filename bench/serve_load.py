@@ -84,7 +84,7 @@ def load(url: str, clients: int, seconds: float) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--engine", default="onnx", choices=["keras", "onnx"])
+    p.add_argument("--engine", default="onnx", choices=["keras", "keras-bf16", "onnx"])
     p.add_argument("--seconds", type=float, default=10.0)
     a = p.parse_args()
     sys.path.insert(0, str(ROOT / "tests"))

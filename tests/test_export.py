@@ -93,6 +93,24 @@ def test_onnx_engine_and_the_batch_dimension(runs, images):
     assert list((runs["fast"] / "onnx").glob("*.onnx"))  # cached in the run folder
 
 
+def test_bf16_engine_stays_close_to_float32(runs, images, capsys):
+    """keras-bf16 runs the classifier in bfloat16 (the speed of AMX CPUs), the views, average
+    and temperature in float32; its answers stay within bfloat16 rounding of keras."""
+    from imgcls.cli import main
+
+    keras_probs = imgcls.load(runs["fast"]).predict_proba(images)
+    half = imgcls.load(runs["fast"], engine="keras-bf16")
+    classifier = half.runner().model.get_layer("classifier")
+    assert classifier.get_layer("block2_conv1").dtype_policy.name == "mixed_bfloat16"
+    probs = half.predict_proba(images)
+    assert np.abs(probs - keras_probs).max() <= 0.05
+    assert (probs.argmax(1) == keras_probs.argmax(1)).mean() >= 0.9
+    assert main(["predict", str(runs["fast"]), images[0], "--engine", "keras-bf16",
+                 "--format", "json"]) == 0  # fmt: skip
+    answer = json.loads(capsys.readouterr().out)[0]
+    assert answer["label"] == half.classes_[int(probs[0].argmax())]
+
+
 def test_export_bad_input(runs, tmp_path):
     from imgcls.cli import main
 

@@ -76,6 +76,34 @@ def test_every_model_predicts_the_same_in_a_fresh_interpreter(saved):
         np.testing.assert_allclose(got, saved["probs"][name], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_has_a_bfloat16_copy(name, saved):
+    """The keras-bf16 engine's copy: every layer but the output computes in bfloat16, the
+    answers stay close, and converting back to float32 gives the original numbers exactly."""
+    import keras
+
+    from imgcls.bundle import all_layers, classifier_of, inference_model, policy_copy
+
+    graph = keras.saving.load_model(saved["folder"] / f"{name}.keras", compile=False)
+    classifier = classifier_of(graph)
+    half = policy_copy(classifier, "mixed_bfloat16")
+    output = half.outputs[0]._keras_history.operation
+    assert output.dtype_policy.name == "float32"
+    policies = {
+        layer.dtype_policy.name
+        for layer in all_layers(half)
+        if layer is not output
+        and not isinstance(layer, (keras.layers.InputLayer, keras.Model))  # no math of their own
+    }
+    assert "mixed_bfloat16" in policies and "float32" not in policies
+    x = saved["inputs"][name]
+    probs = np.asarray(inference_model(half, "flip").predict_on_batch(x))
+    assert probs.dtype == np.float32
+    np.testing.assert_allclose(probs, saved["probs"][name], atol=0.05)
+    back = inference_model(policy_copy(half, "float32"), "flip")
+    np.testing.assert_array_equal(back.predict_on_batch(x), graph.predict_on_batch(x))
+
+
 def test_registry_lists_models():
     assert {"classic", "fast", "mobilenetv3small", "efficientnetb0", "resnet50"} <= set(
         imgcls.list_models()

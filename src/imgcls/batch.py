@@ -49,7 +49,7 @@ def predict_to_parquet(
         ray: ``None`` for local processes, ``"local"`` to start a Ray on this machine, or the
             address of a Ray cluster (``ray://host:10001``, ``auto``).
         workers: processes or Ray actors (default: the CPU count; one model each).
-        engine: ``keras`` or ``onnx``.
+        engine: ``keras``, ``keras-bf16`` or ``onnx`` (see :mod:`imgcls.engine`).
         part_images: images per part.
 
     Returns:

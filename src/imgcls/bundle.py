@@ -214,22 +214,47 @@ def classifier_of(model):
 def float32_copy(model):
     """``model`` rebuilt with every layer computing in float32 (a mixed-precision model's
     variables are float32 already, so the weights carry over exactly)."""
-
-    def to_float32(node):
-        if isinstance(node, dict):
-            return {
-                k: "float32" if k == "dtype" and _is_mixed(v) else to_float32(v)
-                for k, v in node.items()
-            }
-        return [to_float32(v) for v in node] if isinstance(node, list) else node
-
     if not any(_is_mixed(layer.dtype_policy.name) for layer in all_layers(model)):
         return model
+    return policy_copy(model, "float32")
+
+
+def policy_copy(model, policy: str):
+    """``model`` rebuilt with its floating-point layers computing under the Keras dtype
+    ``policy`` (``float32``, ``mixed_bfloat16`` or ``mixed_float16``), same weights.
+
+    Variables stay float32 under every policy, so the weights carry over exactly. Towards a
+    mixed policy the model's output layers stay float32, as Keras' mixed-precision guide asks,
+    so probabilities are not rounded to 8 bits of mantissa; only the layers before compute in
+    the lower precision.
+    """
     import imgcls.models.layers  # noqa: F401 - custom layers must be registered to rebuild
 
-    copy = model.__class__.from_config(to_float32(model.get_config()))
+    config = model.get_config()
+    outputs = config.get("output_layers") or []
+    if outputs and isinstance(outputs[0], str):  # one output: ["name", 0, 0]
+        outputs = [outputs]
+    keep = {entry[0] for entry in outputs} if policy.startswith("mixed_") else set()
+
+    def convert(node):
+        if isinstance(node, list):
+            return [convert(v) for v in node]
+        if not isinstance(node, dict):
+            return node
+        if node.get("class_name") == "DTypePolicy" and _is_float(node["config"].get("name")):
+            return {**node, "config": {**node["config"], "name": policy}}
+        return {k: convert(v) for k, v in node.items()}
+
+    config["layers"] = [
+        layer if layer.get("name") in keep else convert(layer) for layer in config["layers"]
+    ]
+    copy = model.__class__.from_config(config)
     copy.set_weights(model.get_weights())
     return copy
+
+
+def _is_float(name: Any) -> bool:
+    return isinstance(name, str) and (name in ("float32", "float16", "bfloat16") or _is_mixed(name))
 
 
 def _is_mixed(value: Any) -> bool:

@@ -56,7 +56,7 @@ def evaluate(
         tta: test-time augmentation (``"none"``, ``"flip"``, ``"flip_translate"``; ``True`` is
             ``"flip"``); ``None`` uses the run's own, as recorded in ``bundle.json``.
         report: also write ``report.html`` (when ``out`` is given).
-        engine: ``"keras"`` or ``"onnx"`` (see :class:`~imgcls.predict.Predictor`).
+        engine: ``"keras"``, ``"keras-bf16"`` or ``"onnx"`` (see :mod:`imgcls.engine`).
 
     Returns:
         The content of ``metrics.json``.
