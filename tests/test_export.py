@@ -117,3 +117,9 @@ def test_export_bad_input(runs, tmp_path):
     assert main(["export", str(tmp_path / "nope"), "--format", "onnx", "--out", str(tmp_path)]) == 2
     with pytest.raises(imgcls.ImgclsError, match="`format` must be one of"):
         imgcls.export(runs["classic"], "coreml", tmp_path)
+
+
+def test_bf16_engine_warns_where_bfloat16_is_emulated(runs, monkeypatch):
+    monkeypatch.setattr("imgcls.backend.native_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="emulated, slower than engine keras"):
+        imgcls.load(runs["classic"], engine="keras-bf16").runner()

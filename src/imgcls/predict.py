@@ -8,6 +8,7 @@ test-time augmentation or temperature builds that variant of the same graph.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,6 +124,7 @@ class Predictor:
 
                 self._runners[key] = OnnxEngine(cached_onnx(self.run_dir, *key))
             elif self.engine == "keras-bf16":
+                _warn_if_emulated()
                 classifier = policy_copy(self.classifier, BF16_POLICY)
                 self._runners[key] = KerasEngine(inference_model(classifier, *key))
             elif key == (self.tta, self.temperature):
@@ -208,6 +210,18 @@ def resolve_tta(tta: str | bool | None, default: str = "none") -> str:
 def load(run_dir: str | Path, engine: str = "keras") -> Predictor:
     """Load a training run for prediction: ``imgcls.load("runs/x").predict(paths)``."""
     return Predictor(run_dir, engine=engine)
+
+
+def _warn_if_emulated() -> None:
+    from imgcls.backend import native_bf16
+
+    if not native_bf16():
+        warnings.warn(
+            "engine keras-bf16: this machine has no bfloat16 arithmetic for this backend (a CPU "
+            "with AMX or avx512_bf16 under TensorFlow or PyTorch, or a GPU of compute "
+            "capability 8.0+); it is emulated, slower than engine keras",
+            stacklevel=3,
+        )
 
 
 def _as_list(inputs: Any) -> list:

@@ -2,26 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-
-CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-GPU_BF16_MIN_CAPABILITY = (8, 0)  # Ampere and newer compute bfloat16 natively
-
-
-def cpu_has_bf16() -> bool:
-    """True when /proc/cpuinfo lists an instruction set with native bfloat16 math."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.split(":", 1)[1].split())
-            break
-    return any(f in flags for f in CPU_BF16_FLAGS)
 
 
 def resolve_precision(precision: str, cpu_bf16: bool = True) -> str:
@@ -34,14 +15,11 @@ def resolve_precision(precision: str, cpu_bf16: bool = True) -> str:
     """
     if precision != "auto":
         return precision
-    from imgcls.backend import gpu_capability, name
+    from imgcls.backend import gpu_capability, native_bf16
 
-    capability = gpu_capability()
-    if capability is not None:
-        return "mixed_bfloat16" if capability >= GPU_BF16_MIN_CAPABILITY else "mixed_float16"
-    if name() == "jax":  # XLA on a CPU emulates bfloat16: 100 images/s vs 371 on TensorFlow
-        return "float32"
-    return "mixed_bfloat16" if cpu_bf16 and cpu_has_bf16() else "float32"
+    if gpu_capability() is not None:
+        return "mixed_bfloat16" if native_bf16() else "mixed_float16"
+    return "mixed_bfloat16" if cpu_bf16 and native_bf16() else "float32"
 
 
 RECALIBRATION_IMAGES = 8192  # training images whose float32 statistics replace BatchNorm's
