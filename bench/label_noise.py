@@ -85,6 +85,7 @@ def main() -> int:
         print(f"skipped: {CIFAR} not found")
         return 0
     from imgcls.data.prepare import prepare
+    from imgcls.predict import RunProbabilities
 
     rng = np.random.default_rng(args.seed)
     classes = sorted(d.name for d in CIFAR.iterdir() if d.is_dir())
@@ -114,7 +115,7 @@ def main() -> int:
             image_size=(32, 32),
             label_issues=True,
             seed=args.seed,
-            from_run=args.from_run,
+            probabilities=RunProbabilities(args.from_run) if args.from_run else None,
         )
         seconds = time.perf_counter() - t0
         scan_seconds = result.report["seconds"]

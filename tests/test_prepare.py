@@ -252,22 +252,31 @@ def test_bad_arguments(image_folder, tmp_path):
         prepare("digits", tmp_path / "o")
 
 
-def test_label_issues_flags_flipped_labels(tmp_path):
+FLIPPED = {3: "square", 45: "bar", 90: "stripe"}  # image index -> its wrong label
+
+
+def noisy_manifest(tmp_path) -> list[tuple[str, str]]:
+    """40 32x32 images of each of 3 classes under tmp_path/img, and tmp_path/noisy.csv listing
+    them with the labels of :data:`FLIPPED` wrong; returns the true (path, class) rows."""
     rng = np.random.default_rng(0)
-    classes = ("stripe", "square", "bar")
     rows = []
-    for k, name in enumerate(classes):
+    for k, name in enumerate(("stripe", "square", "bar")):
         (tmp_path / "img" / name).mkdir(parents=True)
         for i in range(40):
             Image.fromarray(make_image(k, rng, size=32)).save(
                 tmp_path / "img" / name / f"{i:02d}.png"
             )
             rows.append((f"img/{name}/{i:02d}.png", name))
-    flipped = {3: "square", 45: "bar", 90: "stripe"}
     (tmp_path / "noisy.csv").write_text(
         "path,label\n"
-        + "".join(f"{p},{flipped.get(i, label)}\n" for i, (p, label) in enumerate(rows))
+        + "".join(f"{p},{FLIPPED.get(i, label)}\n" for i, (p, label) in enumerate(rows))
     )
+    return rows
+
+
+def test_label_issues_flags_flipped_labels(tmp_path):
+    rows = noisy_manifest(tmp_path)
+    flipped = FLIPPED
     report = prepare(
         tmp_path / "noisy.csv", tmp_path / "out", image_size=(32, 32), label_issues=True
     ).report
@@ -275,6 +284,29 @@ def test_label_issues_flags_flipped_labels(tmp_path):
     assert {r["path"] for r in found[:3]} == {rows[i][0] for i in flipped}
     assert found[0]["suggested"] != found[0]["given"]
     assert "label_issue" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_label_issues_from_a_trained_run(tmp_path, capsys):
+    """--from-run: a model trained on the true labels ranks the three flipped images first."""
+    import imgcls
+    from imgcls.cli import main
+
+    rows = noisy_manifest(tmp_path)
+    run = tmp_path / "run"
+    imgcls.train(str(tmp_path / "img"), out=run, model="classic", epochs=12, batch_size=16,
+                 image_size=(32, 32), precision="float32", verbose=False,
+                 model_args={"filters": (8, 16), "dense_units": 16})  # fmt: skip
+    out = tmp_path / "out"
+    args = ["prepare", str(tmp_path / "noisy.csv"), "--out", str(out), "--label-issues", "--quiet"]
+    assert main([*args, "--from-run", str(run)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    found = [r for r in report["issues"] if r["kind"] == "label_issue"]
+    assert {r["path"] for r in found[:3]} == {rows[i][0] for i in FLIPPED}
+    assert f"by run {run}" in found[0]["detail"]
+    capsys.readouterr()
+    assert main([*args, "--from-run", str(tmp_path / "img")]) == 2  # a folder, not a run
+    err = capsys.readouterr().err
+    assert "has no bundle.json" in err and len(err.strip().splitlines()) == 1
 
 
 def test_train_reads_the_prepared_folder(prepared, tmp_path):

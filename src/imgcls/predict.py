@@ -212,6 +212,44 @@ def load(run_dir: str | Path, engine: str = "keras") -> Predictor:
     return Predictor(run_dir, engine=engine)
 
 
+@dataclass(frozen=True)
+class RunProbabilities:
+    """A run's class probabilities for decoded pixels, over class names it is given (matched by
+    name, renormalised): what ``imgcls prepare --label-issues --from-run RUN`` ranks with.
+
+    Example:
+        >>> probs = RunProbabilities("runs/x")(pixels, ["cat", "dog"])   # doctest: +SKIP
+    """
+
+    run: str | Path
+    batch: int = 1024
+
+    def __post_init__(self) -> None:
+        read_meta(self.run)  # fails now, in one line, if RUN is not a run
+
+    def __str__(self) -> str:
+        return f"run {self.run}"
+
+    def __call__(self, pixels: np.ndarray, class_names: list[str]) -> np.ndarray:
+        from imgcls.data.decode import resize_array
+
+        predictor = Predictor(self.run)
+        missing = sorted(set(class_names) - set(predictor.classes_))
+        check(
+            not missing,
+            f"--from-run {self.run} does not know class(es) {', '.join(missing)}; "
+            f"its classes are {', '.join(predictor.classes_)}",
+        )
+        columns = [predictor.classes_.index(name) for name in class_names]
+        probs = np.zeros((len(pixels), len(class_names)))
+        for start in range(0, len(pixels), self.batch):
+            batch = np.asarray(pixels[start : start + self.batch])
+            if batch.shape[1:3] != predictor.image_size:
+                batch = resize_array(batch, predictor.image_size)
+            probs[start : start + len(batch)] = predictor.predict_pixels(batch)[:, columns]
+        return probs / probs.sum(axis=1, keepdims=True)
+
+
 def _warn_if_emulated() -> None:
     from imgcls.backend import native_bf16
 

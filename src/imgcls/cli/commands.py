@@ -128,10 +128,13 @@ def cmd_prepare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         parser.error(
             "--from-run RUN gives the probabilities for --label-issues; add --label-issues"
         )
+    probabilities = None
     if args.from_run:
         from imgcls import backend
+        from imgcls.predict import RunProbabilities
 
         backend.import_keras_quietly()
+        probabilities = RunProbabilities(args.from_run)
     result = prepare(
         args.data,
         out=args.out,
@@ -141,7 +144,7 @@ def cmd_prepare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         test_split=args.test_split,
         seed=args.seed,
         label_issues=args.label_issues,
-        from_run=args.from_run,
+        probabilities=probabilities,
         verbose=not args.quiet,
     )
     report = result.report

@@ -1,7 +1,8 @@
 """Suspected label errors: out-of-sample class probabilities ranked by cleanlab.
 
-Probabilities come either from a trained run (``from_run``: its model never saw these labels
-only if it was trained on other data; otherwise they are optimistic) or from k-fold
+Probabilities come either from the caller (``probabilities``, e.g.
+:class:`imgcls.predict.RunProbabilities` for ``--from-run``: a trained model never saw these
+labels only if it was trained on other data; otherwise they are optimistic) or from k-fold
 cross-validation of a quick model: single-layer k-means patch features (Coates & Ng, 2011)
 and a logistic regression, all in NumPy and scikit-learn. ``cleanlab.filter.find_label_issues``
 then flags images whose given label the probabilities disagree with, most suspicious first.
@@ -10,10 +11,11 @@ then flags images whose given label the probabilities disagree with, most suspic
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import numpy as np
 
-from imgcls.errors import ImgclsError, check
+from imgcls.errors import check
 
 FOLDS = 5  # cross-validation folds: each image is scored by a model that never saw it
 FEATURE_SIDE = 32  # pixels: images are resized to this square before feature extraction
@@ -21,6 +23,9 @@ PATCH = 6  # pixels: side of the k-means patches
 CENTROIDS = 256  # k-means patch centroids; features = 4 quadrants x centroids
 PATCH_SAMPLES = 50_000  # random patches used to fit whitening and k-means
 KMEANS_ITERATIONS = 10  # Lloyd iterations: the features barely change after a few
+# (uint8 pixels (N, H, W, 3), class names) -> probabilities (N, len(class names)); its str()
+# names it in the report ("run runs/x").
+Probabilities = Callable[[np.ndarray, list[str]], np.ndarray]
 ENCODE_BATCH = 64  # images encoded at once (bounds memory: batch x 729 patches x centroids floats)
 LOGREG_C = 0.01  # inverse L2 strength of the logistic regression on standardised features
 
@@ -31,7 +36,7 @@ def find_label_issues(
     class_names: list[str],
     ids: list[str],
     seed: int = 0,
-    from_run: str | os.PathLike | None = None,
+    probabilities: Probabilities | None = None,
 ) -> list[dict]:
     """Rank images whose given label looks wrong.
 
@@ -41,7 +46,7 @@ def find_label_issues(
         class_names: the names ``labels`` index into.
         ids: the image ids reported as ``path``.
         seed: seeds the folds and the feature model.
-        from_run: a training run to take the probabilities from instead of cross-validation.
+        probabilities: gives the class probabilities of the pixels instead of cross-validation.
 
     Returns:
         ``{"path", "kind": "label_issue", "detail", "given", "suggested", "given_probability",
@@ -51,8 +56,13 @@ def find_label_issues(
 
     pixels = np.load(cache, mmap_mode="r")
     labels = np.asarray(labels, dtype=np.int64)
-    if from_run is not None:
-        probs = run_probabilities(from_run, pixels, class_names)
+    if probabilities is not None:
+        probs = np.asarray(probabilities(pixels, class_names), dtype=np.float64)
+        check(
+            probs.shape == (len(labels), len(class_names)),
+            f"{probabilities} gave probabilities of shape {probs.shape}; "
+            f"expected {(len(labels), len(class_names))}",
+        )
     else:
         probs = cross_val_probabilities(pixels, labels, len(class_names), seed=seed)
     # low_self_confidence flags cleanlab's estimated number of issues, least confident first.
@@ -61,7 +71,7 @@ def find_label_issues(
     ranked = cleanlab_find(
         labels, probs, filter_by="low_self_confidence", return_indices_ranked_by="self_confidence"
     )
-    source = f"run {from_run}" if from_run is not None else f"{FOLDS}-fold cross-validation"
+    source = str(probabilities) if probabilities is not None else f"{FOLDS}-fold cross-validation"
     rows = []
     for i in ranked:
         given, suggested = int(labels[i]), int(np.argmax(probs[i]))
@@ -182,27 +192,3 @@ def _encode(
     hh, hw = h // 2, w // 2
     quads = [act[:, :hh, :hw], act[:, :hh, hw:], act[:, hh:, :hw], act[:, hh:, hw:]]
     return np.concatenate([q.sum(axis=(1, 2)) for q in quads], axis=1)
-
-
-def run_probabilities(
-    run: str | os.PathLike, pixels: np.ndarray, class_names: list[str]
-) -> np.ndarray:
-    """Probabilities over ``class_names`` from a training run's model (classes matched by name)."""
-    from imgcls.data.decode import resize_array
-    from imgcls.predict import Predictor
-
-    predictor = Predictor(run)
-    missing = sorted(set(class_names) - set(predictor.classes_))
-    if missing:
-        raise ImgclsError(
-            f"--from-run {run} does not know class(es) {', '.join(missing)}; "
-            f"its classes are {', '.join(predictor.classes_)}"
-        )
-    columns = [predictor.classes_.index(name) for name in class_names]
-    probs = np.zeros((len(pixels), len(class_names)))
-    for start in range(0, len(pixels), 1024):
-        batch = np.asarray(pixels[start : start + 1024])
-        if batch.shape[1:3] != predictor.image_size:
-            batch = resize_array(batch, predictor.image_size)
-        probs[start : start + len(batch)] = predictor.predict_pixels(batch)[:, columns]
-    return probs / probs.sum(axis=1, keepdims=True)

@@ -25,6 +25,7 @@ import numpy as np
 
 from imgcls.config import check_splits
 from imgcls.data.hashing import DisjointSets, near_pairs
+from imgcls.data.labels import Probabilities
 from imgcls.data.scan import UNUSABLE_KINDS, ScanResult, scan_files
 from imgcls.data.sizes import default_cache_size
 from imgcls.data.sources import SPLIT_NAMES, ImageSet, load_source
@@ -73,7 +74,7 @@ def prepare(
     test_split: float = 0.1,
     seed: int = 0,
     label_issues: bool = False,
-    from_run: str | os.PathLike | None = None,
+    probabilities: Probabilities | None = None,
     workers: int | None = None,
     verbose: bool = False,
 ) -> PrepareResult:
@@ -89,8 +90,9 @@ def prepare(
         test_split: fraction of each class for test (unless DATA has its own split).
         seed: seeds the split (and the label-issue folds).
         label_issues: rank suspected mislabelled images with cleanlab.
-        from_run: a training run whose model gives the class probabilities for ``label_issues``
-            (default: k-fold cross-validation of a quick model).
+        probabilities: gives the class probabilities for ``label_issues``, e.g.
+            ``imgcls.predict.RunProbabilities(run)`` (default: k-fold cross-validation of a
+            quick model).
         workers: scanning processes; default: every core.
         verbose: print progress to stderr.
 
@@ -115,11 +117,6 @@ def prepare(
         check(
             len(image_size) == 2 and all(int(s) > 0 for s in image_size),
             f"`image_size` must be two positive integers (H W). Received: image_size={image_size}",
-        )
-    if from_run is not None:
-        check(
-            Path(from_run, "bundle.json").is_file(),
-            f"--from-run {from_run} is not a run folder (no bundle.json)",
         )
     t0 = time.perf_counter()
     log = (lambda m: print(m, file=sys.stderr, flush=True)) if verbose else (lambda m: None)
@@ -169,7 +166,7 @@ def prepare(
 
             log(
                 "finding label issues"
-                + (f" with run {from_run}" if from_run else " by cross-validation")
+                + (f" with {probabilities}" if probabilities else " by cross-validation")
             )
             found = find_label_issues(
                 cache,
@@ -177,7 +174,7 @@ def prepare(
                 images.class_names,
                 [images.ids[i] for i in plan["keep"]],
                 seed=seed,
-                from_run=from_run,
+                probabilities=probabilities,
             )
             report["issues"] += found
             report["issue_counts"]["label_issue"] = len(found)
