@@ -27,9 +27,9 @@ N_IMAGES = 45_000
 
 
 def time_pipeline(x, y, batch: int, steps: int) -> float:
-    from imgcls.data.pipeline import train_dataset
+    from imgcls.data.pipeline import EpochPlan, train_dataset
 
-    ds = train_dataset(x, y, batch, seed=0, epoch=0, augment=("flip", "translate"), num_classes=10)
+    ds = train_dataset(x, y, EpochPlan(batch, 0, 0, ("flip", "translate")), num_classes=10)
     it = iter(ds)
     next(it)  # start-up excluded
     t0 = time.perf_counter()
@@ -41,7 +41,7 @@ def time_pipeline(x, y, batch: int, steps: int) -> float:
 def time_training(model_name: str, x, y, batch: int, steps: int) -> float:
     import keras
 
-    from imgcls.data.pipeline import train_dataset
+    from imgcls.data.pipeline import EpochPlan, train_dataset
     from imgcls.models import create_model, get_spec
     from imgcls.train.precision import resolve_precision
 
@@ -51,7 +51,7 @@ def time_training(model_name: str, x, y, batch: int, steps: int) -> float:
     model.compile(
         optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss="categorical_crossentropy"
     )
-    ds = train_dataset(x, y, batch, seed=0, epoch=0, augment=("flip", "translate"), num_classes=10)
+    ds = train_dataset(x, y, EpochPlan(batch, 0, 0, ("flip", "translate")), num_classes=10)
     model.fit(ds.take(3), verbose=0)  # compile and warm up
     t0 = time.perf_counter()
     model.fit(ds.skip(3).take(steps), verbose=0)

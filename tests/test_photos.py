@@ -112,18 +112,18 @@ def test_photo_augmentation_is_seeded_and_exact_without_randomness():
 
 
 def test_photo_batches_are_a_function_of_seed_epoch_and_step():
-    from imgcls.data.pipeline import train_dataset
+    from imgcls.data.pipeline import EpochPlan, train_dataset
 
     rng = np.random.default_rng(1)
     x = rng.integers(0, 256, (24, 48, 48, 3)).astype(np.uint8)
     y = rng.integers(0, 2, 24).astype(np.int32)
     augment = ("flip", "crop", "color")
-    whole = [b[0].numpy() for b in train_dataset(x, y, 8, 5, 2, augment)]
-    resumed = [b[0].numpy() for b in train_dataset(x, y, 8, 5, 2, augment, skip_steps=1)]
+    whole = [b[0].numpy() for b in train_dataset(x, y, EpochPlan(8, 5, 2, augment))]
+    resumed = [b[0].numpy() for b in train_dataset(x, y, EpochPlan(8, 5, 2, augment, skip_steps=1))]
     assert len(whole) == 3 and len(resumed) == 2
     for a, b in zip(whole[1:], resumed, strict=True):
         np.testing.assert_array_equal(a, b)
-    other_epoch = [b[0].numpy() for b in train_dataset(x, y, 8, 5, 3, augment)]
+    other_epoch = [b[0].numpy() for b in train_dataset(x, y, EpochPlan(8, 5, 3, augment))]
     assert not np.array_equal(whole[0], other_epoch[0])
 
 

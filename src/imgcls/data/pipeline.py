@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -85,31 +86,55 @@ def steps_per_epoch(n_images: int, batch_size: int) -> int:
     return max(1, n_images // max(1, min(batch_size, n_images)))
 
 
+@dataclass(frozen=True)
+class EpochPlan:
+    """One training epoch's batches: which images in which order, and how they are augmented.
+
+    The order is a permutation seeded by ``(seed, epoch)`` (the last partial batch dropped); a
+    batch's augmentation is drawn from ``(seed, epoch, step)``, so a run resumed at ``skip_steps``
+    sees exactly the batches an uninterrupted one would. ``augment`` names the augmentations:
+    ``flip`` and ``translate`` (small images; ``translate`` is the largest shift in pixels,
+    default an eighth of the side), or ``crop``/``color`` for photos
+    (:mod:`imgcls.data.augment`). With ``alternate_flip`` (airbench) each image is mirrored in
+    every other epoch: a seeded coin picks the first epoch's half and the halves swap each
+    epoch, so every image is seen both ways within two epochs instead of by chance.
+    ``shard=(i, n)`` gives process ``i`` of a data-parallel job its slice of every batch.
+    """
+
+    batch_size: int
+    seed: int
+    epoch: int
+    augment: tuple[str, ...] = ()
+    skip_steps: int = 0
+    translate: int | None = None
+    alternate_flip: bool = False
+    shard: tuple[int, int] = (0, 1)
+
+    def order(self, n: int) -> np.ndarray:
+        """Image indices ``(steps, batch)`` of the epoch's batches, step 0 first."""
+        bs, steps = min(self.batch_size, n), steps_per_epoch(n, self.batch_size)
+        rng = np.random.default_rng([self.seed, self.epoch])
+        return rng.permutation(n)[: steps * bs].reshape(steps, bs)
+
+    def first_flips(self, n: int) -> np.ndarray | None:
+        """With ``alternate_flip``: which of ``n`` images are mirrored in even epochs."""
+        if not self.alternate_flip:
+            return None
+        return np.random.default_rng([self.seed, 1]).random(n) < 0.5
+
+
 def train_dataset(
     x: np.ndarray,
     y: np.ndarray,
-    batch_size: int,
-    seed: int,
-    epoch: int,
-    augment: tuple[str, ...] = (),
-    skip_steps: int = 0,
+    plan: EpochPlan,
     sample_weight: np.ndarray | None = None,
     num_classes: int | None = None,
-    translate: int | None = None,
-    alternate_flip: bool = False,
-    shard: tuple[int, int] = (0, 1),
 ):
-    """The batches of one training epoch, starting after ``skip_steps`` batches.
+    """The batches of the training epoch ``plan`` describes, from step ``plan.skip_steps`` on.
 
-    Shuffling uses ``(seed, epoch)``; each batch's augmentation uses ``(seed, epoch, step)``.
     With ``num_classes`` the labels are one-hot; ``sample_weight`` holds one weight per class.
     ``x`` is uint8 images ``(N, H, W, 3)``, or any other array (features of a frozen backbone),
-    which is batched as it is. ``augment`` names the augmentations: ``flip`` and ``translate``
-    (small images; ``translate`` is the largest shift in pixels, default an eighth of the
-    side), or ``crop``/``color`` for photos (:mod:`imgcls.data.augment`). With
-    ``alternate_flip`` (airbench) each image is mirrored in every other epoch: a seeded coin
-    picks the first epoch's half and the halves swap each epoch, so every image is seen both
-    ways within two epochs instead of by chance.
+    which is batched as it is (not augmented).
 
     On the TensorFlow backend this is a ``tf.data`` pipeline; on JAX and PyTorch a
     :func:`batches` sequence whose augmentation runs on the backend's device.
@@ -117,22 +142,19 @@ def train_dataset(
     import keras
 
     if keras.config.backend() != "tensorflow":
-        return batches(
-            x, y, batch_size, seed, epoch, augment, skip_steps, sample_weight, num_classes,
-            translate, alternate_flip, shard=shard,
-        )  # fmt: skip
+        return batches(x, y, plan, sample_weight, num_classes)
     import tensorflow as tf
 
     n = len(x)
-    bs = min(batch_size, n)
-    steps = steps_per_epoch(n, batch_size)
-    order = np.random.default_rng([seed, epoch]).permutation(n)[: steps * bs].reshape(steps, bs)
+    order = plan.order(n)
+    steps, bs = order.shape
+    seed, epoch, augment = plan.seed, plan.epoch, plan.augment
     ds = tf.data.Dataset.from_tensor_slices(
-        (order[skip_steps:], np.arange(skip_steps, steps, dtype=np.int64))
+        (order[plan.skip_steps :], np.arange(plan.skip_steps, steps, dtype=np.int64))
     )
     item_shape = tuple(x.shape[1:])
     images_in = x.ndim == 4
-    first_flips = np.random.default_rng([seed, 1]).random(n) < 0.5 if alternate_flip else None
+    first_flips = plan.first_flips(n)
     photo = images_in and bool({"crop", "color"} & set(augment))
 
     def photo_batch(index, step):
@@ -170,7 +192,7 @@ def train_dataset(
                 images,
                 tf.stack([tf.constant(seed * 1_000_003 + epoch, tf.int64), step]),
                 augment,
-                translate=translate,
+                translate=plan.translate,
                 flips=flips,
             )
         weights = (
@@ -198,7 +220,7 @@ def eval_dataset(
 
     if keras.config.backend() != "tensorflow":
         return batches(
-            x, y, batch_size, 0, 0, (), num_classes=num_classes, ordered=True, shard=shard
+            x, y, EpochPlan(batch_size, 0, 0, shard=shard), num_classes=num_classes, ordered=True
         )
     import tensorflow as tf
 
@@ -264,17 +286,24 @@ def augment_batch(images, seed, augment: tuple[str, ...], translate: int | None 
     return images
 
 
-def batches(*args, **kwargs):
+def batches(
+    x: np.ndarray,
+    y: np.ndarray | None,
+    plan: EpochPlan,
+    sample_weight: np.ndarray | None = None,
+    num_classes: int | None = None,
+    ordered: bool = False,
+):
     """One epoch's batches for the JAX and PyTorch backends: a ``keras.utils.PyDataset``.
 
-    Batch ``i`` is step ``skip_steps + i``; its images are gathered on the host and augmented
-    with ``keras.ops`` (:func:`imgcls.data.augment.apply_params`) on the backend's device, from
-    parameters drawn with ``(seed, epoch, step)``, so a resumed run sees the same batches.
-    ``shard=(i, n)`` gives process ``i`` of a data-parallel job its slice of every batch
-    (batches that do not split evenly are left out). ``ordered=True`` batches every image in order,
-    the last batch possibly smaller (evaluation). Arguments as :func:`train_dataset`'s.
+    Batch ``i`` is step ``plan.skip_steps + i``; its images are gathered on the host and
+    augmented with ``keras.ops`` (:func:`imgcls.data.augment.apply_params`) on the backend's
+    device, from parameters drawn with ``(seed, epoch, step)``, so a resumed run sees the same
+    batches. With ``plan.shard=(i, n)`` process ``i`` gets its slice of every batch (batches
+    that do not split evenly are left out). ``ordered=True`` batches every image in order, the
+    last batch possibly smaller (evaluation). Other arguments as :func:`train_dataset`'s.
     """
-    return _batches_class()(*args, **kwargs)
+    return _batches_class()(x, y, plan, sample_weight, num_classes, ordered)
 
 
 @functools.cache
@@ -294,56 +323,35 @@ def _batches_class():
 
 
 class _BatchesMixin:
-    def __init__(
-        self,
-        x: np.ndarray,
-        y: np.ndarray | None,
-        batch_size: int,
-        seed: int,
-        epoch: int,
-        augment: tuple[str, ...] = (),
-        skip_steps: int = 0,
-        sample_weight: np.ndarray | None = None,
-        num_classes: int | None = None,
-        translate: int | None = None,
-        alternate_flip: bool = False,
-        ordered: bool = False,
-        shard: tuple[int, int] = (0, 1),
-    ):
+    def __init__(self, x, y, plan: EpochPlan, sample_weight, num_classes, ordered: bool):
         # No worker threads: with two, a resumed JAX run saw other batches than an uninterrupted
         # one (same weights, different losses from the first step). On the main thread the
         # host work is a gather and a few random numbers; the augmentation itself is dispatched
         # asynchronously to the device.
         super().__init__(workers=0, use_multiprocessing=False)
-        n = len(x)
-        self.x, self.y, self.seed, self.epoch = x, y, seed, epoch
-        self.augment = tuple(augment) if x.ndim == 4 else ()
-        self.skip, self.weights, self.num_classes, self.translate = (
-            skip_steps, sample_weight, num_classes, translate,
-        )  # fmt: skip
+        n, bs = len(x), plan.batch_size
+        self.x, self.y, self.plan = x, y, plan
+        self.augment = tuple(plan.augment) if x.ndim == 4 else ()
+        self.weights, self.num_classes = sample_weight, num_classes
         if ordered:
-            self.batches = [np.arange(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+            self.batches = [np.arange(i, min(i + bs, n)) for i in range(0, n, bs)]
         else:
-            bs = min(batch_size, n)
-            steps = steps_per_epoch(n, batch_size)
-            order = np.random.default_rng([seed, epoch]).permutation(n)[: steps * bs]
-            self.batches = list(order.reshape(steps, bs))
-        self.first_flips = (
-            np.random.default_rng([seed, 1]).random(n) < 0.5 if alternate_flip else None
-        )
-        self.shard = shard  # (process, processes): this process feeds its slice of each batch
-        if shard[1] > 1:  # every process must get an equal slice
-            self.batches = [b for b in self.batches if len(b) % shard[1] == 0]
+            self.batches = list(plan.order(n))
+        self.first_flips = plan.first_flips(n)
+        parts = plan.shard[1]  # (process, processes): this process feeds its slice of a batch
+        if parts > 1:  # every process must get an equal slice
+            self.batches = [b for b in self.batches if len(b) % parts == 0]
 
     def __len__(self) -> int:
-        return len(self.batches) - self.skip
+        return len(self.batches) - self.plan.skip_steps
 
     def __getitem__(self, i: int):
         from keras import ops
 
-        step = self.skip + i
+        plan = self.plan
+        step = plan.skip_steps + i
         index = self.batches[step]
-        part, parts = self.shard
+        part, parts = plan.shard
         local = slice(part * len(index) // parts, (part + 1) * len(index) // parts)
         images = self.x[index[local]]
         if self.augment:  # drawn for the whole batch, so any number of processes sees the same
@@ -351,10 +359,10 @@ class _BatchesMixin:
 
             flips = None
             if self.first_flips is not None:
-                flips = self.first_flips[index] != bool(self.epoch % 2)
-            rng = np.random.default_rng([self.seed, self.epoch, step])
+                flips = self.first_flips[index] != bool(plan.epoch % 2)
+            rng = np.random.default_rng([plan.seed, plan.epoch, step])
             h, w = images.shape[1:3]
-            params = draw_params(rng, len(index), h, w, self.augment, flips, self.translate)
+            params = draw_params(rng, len(index), h, w, self.augment, flips, plan.translate)
             images = _apply_params()(images, params["transform"][local], params["color"][local])
         else:
             images = ops.convert_to_tensor(np.asarray(images, np.float32))

@@ -149,7 +149,7 @@ class _Trainer:
 
     def datasets(self, epoch: int, skip: int):
         """The epoch's training batches and the validation batches, in the phase's form."""
-        from imgcls.data.pipeline import eval_dataset, train_dataset
+        from imgcls.data.pipeline import EpochPlan, eval_dataset, train_dataset
         from imgcls.train.features import epoch_features
 
         c, recipe = self.config, self.spec.recipe
@@ -162,11 +162,12 @@ class _Trainer:
         weights = class_weights(y, n_classes) if c.class_weight == "balanced" else None
         fraction = recipe.get("translate_fraction")
         shard = (self.process, self.processes)
-        ds = train_dataset(
-            x, y, c.batch_size, c.seed, epoch, augment, skip, weights, n_classes,
+        plan = EpochPlan(
+            c.batch_size, c.seed, epoch, augment, skip,
             translate=max(1, round(min(c.image_size) * fraction)) if fraction else None,
             alternate_flip=recipe.get("alternate_flip", False), shard=shard,
         )  # fmt: skip
+        ds = train_dataset(x, y, plan, weights, n_classes)
         val = eval_dataset(xv, yv, c.batch_size, n_classes, shard) if len(xv) else None
         return ds, val
 
