@@ -24,7 +24,13 @@ from pathlib import Path
 import numpy as np
 
 from imgcls.config import check_splits
-from imgcls.data.hashing import DisjointSets, near_pairs
+from imgcls.data.duplicates import (
+    exact_duplicates,
+    mark_leaks,
+    near_duplicate_issues,
+    near_duplicates,
+)
+from imgcls.data.hashing import DisjointSets
 from imgcls.data.labels import Probabilities
 from imgcls.data.scan import UNUSABLE_KINDS, ScanResult, scan_files
 from imgcls.data.sizes import default_cache_size
@@ -34,10 +40,6 @@ from imgcls.errors import ImgclsError, check
 from imgcls.io import TMP_PREFIX, write_csv, write_json
 
 ON_ERROR = ("skip", "fail")
-NEAR_BITS = 4  # dHash bits (of 64) two near duplicates may differ in
-NEAR_MAX_DIFF = (
-    12.0  # mean |difference| (0..255) of brightness-normalised 8x8 thumbnails to confirm a pair
-)
 IMBALANCE_RATIO = 3.0  # largest class / smallest class above which imbalance is reported
 COPY_ROWS = 4096  # cache rows copied per block when compacting the cache
 MANIFEST_COLUMNS = ["path", "label", "split", "sha256", "width", "height", "format", "mode", "id"]
@@ -159,7 +161,7 @@ def prepare(
         if problem:
             _write_reports(out, report, images, plan, size)
             raise ImgclsError(problem)
-        cache = _write_cache(scratch, out, plan["keep"], size)
+        cache = _write_cache(scratch, out, plan.keep, size)
         _write_manifest(out, images, scan, plan)
         if label_issues:
             from imgcls.data.labels import find_label_issues
@@ -170,9 +172,9 @@ def prepare(
             )
             found = find_label_issues(
                 cache,
-                images.labels[plan["keep"]],
+                images.labels[plan.keep],
                 images.class_names,
-                [images.ids[i] for i in plan["keep"]],
+                [images.ids[i] for i in plan.keep],
                 seed=seed,
                 probabilities=probabilities,
             )
@@ -217,6 +219,15 @@ def _class_folders(data: str | os.PathLike) -> list[str]:
     return [d.name for d in subdirs]
 
 
+@dataclass
+class Plan:
+    """What prepare decided: the kept images (indices into DATA), a split per image, issues."""
+
+    keep: np.ndarray
+    splits: np.ndarray
+    issues: list[dict]
+
+
 def _plan(
     images: ImageSet,
     scan: ScanResult,
@@ -226,168 +237,51 @@ def _plan(
     test_split: float,
     seed: int,
     folders: list[str],
-) -> dict:
+) -> Plan:
     """Decide which images are kept, their split, and every issue."""
-    ids, labels, n = images.ids, images.labels, len(images)
+    ids, labels = images.ids, images.labels
     issues = [dict(i) for i in images.issues]  # "ignored": hidden, system and non-image files
     issues += [{**i, "path": ids[i["index"]]} for i in scan.issues]
-    usable = scan.usable.copy()
-    keep = usable.copy()
-    sets = DisjointSets(n)
-    # Exact duplicates: the same bytes. Extra copies are left out; different labels: all are.
-    key = scan.sha256.view(np.dtype((np.void, 32))).ravel()
-    order = np.flatnonzero(usable)[np.argsort(key[usable], kind="stable")]
-    sorted_keys = key[order]
-    starts = (
-        np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
-        if len(order)
-        else np.array([], int)
-    )
-    for group in np.split(order, starts[1:]) if len(order) else []:
-        if len(group) < 2:
-            continue
-        group = np.sort(group)
-        if images.splits is not None:  # keep the training copy; copies in val/test would leak
-            group = group[
-                np.argsort([SPLIT_NAMES.index(images.splits[i]) for i in group], kind="stable")
-            ]
-        names = sorted({images.class_names[labels[i]] for i in group})
-        first = group[0]
-        for i in group:
-            sets.union(first, i)
-        if len(names) > 1:
-            for i in group:
-                keep[i] = False
-                others = ", ".join(
-                    f"{ids[j]} ({images.class_names[labels[j]]})" for j in group if j != i
-                )
-                issues.append(
-                    {
-                        "path": ids[i],
-                        "kind": "conflicting_labels",
-                        "index": int(i),
-                        "detail": f"same bytes as {others}; labelled {' and '.join(names)}, so every copy is left out",
-                    }
-                )
-            continue
-        for i in group[1:]:
-            keep[i] = False
-            kind = "exact_duplicate"
-            if images.splits is not None and images.splits[i] != images.splits[first]:
-                kind = "cross_split_duplicate"
-            issues.append(
-                {
-                    "path": ids[i],
-                    "kind": kind,
-                    "index": int(i),
-                    "detail": f"same bytes as {ids[first]}"
-                    + (
-                        f" ({images.splits[first]} vs {images.splits[i]})"
-                        if kind != "exact_duplicate"
-                        else ""
-                    )
-                    + "; left out, the first copy is kept",
-                }
-            )
-    near = _near_duplicates(scan, keep, scratch, size)
-    reported: set[int] = set()
-    for i, j, bits in near:
-        sets.union(i, j)
-        if j in reported:
-            continue
-        reported.add(j)
-        detail = f"looks like {ids[i]} (dHash differs in {bits} of 64 bits)"
-        if labels[i] != labels[j]:
-            detail += f"; labelled {images.class_names[labels[i]]} there and {images.class_names[labels[j]]} here"
-        issues.append(
-            {
-                "path": ids[j],
-                "kind": "near_duplicate",
-                "index": int(j),
-                "detail": detail + "; kept, same split",
-            }
-        )
-    roots = sets.roots()
-    splits = _split(labels, keep, roots, images.splits, val_split, test_split, seed)
+    keep = scan.usable.copy()
+    sets = DisjointSets(len(images))
+    issues += exact_duplicates(images, scan.sha256, keep, sets)
+    near = near_duplicates(scan, keep, scratch, size)
+    issues += near_duplicate_issues(images, near, sets)
+    splits = _split(labels, keep, sets.roots(), images.splits, val_split, test_split, seed)
     if images.splits is not None:  # predefined splits cannot be moved: report leakage
-        partners = {j: i for i, j, _ in reversed(near)}
-        for row in issues:
-            if row["kind"] == "near_duplicate":
-                j = row["index"]
-                partner = partners[j]
-                if splits[partner] != splits[j]:
-                    row["kind"] = "cross_split_duplicate"
-                    row["detail"] = row["detail"].replace(
-                        "kept, same split", f"{splits[partner]} vs {splits[j]}: leakage"
-                    )
-    counts = np.bincount(labels[keep], minlength=len(images.class_names))
-    for name, c in zip(images.class_names, counts, strict=True):
+        mark_leaks(issues, near, splits)
+    issues += _class_issues(images.class_names, labels[keep], folders)
+    for row in issues:
+        row.pop("index", None)
+    return Plan(np.flatnonzero(keep), splits, issues)
+
+
+def _class_issues(class_names: list[str], kept_labels: np.ndarray, folders: list[str]) -> list:
+    """Classes left empty, class folders with no images, and imbalance."""
+    issues = []
+    counts = np.bincount(kept_labels, minlength=len(class_names))
+    for name, c in zip(class_names, counts, strict=True):
         if c == 0:
-            issues.append(
-                {
-                    "path": name,
-                    "kind": "empty_class",
-                    "detail": f"class {name} has no usable images left",
-                }
-            )
-    for name in sorted(set(folders) - set(images.class_names)):
+            detail = f"class {name} has no usable images left"
+            issues.append({"path": name, "kind": "empty_class", "detail": detail})
+    for name in sorted(set(folders) - set(class_names)):
         issues.append(
             {"path": name, "kind": "empty_class", "detail": f"folder {name} holds no image files"}
         )
     nonzero = counts[counts > 0]
     if len(nonzero) > 1 and nonzero.max() / nonzero.min() >= IMBALANCE_RATIO:
-        big, small = (
-            int(np.argmax(counts)),
-            int(np.argmin(np.where(counts > 0, counts, counts.max() + 1))),
-        )
+        big = int(np.argmax(counts))
+        small = int(np.argmin(np.where(counts > 0, counts, counts.max() + 1)))
         issues.append(
             {
-                "path": images.class_names[small],
+                "path": class_names[small],
                 "kind": "class_imbalance",
-                "detail": f"largest class {images.class_names[big]} has {counts[big]} images, smallest "
-                f"{images.class_names[small]} {counts[small]} ({counts[big] / counts[small]:.1f}x); "
+                "detail": f"largest class {class_names[big]} has {counts[big]} images, smallest "
+                f"{class_names[small]} {counts[small]} ({counts[big] / counts[small]:.1f}x); "
                 "train with --class-weight balanced",
             }
         )
-    for row in issues:
-        row.pop("index", None)
-    return {"keep": np.flatnonzero(keep), "splits": splits, "issues": issues}
-
-
-def _near_duplicates(
-    scan: ScanResult, keep: np.ndarray, scratch: Path, size: tuple[int, int]
-) -> list[tuple[int, int, int]]:
-    """Confirmed near-duplicate pairs ``(earlier, later, differing bits)`` among kept images."""
-    pairs = near_pairs(scan.dhash, NEAR_BITS, valid=keep)
-    if not len(pairs):
-        return []
-    from imgcls.data.hashing import popcount64
-
-    bits = popcount64(scan.dhash[pairs[:, 0]] ^ scan.dhash[pairs[:, 1]])
-    row_bytes = size[0] * size[1] * 3
-    thumbs: dict[int, np.ndarray] = {}
-    with open(scratch, "rb") as f:
-
-        def thumb(i: int) -> np.ndarray:
-            if i not in thumbs:
-                f.seek(int(i) * row_bytes)
-                pixels = np.frombuffer(f.read(row_bytes), np.uint8).reshape(size[0], size[1], 3)
-                thumbs[i] = _normalised_thumb(pixels)
-            return thumbs[i]
-
-        found = [
-            (int(i), int(j), int(b))
-            for (i, j), b in zip(pairs, bits, strict=True)
-            if np.abs(thumb(i) - thumb(j)).mean() <= NEAR_MAX_DIFF
-        ]
-    return sorted(found, key=lambda t: (t[1], t[0]))
-
-
-def _normalised_thumb(pixels: np.ndarray) -> np.ndarray:
-    from PIL import Image
-
-    small = np.asarray(Image.fromarray(pixels).resize((8, 8), Image.Resampling.BOX), np.float32)
-    return small - small.mean(axis=(0, 1))  # per-channel brightness shifts do not count
+    return issues
 
 
 def _split(
@@ -411,15 +305,15 @@ def _split(
     return splits
 
 
-def _report(images: ImageSet, plan: dict, size: tuple[int, int], t0: float) -> dict:
-    keep, splits = plan["keep"], plan["splits"]
+def _report(images: ImageSet, plan: Plan, size: tuple[int, int], t0: float) -> dict:
+    keep, splits = plan.keep, plan.splits
     counts = {name: {s: 0 for s in ("train", "val", "test")} for name in images.class_names}
     for label, s in zip(images.labels[keep], splits[keep], strict=True):
         counts[images.class_names[label]][s] += 1
     for c in counts.values():
         c["total"] = c["train"] + c["val"] + c["test"]
     issue_counts: dict[str, int] = {}
-    for row in plan["issues"]:
+    for row in plan.issues:
         issue_counts[row["kind"]] = issue_counts.get(row["kind"], 0) + 1
     suggestions = []
     if "class_imbalance" in issue_counts:
@@ -437,7 +331,7 @@ def _report(images: ImageSet, plan: dict, size: tuple[int, int], t0: float) -> d
         "split_counts": {s: int((splits[keep] == s).sum()) for s in ("train", "val", "test")},
         "issue_counts": issue_counts,
         "suggestions": suggestions,
-        "issues": plan["issues"],
+        "issues": plan.issues,
         "cache": f"cache_{size[0]}x{size[1]}.npy",
         "seconds": round(time.perf_counter() - t0, 2),
     }
@@ -484,12 +378,12 @@ def _write_cache(scratch: Path, out: Path, keep: np.ndarray, size: tuple[int, in
     return target
 
 
-def _write_manifest(out: Path, images: ImageSet, scan: ScanResult, plan: dict) -> None:
+def _write_manifest(out: Path, images: ImageSet, scan: ScanResult, plan: Plan) -> None:
     rows = (
         [
             images.paths[i],
             images.class_names[images.labels[i]],
-            plan["splits"][i],
+            plan.splits[i],
             scan.sha256[i].tobytes().hex(),
             int(scan.width[i]),
             int(scan.height[i]),
@@ -497,13 +391,13 @@ def _write_manifest(out: Path, images: ImageSet, scan: ScanResult, plan: dict) -
             scan.mode[i],
             images.ids[i],
         ]
-        for i in plan["keep"]
+        for i in plan.keep
     )
     write_csv(out / "manifest.csv", MANIFEST_COLUMNS, rows)
 
 
 def _write_reports(
-    out: Path, report: dict, images: ImageSet, plan: dict, size: tuple[int, int]
+    out: Path, report: dict, images: ImageSet, plan: Plan, size: tuple[int, int]
 ) -> None:
     from imgcls.data.prepare_report import write_html
 
