@@ -62,8 +62,8 @@ class Predictor:
         model: the bundle's loaded inference model, to reuse.
         meta: the bundle's :class:`~imgcls.bundle.BundleMeta`, to reuse.
         engine: ``"keras"``, ``"keras-bf16"`` (Keras computing in bfloat16: faster where the
-            hardware has it, probabilities within a few hundredths) or ``"onnx"`` (ONNX Runtime on an
-            export cached in the run); see :mod:`imgcls.engine`.
+            hardware has it, probabilities within a few hundredths) or ``"onnx"`` (ONNX
+            Runtime on an export cached in the run); see :mod:`imgcls.engine`.
 
     Example:
         >>> p = imgcls.load("runs/demo")                      # doctest: +SKIP
