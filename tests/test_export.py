@@ -123,3 +123,15 @@ def test_bf16_engine_warns_where_bfloat16_is_emulated(runs, monkeypatch):
     monkeypatch.setattr("imgcls.backend.native_bf16", lambda: False)
     with pytest.warns(UserWarning, match="emulated, slower than engine keras"):
         imgcls.load(runs["classic"], engine="keras-bf16").runner()
+
+
+def test_a_bundle_holding_a_bare_classifier_still_gets_its_views(runs, images, tmp_path):
+    """model.keras written before bundles held the inference graph (the classifier alone):
+    Keras builds the views and temperature bundle.json names, as ONNX and every export do."""
+    from imgcls.bundle import classifier_of, load_model
+
+    old = tmp_path / "old"
+    shutil.copytree(runs["fast"], old, ignore=shutil.ignore_patterns("onnx"))
+    classifier_of(load_model(old)).save(old / "model.keras")
+    want = imgcls.load(runs["fast"]).predict_proba(images[:8])
+    np.testing.assert_allclose(imgcls.load(old).predict_proba(images[:8]), want, atol=TOLERANCE)

@@ -127,8 +127,8 @@ class Predictor:
                 _warn_if_emulated()
                 classifier = policy_copy(self.classifier, BF16_POLICY)
                 self._runners[key] = KerasEngine(inference_model(classifier, *key))
-            elif key == (self.tta, self.temperature):
-                self._runners[key] = KerasEngine(self.model)
+            elif key == (self.tta, self.temperature) and self.classifier is not self.model:
+                self._runners[key] = KerasEngine(self.model)  # the saved inference graph
             else:
                 self._runners[key] = KerasEngine(inference_model(self.classifier, *key))
         return self._runners[key]
