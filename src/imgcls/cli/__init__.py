@@ -172,9 +172,10 @@ def _engine_arg(p: argparse.ArgumentParser) -> None:
         "--engine",
         choices=ENGINES,
         default="keras",
-        help="keras; keras-bf16: Keras computing in bfloat16, 2.4-2.9x faster on CPUs with AMX "
-        "(probabilities within a few hundredths); onnx: ONNX Runtime on an export cached in the run folder "
-        "(one image 4x sooner on a CPU)",
+        help="keras; keras-bf16: Keras computing in bfloat16, probabilities within a few "
+        "hundredths, 1.6-2.8x faster for fast and classic on CPUs with AMX (slower for "
+        "EfficientNet and MobileNet); onnx: ONNX Runtime on an export cached in the run folder, "
+        "same numbers (one image 4x sooner; 2x the images/s for efficientnet_lite0)",
     )
 
 
