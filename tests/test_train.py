@@ -207,3 +207,32 @@ def test_an_optimizer_that_plans_its_own_rate_follows_the_host_plan():
         np.testing.assert_allclose(rates, [plan(i) for i in range(12)], rtol=1e-6, atol=1e-8)
         np.testing.assert_allclose(progress, [plan.progress(i) for i in range(12)], atol=1e-6)
         assert max(rates) == pytest.approx(plan.peak) and rates[-1] < plan.peak / 5
+
+
+def test_init_from_starts_where_another_run_ended(data, tmp_path, capsys):
+    """--init-from: the new run's first weights are the old run's; mismatches are one line."""
+    from imgcls.bundle import classifier_of, load_model
+    from imgcls.cli import main
+
+    first = imgcls.train(str(data), out=tmp_path / "a", epochs=3, **TINY).run_dir
+    again = imgcls.train(str(data), out=tmp_path / "b", epochs=1, lr=1e-9, init_from=str(first),
+                         **TINY).run_dir  # fmt: skip
+    kernels = [
+        [w for w in classifier_of(load_model(run)).weights if w.path.endswith("kernel")]
+        for run in (first, again)
+    ]
+    assert len(kernels[0]) >= 3
+    for a, b in zip(*kernels, strict=True):  # a rate of 1e-9 leaves them where they started
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6)
+    assert json.loads((again / "run.json").read_text())["config"]["init_from"] == str(first)
+
+    with pytest.raises(ImgclsError, match="finished run folder"):
+        imgcls.train(str(data), out=tmp_path / "c", init_from=str(data), **TINY)
+    with pytest.raises(ImgclsError, match="other model arguments"):
+        imgcls.train(str(data), out=tmp_path / "d", init_from=str(first),
+                     **{**TINY, "model_args": {"filters": (4,), "dense_units": 8}})  # fmt: skip
+    args = ["train", str(data), "--out", str(tmp_path / "e"), "--init-from", str(first)]
+    assert main([*args, "--model", "classic", "--image-size", "24", "24"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "warning" not in line]
+    assert len(err) == 1 and "--image-size 16 16" in err[0]
+    assert not any((tmp_path / run / "run.json").exists() for run in "cde")  # nothing written

@@ -90,6 +90,26 @@ def test_a_search_ends_with_a_best_run_that_evaluate_takes(search, tmp_path):
     assert lo < record["test"]["accuracy"] < hi
 
 
+def test_hyperband_continues_the_trials_it_promotes(space_file, tmp_path):
+    """Hyperband (max 3 epochs, factor 3): three 1-epoch trials, then the best of them goes on
+    from its own model for the 2 epochs left instead of training 3 from scratch."""
+    out = tmp_path / "hb"
+    cmd = [sys.executable, "-m", "imgcls", "tune", "digits", "--out", str(out), "--space",
+           str(space_file), "--model", "classic", "--algorithm", "hyperband", "--trials", "4",
+           "--final", "keep", "--quiet"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    with open(out / "trials.csv", newline="") as f:
+        trials = list(csv.DictReader(f))
+    assert [t["epochs_run"] for t in trials] == ["1", "1", "1", "3"]
+    folders = sorted(p for p in (out / "trials").iterdir() if p.is_dir())  # in trial order
+    config = json.loads((folders[3] / "run.json").read_text())["config"]
+    assert config["epochs"] == 2  # the 2 epochs left
+    parent = Path(config["init_from"])
+    scores = {f.resolve(): float(t["val_accuracy"]) for f, t in zip(folders, trials[:3])}
+    assert scores[parent] == max(scores.values())  # the best 1-epoch trial went on
+
+
 @pytest.mark.slow  # make test-slow: ~2 min of subprocesses
 def test_a_search_killed_mid_trial_resumes_to_the_same_result(search, space_file, tmp_path):
     out = tmp_path / "killed"

@@ -68,6 +68,11 @@ class TrainConfig:
         "it does not name are left out",
         metavar="CSV",
     )
+    init_from: str | None = _opt(
+        "start from the weights of this run's model (same model, image size and classes): to "
+        "train it longer or on more data; the optimizer and schedule start afresh",
+        metavar="RUN",
+    )
     augment: tuple[str, ...] | None = _opt(
         "comma list of flip,translate,crop,color, or none (default: suits the data)"
     )
@@ -171,6 +176,12 @@ class TrainConfig:
                     _is_number(value) and 0 <= value < 1,
                     f"`{name}` must be a number in [0, 1). Received: {name}={value!r}",
                 )
+        if self.init_from is not None:
+            check(
+                (Path(self.init_from) / "bundle.json").is_file(),
+                f"`init_from` must be a finished run folder (with bundle.json). "
+                f"Received: init_from={self.init_from!r}",
+            )
         check(
             isinstance(self.seed, int) and self.seed >= 0,
             f"`seed` must be a non-negative integer. Received: seed={self.seed!r}",

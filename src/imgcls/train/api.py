@@ -21,6 +21,7 @@ from imgcls.errors import ImgclsError, check
 from imgcls.models import get_spec
 from imgcls.train.checkpoint import CheckpointManager, RunLock
 from imgcls.train.rundata import load_run_data, write_run_files
+from imgcls.train.setup import check_init_from
 
 RESUME_SAFE_KEYS = {"max_time", "checkpoint_every", "keep_checkpoints"}  # change nothing computed
 
@@ -90,6 +91,8 @@ def train(
             if chief:
                 CheckpointManager(folder.path).clean_temporaries()
             run_data, config = load_run_data(str(data), config, folder, resume, log)
+            if config.init_from and not resume:
+                check_init_from(config.init_from, config, run_data.class_names)
             record = write_run_files(folder, run_data, config, resume, write=chief)
             from imgcls.train.trainer import _Trainer
 

@@ -235,6 +235,50 @@ def check_data_parallel(config: TrainConfig, spec, devices: int) -> None:
     )
 
 
+def check_init_from(run: str, config: TrainConfig, class_names: list[str]) -> None:
+    """One-line errors, before anything is written, when RUN (``--init-from``) trained another
+    model, image size, set of classes or model arguments than this run would."""
+    import json
+
+    from imgcls.bundle import read_meta
+
+    meta = read_meta(run)
+    theirs = meta.config.get("model")
+    check(
+        theirs == config.model,
+        f"--init-from {run} trained {theirs}; this run trains {config.model} (pass --model {theirs})",
+    )
+    check(
+        tuple(meta.image_size) == tuple(config.image_size),
+        f"--init-from {run} trained at {meta.image_size[0]}x{meta.image_size[1]}; this run at "
+        f"{config.image_size[0]}x{config.image_size[1]} (pass --image-size "
+        f"{meta.image_size[0]} {meta.image_size[1]})",
+    )
+    check(
+        list(meta.class_names) == list(class_names),
+        f"--init-from {run} has classes {', '.join(meta.class_names)}; DATA has "
+        f"{', '.join(class_names)}",
+    )
+    args = [json.dumps(a or {}, sort_keys=True) for a in (meta.config.get("model_args"), config.model_args)]  # fmt: skip
+    check(
+        args[0] == args[1],
+        f"--init-from {run} built {theirs} with other model arguments ({args[0]} vs {args[1]})",
+    )
+
+
+def load_initial_weights(model, run: str) -> None:
+    """Set ``model``'s weights (batch-norm statistics and frozen layers included) to those of
+    RUN's trained classifier (checked by :func:`check_init_from`)."""
+    from imgcls.bundle import classifier_of, load_model
+
+    weights = classifier_of(load_model(run)).get_weights()
+    check(
+        [w.shape for w in weights] == [tuple(v.shape) for v in model.weights],
+        f"--init-from {run}: its weights do not fit this model",
+    )
+    model.set_weights(weights)
+
+
 def steps_of(n_images: int, batch_size: int) -> int:
     from imgcls.data.pipeline import steps_per_epoch
 

@@ -30,6 +30,7 @@ from imgcls.train.setup import (
     build_optimizer,
     check_data_parallel,
     class_weights,
+    load_initial_weights,
     plan_in_graph,
     raise_resource_error,
     steps_of,
@@ -66,8 +67,9 @@ class _Trainer:
 
         keras.config.set_dtype_policy(self.precision)
         kwargs = dict(config.model_args)
-        if self.spec.pretrained:  # a checkpoint holds every weight: no need to fetch them again
-            kwargs["weights"] = "none" if self.found else config.weights
+        start_from = config.init_from if self.found is None else None  # else the checkpoint's
+        if self.spec.pretrained:  # a checkpoint (or run) holds every weight: none to fetch
+            kwargs["weights"] = "none" if self.found or start_from else config.weights
         self.process, self.processes = backend.process_info()
         self.chief = self.process == 0  # only process 0 of a data-parallel job writes files
         self.devices = backend.data_parallel(True)  # before any variable exists
@@ -78,6 +80,9 @@ class _Trainer:
             config.model, (*config.image_size, 3), len(data.class_names), **kwargs
         )
         self.spec.init_from_data(self.model, x_train, config.seed)
+        if start_from:
+            load_initial_weights(self.model, start_from)
+            self.log(f"starting from the weights of {start_from}")
         self.steps = steps_of(len(x_train), config.batch_size)
         self.phases = plan_phases(config, self.spec.pretrained, self.spec.recipe)
         self.stop = StopRule(config.epochs, config.patience, (config.max_time or 0) * 60 or None)

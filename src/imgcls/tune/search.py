@@ -262,8 +262,15 @@ class _Search:
         if info_path.is_file():  # trained before a kill that came before the oracle heard
             return read_json(info_path)
         flags = spaces.train_flags(values)
+        start = 0  # epochs already trained by the trial this one continues
         if "tuner/epochs" in values:  # Hyperband decides the epochs
-            flags += ["--epochs", str(values["tuner/epochs"])]
+            previous = self.trial_dir(str(values.get("tuner/trial_id")))
+            if "tuner/trial_id" in values and (previous / "bundle.json").is_file():
+                # a later round continues its trial's model (on a worker whose disk lacks it,
+                # the trial trains from scratch for all its epochs)
+                start = int(values["tuner/initial_epoch"])
+                flags += ["--init-from", str(previous.resolve())]
+            flags += ["--epochs", str(int(values["tuner/epochs"]) - start)]
         flags += ["--split-file", str(self.path("search_split.csv").resolve())]
         if left is not None:
             flags += ["--max-time", f"{left / 60:.3f}"]
@@ -289,7 +296,7 @@ class _Search:
             result.update(
                 status="FAILED" if why else "COMPLETED",
                 val_accuracy=score if np.isfinite(score) else None,
-                epochs_run=meta["epochs_run"],
+                epochs_run=meta["epochs_run"] + start,
                 message=why,
             )
         else:
