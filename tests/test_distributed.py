@@ -64,6 +64,24 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
         np.testing.assert_allclose(b, a, atol=TOLERANCE, rtol=0)
 
 
+def test_a_time_budget_stops_every_process_at_the_same_step(tmp_path):
+    """--max-time in a job: process 0's clock, broadcast each step, decides for all (with its
+    own clock each, one process would stop and the other wait forever in an all-reduce)."""
+    data = write_folder(tmp_path / "data", per_class=16)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    job = ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"]
+    run = tmp_path / "two"
+    args = [str(data), "--epochs", "500", "--max-time", "0.1", "--out", str(run), *TINY, *job]
+    procs = [start(*args, "--process-id", str(i)) for i in range(2)]
+    for proc in procs:
+        finish(proc)
+    metrics = json.loads((run / "bundle.json").read_text())["metrics"]
+    assert metrics["stopped"] == "max_time" and metrics["processes"] == 2
+    assert 1 <= metrics["epochs_run"] < 500
+
+
 @pytest.mark.parametrize(
     "backend, coordinator, message",
     [

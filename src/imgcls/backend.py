@@ -293,6 +293,18 @@ def process_info() -> tuple[int, int]:
     return jax.process_index(), jax.process_count()
 
 
+def agreed(value: float) -> float:
+    """``value`` as process 0 of a data-parallel job has it, on every process (each must call
+    this at the same point of its loop); ``value`` itself outside a job. A clock read this way
+    stops every process at the same step and gives them the same learning rates."""
+    if process_info()[1] == 1:
+        return value
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    return float(multihost_utils.broadcast_one_to_all(np.float32(value)))
+
+
 def data_parallel(on: bool) -> int:
     """Spread each batch over every device of every process (Keras ``DataParallel``), or stop;
     returns the number of devices. Only JAX, and only with more than one device."""

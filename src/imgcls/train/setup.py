@@ -228,11 +228,6 @@ def check_data_parallel(config: TrainConfig, spec, devices: int) -> None:
         f"`batch_size` must split evenly over {devices} devices. "
         f"Received: batch_size={config.batch_size}",
     )
-    check(
-        not config.max_time,
-        "`max_time` is not supported on several processes: their clocks would stop them at "
-        "different steps",
-    )
 
 
 def check_init_from(run: str, config: TrainConfig, class_names: list[str]) -> None:

@@ -259,7 +259,10 @@ class _Trainer:
             self.end_epoch(state, fit.history, progress, hook.data_wait_share)
 
     def elapsed(self) -> float:
-        return time.perf_counter() - self.t_start
+        """Seconds of training so far; in a data-parallel job with a time budget, process 0's
+        (one small broadcast per call), so every process stops at the same step."""
+        seconds = time.perf_counter() - self.t_start
+        return backend.agreed(seconds) if self.processes > 1 and self.stop.max_time_s else seconds
 
     def before_step(self, state: TrainState):
         """The callback that sets each step's learning rate from the phase's plan (and clock)."""
