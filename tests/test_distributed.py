@@ -79,7 +79,7 @@ def test_a_time_budget_stops_every_process_at_the_same_step(tmp_path):
         finish(proc)
     metrics = json.loads((run / "bundle.json").read_text())["metrics"]
     assert metrics["stopped"] == "max_time" and metrics["processes"] == 2
-    assert 1 <= metrics["epochs_run"] < 500
+    assert metrics["epochs_run"] < 500  # (0 under load: the deadline can fall in epoch 1)
 
 
 @pytest.mark.parametrize(

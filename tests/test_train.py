@@ -226,7 +226,7 @@ def test_init_from_starts_where_another_run_ended(data, tmp_path, capsys):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6)
     assert json.loads((again / "run.json").read_text())["config"]["init_from"] == str(first)
 
-    with pytest.raises(ImgclsError, match="finished run folder"):
+    with pytest.raises(ImgclsError, match="is it a finished training run"):
         imgcls.train(str(data), out=tmp_path / "c", init_from=str(data), **TINY)
     with pytest.raises(ImgclsError, match="other model arguments"):
         imgcls.train(str(data), out=tmp_path / "d", init_from=str(first),

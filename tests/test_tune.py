@@ -106,7 +106,9 @@ def test_hyperband_continues_the_trials_it_promotes(space_file, tmp_path):
     config = json.loads((folders[3] / "run.json").read_text())["config"]
     assert config["epochs"] == 2  # the 2 epochs left
     parent = Path(config["init_from"])
-    scores = {f.resolve(): float(t["val_accuracy"]) for f, t in zip(folders, trials[:3])}
+    scores = {
+        f.resolve(): float(t["val_accuracy"]) for f, t in zip(folders[:3], trials[:3], strict=True)
+    }
     assert scores[parent] == max(scores.values())  # the best 1-epoch trial went on
 
 

@@ -176,12 +176,6 @@ class TrainConfig:
                     _is_number(value) and 0 <= value < 1,
                     f"`{name}` must be a number in [0, 1). Received: {name}={value!r}",
                 )
-        if self.init_from is not None:
-            check(
-                (Path(self.init_from) / "bundle.json").is_file(),
-                f"`init_from` must be a finished run folder (with bundle.json). "
-                f"Received: init_from={self.init_from!r}",
-            )
         check(
             isinstance(self.seed, int) and self.seed >= 0,
             f"`seed` must be a non-negative integer. Received: seed={self.seed!r}",

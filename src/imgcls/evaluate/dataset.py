@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imgcls.bundle import MODEL_FILE, BundleMeta
+from imgcls.bundle import BundleMeta, RunFolder
 from imgcls.data.pipeline import decode_images
 from imgcls.data.sources import ImageSet, load_source
 from imgcls.data.split import read_split_csv
@@ -85,7 +85,7 @@ def load_eval_set(
     same_data = images.source == meta.data.get("source")
     if same_data and split != "all":
         split = split or default_split
-        splits = read_split_csv(Path(run) / "split.csv", images)
+        splits = read_split_csv(RunFolder(run).split, images)
         images = images.subset(splits == split)
         check(
             len(images) > 0,
@@ -107,7 +107,7 @@ def load_eval_set(
 
 def checkpoint_info(run: str | Path) -> dict:
     """Path, size, modification time and SHA-256 of ``RUN/model.keras``."""
-    path = Path(run) / MODEL_FILE
+    path = RunFolder(run).model
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

@@ -183,7 +183,9 @@ def _dataset(m: dict[str, Any]) -> str:
 
 def read_history(run: Path) -> list[dict[str, float]]:
     """Rows of ``RUN/history.csv`` as floats (empty cells dropped); ``[]`` when absent or unreadable."""
-    path = Path(run) / "history.csv"
+    from imgcls.bundle import RunFolder
+
+    path = RunFolder(run).history
     try:
         with open(path, newline="", encoding="utf-8") as f:
             return [

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imgcls.bundle import RunFolder
+from imgcls.bundle import RunFolder, read_meta
 from imgcls.config import TrainConfig
 from imgcls.errors import ImgclsError, check
 from imgcls.models import get_spec
@@ -81,6 +81,8 @@ def train(
                 f"--out {out} already holds a run ({taken[0]}); pass --resume to continue it "
                 "or choose another --out"
             )
+    if config.init_from and not resume:
+        read_meta(config.init_from)  # not a finished run: one line before any data is read
     backend.select(config.backend)  # refuses a backend other than the one Keras runs on
     import keras
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from imgcls.bundle import RunFolder
 from imgcls.errors import check
 from imgcls.tune import space as spaces
 from imgcls.tune.report import wilson_interval, write_report, write_trials_csv
@@ -31,7 +32,7 @@ def finish(search) -> None:
     search.record["best"] = info
     search.save_record()
     target = search.path("best")
-    if not (target / "bundle.json").is_file() or not search.record.get("final_done"):
+    if not RunFolder(target).meta.is_file() or not search.record.get("final_done"):
         make_best(search, best.trial_id, info, target)
         search.record["final_done"] = True
         search.save_record()
@@ -71,11 +72,11 @@ def evaluate_test(search, run: Path) -> None:
     """The one read of the test split: ``imgcls evaluate best DATA`` with its default split."""
     from imgcls.data.split import read_split_csv, write_split_csv
 
-    named = read_split_csv(run / "split.csv", search.images)  # what best/ trained on ("" not)
+    named = read_split_csv(RunFolder(run).split, search.images)  # what best/ trained on ("" not)
     test = search.splits == "test"
     keep = test | (named != "")
     rows = np.where(test, "test", named)
-    write_split_csv(run / "split.csv", search.images.subset(keep), rows[keep])
+    write_split_csv(RunFolder(run).split, search.images.subset(keep), rows[keep])
     search.record["test"] = {"reads": search.record["test"].get("reads", 0) + 1, "at": now()}
     search.save_record()
     out = run / "evaluation"

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from imgcls.bundle import RunFolder
 from imgcls.errors import ImgclsError, check
 from imgcls.io import write_json
 from imgcls.tune import space as spaces
@@ -136,7 +137,7 @@ class _Search:
                 self.images.labels, c.val_split, c.test_split, c.seed, self.images.splits
             )
         else:
-            splits = read_split_csv(folder / "split.csv", self.images)
+            splits = read_split_csv(self.path("split.csv"), self.images)
         self.splits = splits
         check((splits == "val").any(), f"DATA {c.data}: no validation images to score trials on")
         train = TrainConfig(
@@ -265,7 +266,7 @@ class _Search:
         start = 0  # epochs already trained by the trial this one continues
         if "tuner/epochs" in values:  # Hyperband decides the epochs
             previous = self.trial_dir(str(values.get("tuner/trial_id")))
-            if "tuner/trial_id" in values and (previous / "bundle.json").is_file():
+            if "tuner/trial_id" in values and RunFolder(previous).meta.is_file():
                 # a later round continues its trial's model (on a worker whose disk lacks it,
                 # the trial trains from scratch for all its epochs)
                 start = int(values["tuner/initial_epoch"])
@@ -281,14 +282,14 @@ class _Search:
             "peak_rss_mb": peak_mb,
             "values": values,
         }
-        history = run / "history.csv"
+        history = RunFolder(run).history
         if code == 0 and history.is_file():
             import csv
 
             with open(history, newline="") as f:
                 rows = list(csv.DictReader(f))
             score = float(rows[-1].get(OBJECTIVE) or "nan") if rows else float("nan")
-            meta = read_json(run / "bundle.json")["metrics"]
+            meta = read_json(RunFolder(run).meta)["metrics"]
             # A trial the search's budget cut short says nothing fair about its settings: the
             # oracle is told it failed (measured: one cut to 37 s scored 0.46 against 0.82).
             why = "cut short by --max-time" if meta["stopped"] == "max_time" else None
