@@ -131,3 +131,18 @@ def test_decode_errors_have_a_kind(tmp_path, content, kind):
     with pytest.raises(DecodeError) as e:
         load_image(path)
     assert e.value.kind == kind and str(path) in str(e.value)
+
+
+def test_evaluation_batches_of_a_job_split_evenly_and_keep_every_image_they_can():
+    """Two processes, 11 images, batches of 4: 4, 4 and a last batch trimmed from 3 to 2."""
+    from imgcls.data.pipeline import EpochPlan, batches
+
+    x = np.arange(11 * 2 * 2 * 3, dtype=np.float32).reshape(11, 2, 2, 3)
+    y = np.arange(11, dtype=np.int32)
+    seen = []
+    for process in range(2):
+        parts = batches(x, y, EpochPlan(4, 0, 0, shard=(process, 2)), ordered=True)
+        labels = [np.asarray(parts[i][1]) for i in range(len(parts))]
+        assert [len(b) for b in labels] == [2, 2, 1]
+        seen += [int(v) for b in labels for v in b]
+    assert sorted(seen) == list(range(10))

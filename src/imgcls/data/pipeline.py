@@ -299,9 +299,10 @@ def batches(
     Batch ``i`` is step ``plan.skip_steps + i``; its images are gathered on the host and
     augmented with ``keras.ops`` (:func:`imgcls.data.augment.apply_params`) on the backend's
     device, from parameters drawn with ``(seed, epoch, step)``, so a resumed run sees the same
-    batches. With ``plan.shard=(i, n)`` process ``i`` gets its slice of every batch (batches
-    that do not split evenly are left out). ``ordered=True`` batches every image in order, the
-    last batch possibly smaller (evaluation). Other arguments as :func:`train_dataset`'s.
+    batches. With ``plan.shard=(i, n)`` process ``i`` gets its slice of every batch (a batch
+    that does not split evenly loses its last images). ``ordered=True`` batches every image in
+    order, the last batch possibly smaller (evaluation). Other arguments as
+    :func:`train_dataset`'s.
     """
     return _batches_class()(x, y, plan, sample_weight, num_classes, ordered)
 
@@ -339,8 +340,9 @@ class _BatchesMixin:
             self.batches = list(plan.order(n))
         self.first_flips = plan.first_flips(n)
         parts = plan.shard[1]  # (process, processes): this process feeds its slice of a batch
-        if parts > 1:  # every process must get an equal slice
-            self.batches = [b for b in self.batches if len(b) % parts == 0]
+        if parts > 1:  # every process must get an equal slice: a last, smaller batch (in
+            # evaluation) loses at most parts - 1 images
+            self.batches = [b[: len(b) - len(b) % parts] for b in self.batches if len(b) >= parts]
 
     def __len__(self) -> int:
         return len(self.batches) - self.plan.skip_steps
