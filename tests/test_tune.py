@@ -106,6 +106,8 @@ def test_hyperband_continues_the_trials_it_promotes(space_file, tmp_path):
     config = json.loads((folders[3] / "run.json").read_text())["config"]
     assert config["epochs"] == 2  # the 2 epochs left
     parent = Path(config["init_from"])
+    parent_trial = [f.resolve() for f in folders].index(parent) + 1
+    assert [t["continues"] for t in trials] == ["", "", "", str(parent_trial)]
     scores = {
         f.resolve(): float(t["val_accuracy"]) for f, t in zip(folders[:3], trials[:3], strict=True)
     }

@@ -21,9 +21,11 @@ from imgcls.tune.trials import OBJECTIVE, TRIAL_FIGURES
 
 def write_trials_csv(search) -> None:
     """``DIR/trials.csv``: one row per ended trial, in the order they started, from the oracle
-    (which holds every trial, also those that workers on other hosts ran)."""
+    (which holds every trial, also those that workers on other hosts ran). Under Hyperband,
+    ``continues`` is the trial a promoted one went on from."""
     names = list(search.space)
     oracle = search.oracle
+    hyperband = search.config.algorithm == "hyperband"
     rows = []
     for trial_id in oracle.start_order:
         if trial_id not in oracle.end_order:
@@ -34,11 +36,14 @@ def write_trials_csv(search) -> None:
             for k in TRIAL_FIGURES
         ]
         values = trial.hyperparameters.values
+        parent = values.get("tuner/trial_id")
         rows.append([
             int(trial_id) + 1, trial.status.lower(), _figure(trial.score),
             *[_figure(v) for v in figures], *[values.get(n, "") for n in names],
+            *([int(parent) + 1 if parent is not None else ""] if hyperband else []),
         ])  # fmt: skip
     header = ["trial", "status", OBJECTIVE, *TRIAL_FIGURES, *names]
+    header += ["continues"] if hyperband else []
     write_csv(search.path("trials.csv"), header, rows)
 
 
