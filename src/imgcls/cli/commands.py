@@ -195,8 +195,14 @@ def cmd_tune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     given = {k: getattr(args, k) for k in TUNE_SETTINGS if getattr(args, k) is not None}
     if args.resume:
         if given or args.data or args.out:
-            parser.error("--resume DIR continues a search as it was started; give nothing else")
-        record = tune(out=args.resume, resume=True, verbose=not args.quiet)
+            parser.error(
+                "--resume DIR continues a search as it was started; give nothing else "
+                "(but --chief or --worker)"
+            )
+        record = tune(
+            out=args.resume, resume=True, chief=args.chief, worker=args.worker,
+            worker_id=args.worker_id, verbose=not args.quiet,
+        )  # fmt: skip
         out = Path(args.resume)
     else:
         if not args.data or not args.out:

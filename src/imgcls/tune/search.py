@@ -68,7 +68,9 @@ def tune(
         data: labelled data as ``imgcls train`` takes it.
         out: the search's folder (new, or empty); with ``resume`` an existing search's.
         resume: continue the search in ``out``: finished trials are kept, the running one
-            continues from its checkpoint.
+            continues from its checkpoint. With ``chief``, a chief that died serves its oracle
+            again (the trials that were running are proposed again); with ``worker``, a worker
+            continues in its own folder (a trial it had begun continues from its checkpoint).
         chief: ``HOST:PORT`` to serve the oracle on, for workers on other hosts to run the
             trials (KerasTuner's chief/worker protocol, gRPC); the chief trains only ``best/``.
         worker: ``HOST:PORT`` of a chief to take trials from; ``out`` holds this worker's
@@ -92,10 +94,23 @@ def tune(
         check(host and port.isdigit(), f"`--{name}` must be HOST:PORT. Received: {address!r}")
     folder = Path(out)
     if resume:
-        check(not (chief or worker), "--resume continues a search on this host alone")
         record = read_record(folder)
         config = TuneSettings(**record["settings"])
-        check(not settings and data is None, "--resume takes the search's folder and nothing else")
+        check(
+            not settings and data is None,
+            "--resume takes the search's folder (and --chief or --worker) and nothing else",
+        )
+        was = record.get("worker")
+        check(
+            bool(worker) == bool(was),
+            f"--resume {folder}: "
+            + (
+                f"this is worker {was['id']}'s folder; continue it with --worker {was['chief']}"
+                if was
+                else "this is a search's folder, not a worker's; drop --worker"
+            ),
+        )
+        worker_id = worker_id or (was or {}).get("id")
     else:
         check(data is not None, "DATA is required (or --resume DIR)")
         unknown = set(settings) - set(TuneSettings.__dataclass_fields__)
@@ -210,7 +225,17 @@ class _Search:
         self.tuner_id, self.worker = worker_id, True
         self.oracle = OracleClient(make_oracle(self))
         self.record["worker"] = {"chief": address, "id": worker_id}
-        self.search()
+        self.save_record()
+        import grpc
+
+        try:
+            self.search()
+        except grpc.RpcError as e:
+            raise ImgclsError(
+                f"the chief at {address} stopped answering ({e.code().name}); once it runs "
+                f"again (imgcls tune --resume CHIEF_DIR --chief {address}), continue this worker "
+                f"with: imgcls tune --resume {self.folder} --worker {address}"
+            ) from None
         self.save_record()
         return self.record
 

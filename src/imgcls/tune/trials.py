@@ -52,8 +52,29 @@ def make_oracle(search):
         os.path.join(oracle._get_trial_dir(trial.trial_id), "trial.json"), trial.get_state()
     )
     if Path(oracle._get_oracle_fname()).is_file():
-        oracle.reload()
+        oracle.reload()  # trials that were running go back in the queue, to be proposed again
+    oracle.end_trial = _end_once(oracle)
     return oracle
+
+
+def _end_once(oracle):
+    """``oracle.end_trial`` that ends each trial once. After a chief restarts, a trial that was
+    running is queued to be proposed again, but the worker that had it (which waits for the
+    chief to come back) may still finish it: then it leaves the queue, and a second ending of
+    the same trial by a worker that got it from the queue meanwhile is ignored."""
+    end = oracle.end_trial
+
+    def end_trial(trial) -> None:
+        if trial.trial_id in oracle.end_order:
+            for tuner_id, ongoing in list(oracle.ongoing_trials.items()):
+                if ongoing.trial_id == trial.trial_id:
+                    oracle.ongoing_trials.pop(tuner_id)
+            return
+        if trial.trial_id in oracle._retry_queue:
+            oracle._retry_queue.remove(trial.trial_id)
+        end(trial)
+
+    return end_trial
 
 
 def serve_oracle(oracle, address: str) -> None:
