@@ -135,3 +135,18 @@ def test_a_bundle_holding_a_bare_classifier_still_gets_its_views(runs, images, t
     classifier_of(load_model(old)).save(old / "model.keras")
     want = imgcls.load(runs["fast"]).predict_proba(images[:8])
     np.testing.assert_allclose(imgcls.load(old).predict_proba(images[:8]), want, atol=TOLERANCE)
+
+
+def test_predict_on_a_cached_onnx_export_never_imports_keras(runs, images):
+    """`imgcls predict --engine onnx` with the export already cached: ONNX Runtime and Pillow
+    only, no Keras or TensorFlow start-up (seconds) in the process."""
+    pytest.importorskip("onnxruntime")
+    imgcls.load(runs["fast"], engine="onnx").predict_proba(images[:1])  # makes the cache
+    script = (
+        "import sys; from imgcls.cli import main\n"
+        "code = main(['predict', sys.argv[1], sys.argv[2], '--engine', 'onnx'])\n"
+        "print(code, sorted(m for m in ('keras', 'tensorflow') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script, str(runs["fast"]), images[0]],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert out.strip().splitlines()[-1] == "0 []"

@@ -295,6 +295,9 @@ def read_meta(run_dir: str | Path) -> BundleMeta:
 
 def load_model(run_dir: str | Path):
     """Load ``RUN/model.keras`` with Keras' safe mode on (no arbitrary code is run)."""
+    from imgcls.backend import import_keras_quietly
+
+    import_keras_quietly()  # a no-op once Keras runs
     import keras
 
     import imgcls.models.layers  # noqa: F401 - registers custom layers before deserialising

@@ -18,6 +18,7 @@ import io
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -156,7 +157,8 @@ def _keras_export(model, path: Path, keras_format: str) -> None:
 
     model(np.zeros((1, *model.input_shape[1:]), np.float32))  # ONNX export wants a called model
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # tf2onnx on NumPy 2's np.object
             model.export(str(path), format=keras_format, verbose=False)
     except ImportError as e:
         raise ImgclsError(

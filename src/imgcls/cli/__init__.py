@@ -201,6 +201,15 @@ def _backend_asked(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _onnx_only(args: argparse.Namespace) -> bool:
+    """``predict`` and ``serve`` with ``--engine onnx`` need Keras only to make the export the
+    first time (:func:`imgcls.bundle.load_model` imports it then)."""
+    return getattr(args, "engine", None) == "onnx" and args.func in (
+        commands.cmd_predict,
+        commands.cmd_serve,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``imgcls`` console script."""
     from imgcls.errors import ImgclsError
@@ -212,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
             from imgcls import backend
 
             backend.select(_backend_asked(args))
-            backend.import_keras_quietly()
+            if not _onnx_only(args):  # ONNX Runtime on a cached export: no Keras (3 s) at all
+                backend.import_keras_quietly()
             if getattr(args, "num_processes", None):
                 backend.init_processes(args.coordinator, args.num_processes, args.process_id)
         return args.func(args, parser)
