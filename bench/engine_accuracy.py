@@ -2,9 +2,11 @@
 
 Trains ``fast`` with its recipe (the default precision: mixed_bfloat16 on a CPU with AMX,
 saved in float32) on ``--images`` CIFAR-10 images, then predicts ``--test`` other CIFAR-10
-images with every engine (``keras``, ``keras-bf16``, ``onnx``) on the same decoded pixels, with
-the run's 6-view test-time augmentation and without. Reports accuracy, top-1 agreement with
-``keras`` and the largest and 99th-percentile |p - p_keras|. Speed is bench/engines.py's job.
+images with every engine (``keras``, ``keras-bf16``, ``onnx``) and with an int8 ONNX export
+(``imgcls export --quantize int8``, calibrated on 256 of the run's training images) on the same
+decoded pixels, with the run's 6-view test-time augmentation and without. Reports accuracy,
+top-1 agreement with ``keras`` and the largest and 99th-percentile |p - p_keras|. Speed is
+bench/engines.py's job.
 
     python bench/engine_accuracy.py --images 20000 --epochs 10 --test 10000
 """
@@ -31,6 +33,15 @@ def pick(n: int, seed: int, exclude: set[str] = frozenset()) -> list[tuple[str, 
         files = [f for f in sorted(str(p) for p in (CIFAR / cls).glob("*.jpg")) if f not in exclude]
         rows += [(files[i], cls) for i in rng.choice(len(files), n // 10, replace=False)]
     return rows
+
+
+def int8_probabilities(run: Path, tta: bool, pixels: np.ndarray, out: Path, k: int) -> np.ndarray:
+    import imgcls
+    from imgcls.engine import OnnxEngine
+    from imgcls.predict import run_batches
+
+    path = imgcls.export(run, "onnx", out / f"int8-{tta}", tta=tta, quantize="int8")
+    return run_batches(OnnxEngine(path), pixels, k)
 
 
 def main() -> None:
@@ -64,8 +75,9 @@ def main() -> None:
     rows = []
     for tta in ("none", "flip_translate"):
         ref = predictors["keras"].predict_pixels(pixels, tta=tta)
-        for engine, predictor in predictors.items():
-            probs = ref if engine == "keras" else predictor.predict_pixels(pixels, tta=tta)
+        answers = {e: p.predict_pixels(pixels, tta=tta) for e, p in predictors.items()}
+        answers["onnx-int8"] = int8_probabilities(run, tta != "none", pixels, a.out, len(classes))
+        for engine, probs in answers.items():
             diff = np.abs(probs - ref)
             rows.append({
                 "tta": tta,

@@ -1,12 +1,12 @@
-"""Inference speed of a bundle: Keras (TensorFlow) in float32 and in bfloat16 vs ONNX Runtime,
-same images, one run.
+"""Inference speed of a bundle: Keras (TensorFlow) in float32 and in bfloat16, ONNX Runtime in
+float32 and on an int8 export, same images, one run.
 
 For `fast` and `classic` at 32x32 (10 classes), without and with the bundle's test-time
 augmentation baked into the graph, and for the photo default `efficientnet_lite0` at 224x224
 with its 2 views: images/s at batch 256 (64 for the 224x224 model) and the latency of one image
 (batch 1), median of ``--repeats`` timed calls after a warm-up. The models are trained for one
-epoch on random images (Lite0 from random weights): speed does not depend on the weights (what bfloat16 does to the answers of
-a trained model: bench/engine_accuracy.py).
+epoch on random images (Lite0 from random weights): speed does not depend on the weights (what
+bfloat16 and int8 do to the answers of a trained model: bench/engine_accuracy.py).
 
     python bench/engines.py
 """
@@ -59,12 +59,15 @@ def make_run(model: str, base: Path, side: int) -> Path:
 
 
 def measure(run: Path, tta: str, repeats: int, side: int, batch: int) -> list[dict]:
-    from imgcls.engine import ENGINES, KerasEngine
+    import imgcls
+    from imgcls.engine import ENGINES, KerasEngine, OnnxEngine
     from imgcls.predict import Predictor
 
     xb = np.random.default_rng(0).integers(0, 256, (batch, side, side, 3)).astype(np.float32)
     x1 = xb[:1]
     runners = {name: Predictor(run, engine=name).runner(tta) for name in ENGINES}
+    int8 = imgcls.export(run, "onnx", run / f"int8-{tta}", tta=tta != "none", quantize="int8")
+    runners["onnx-int8"] = OnnxEngine(int8)  # calibrated on the run's (random) training images
     keras_runner = runners["keras"]
     model = keras_runner.model
     rows = []

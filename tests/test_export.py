@@ -8,6 +8,7 @@ be so ill-conditioned that float32 rounding alone moves its probabilities (docs/
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import subprocess
@@ -150,3 +151,30 @@ def test_predict_on_a_cached_onnx_export_never_imports_keras(runs, images):
     out = subprocess.run([sys.executable, "-c", script, str(runs["fast"]), images[0]],
                          capture_output=True, text=True, check=True).stdout  # fmt: skip
     assert out.strip().splitlines()[-1] == "0 []"
+
+
+def test_an_int8_onnx_export_is_smaller_and_close(runs, images, tmp_path, capsys):
+    """--quantize int8: calibrated on the run's training images, read by the same client."""
+    pytest.importorskip("onnxruntime")
+    from imgcls.cli import main
+
+    float_path = imgcls.export(runs["fast"], "onnx", tmp_path / "f32")
+    path = imgcls.export(runs["fast"], "onnx", tmp_path / "int8", quantize="int8")
+    assert path.stat().st_size < float_path.stat().st_size / 2
+    spec = json.loads((tmp_path / "int8" / "imgcls.json").read_text())
+    with open(runs["fast"] / "split.csv", newline="") as f:
+        n_train = sum(row["split"] == "train" for row in csv.DictReader(f))
+    assert spec["quantized"]["type"] == "int8"
+    assert spec["quantized"]["calibration"].startswith(f"{min(n_train, 256)} images of ")
+    classes = imgcls.load(runs["fast"]).classes_
+    want = probabilities(client("onnx", tmp_path / "f32", images), classes)
+    got = probabilities(client("onnx", tmp_path / "int8", images), classes)
+    assert (got.argmax(1) == want.argmax(1)).mean() >= 0.9
+    assert np.abs(got - want).max() <= 0.25  # int8 rounding, not a different model
+
+    args = ["export", str(runs["fast"]), "--out", str(tmp_path / "x"), "--quantize", "int8"]
+    assert main([*args, "--format", "litert"]) == 2
+    assert "stay float32" in capsys.readouterr().err
+    assert main([*args, "--format", "onnx", "--calibration", str(tmp_path / "nowhere")]) == 2
+    assert "--calibration" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

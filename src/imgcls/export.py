@@ -22,6 +22,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from imgcls.bundle import (
     RunFolder,
     classifier_of,
@@ -39,12 +41,23 @@ FORMATS = {  # imgcls name -> (Keras export format, file or folder written, runt
     "savedmodel": ("tf_saved_model", "saved_model", "tensorflow"),
     "litert": ("litert", "model.tflite", "ai-edge-litert"),
 }
+QUANTIZE = ("int8",)
+# Images the int8 calibration sees (the run's training images unless told otherwise): with 256,
+# `fast` on CIFAR-10 lost 0.2 points of accuracy and kept 98% of its top classes (BENCHMARKS.md).
+CALIBRATION_IMAGES = 256
 EXPORT_FORMAT = "imgcls-export"
 EXPORT_VERSION = 1
 ONNX_CACHE = "onnx"  # folder in the run holding exports made for --engine onnx
 
 
-def export(run: str | Path, format: str, out: str | Path, tta: bool = True) -> Path:
+def export(
+    run: str | Path,
+    format: str,
+    out: str | Path,
+    tta: bool = True,
+    quantize: str | None = None,
+    calibration: str | None = None,
+) -> Path:
     """Write RUN's inference model to ``out`` in ``format``, with ``out/imgcls.json``.
 
     Args:
@@ -53,6 +66,12 @@ def export(run: str | Path, format: str, out: str | Path, tta: bool = True) -> P
             ``serve``) or ``litert`` (``out/model.tflite``).
         out: the folder to write; files already there of the same names are replaced whole.
         tta: bake the run's test-time augmentation into the graph (``False``: one view, faster).
+        quantize: ``"int8"`` (ONNX only): weights int8 per channel, activations uint8, ranges
+            calibrated on :data:`CALIBRATION_IMAGES` images; a 4x smaller file and 2.7x the
+            images/s of float32 on a CPU with VNNI, but probabilities that differ by up to
+            ~0.1 (``imgcls predict`` no longer agrees to 1e-4).
+        calibration: the data whose images calibrate ``quantize`` (default: the run's own
+            training images, which must still be where the run read them).
 
     Returns:
         The path of the model file or folder.
@@ -64,8 +83,18 @@ def export(run: str | Path, format: str, out: str | Path, tta: bool = True) -> P
         format in FORMATS,
         f"`format` must be one of {set(FORMATS)}. Received: format={format!r}",
     )
+    check(
+        quantize in (None, *QUANTIZE),
+        f"`quantize` must be one of {set(QUANTIZE)}. Received: quantize={quantize!r}",
+    )
+    check(
+        not quantize or format == "onnx",
+        f"--quantize {quantize} is for --format onnx (ONNX Runtime's static quantization); "
+        f"{format} exports stay float32",
+    )
     keras_format, name, _ = FORMATS[format]
     meta = read_meta(run)
+    pixels = calibration_images(run, meta, calibration) if quantize else None
     model = load_model(run)
     mode = meta.tta if tta else "none"
     graph = inference_model(float32_copy(classifier_of(model)), mode, meta.temperature)
@@ -74,7 +103,20 @@ def export(run: str | Path, format: str, out: str | Path, tta: bool = True) -> P
     staging = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=out))
     try:
         _keras_export(graph, staging / name, keras_format)
-        write_json(staging / "imgcls.json", describe(meta, format, name, mode))
+        if pixels is not None:
+            float_file = staging / f"float-{name}"
+            os.replace(staging / name, float_file)
+            quantize_onnx(float_file, staging / name, pixels)
+        quantized = None
+        if quantize:
+            source = calibration or meta.data.get("source") or meta.data.get("argument")
+            quantized = {
+                "type": quantize,
+                "weights": "int8, per output channel",
+                "activations": "uint8",
+                "calibration": f"{len(pixels)} images of {source}",
+            }
+        write_json(staging / "imgcls.json", describe(meta, format, name, mode, quantized))
         target = out / name
         if target.is_dir():
             shutil.rmtree(target)
@@ -85,7 +127,9 @@ def export(run: str | Path, format: str, out: str | Path, tta: bool = True) -> P
     return out / name
 
 
-def describe(meta, format: str, file: str, tta: str) -> dict[str, Any]:
+def describe(
+    meta, format: str, file: str, tta: str, quantized: dict | None = None
+) -> dict[str, Any]:
     """The ``imgcls.json`` of an export: everything a consumer needs besides the runtime."""
     h, w = meta.image_size
     return {
@@ -119,12 +163,66 @@ def describe(meta, format: str, file: str, tta: str) -> dict[str, Any]:
         },
         "tta": tta,
         "temperature": meta.temperature,
+        "quantized": quantized,
         "run": {
             "model": meta.config.get("model"),
             "test_accuracy": meta.metrics.get("test_accuracy"),
         },
         "versions": {**meta.versions, "exported_with": library_versions()},
     }
+
+
+def calibration_images(run, meta, data: str | None = None) -> np.ndarray:
+    """Up to :data:`CALIBRATION_IMAGES` images (uint8, at the run's size), drawn with a fixed
+    seed from ``data``, or from the run's training split of its own data."""
+    from imgcls.data.pipeline import decode_images
+    from imgcls.data.sources import load_source
+    from imgcls.data.split import read_split_csv
+
+    source = data or meta.data.get("source") or meta.data.get("argument")
+    try:
+        images = load_source(source)
+    except ImgclsError as e:
+        raise ImgclsError(
+            f"--quantize calibrates on images: {e} (pass --calibration DATA)"
+        ) from None
+    if data is None:
+        images = images.subset(read_split_csv(RunFolder(run).split, images) == "train")
+    check(len(images) > 0, f"--calibration {source}: no images to calibrate on")
+    rng = np.random.default_rng(0)
+    pick = np.sort(rng.choice(len(images), min(CALIBRATION_IMAGES, len(images)), replace=False))
+    pixels, _, _ = decode_images(images.subset(pick), tuple(meta.image_size))
+    check(len(pixels) > 0, f"--calibration {source}: none of its images decoded")
+    return pixels
+
+
+def quantize_onnx(src: Path, dst: Path, pixels: np.ndarray, batch: int = 32) -> None:
+    """ONNX Runtime's static quantization of ``src`` into ``dst`` (QDQ format: the input and
+    output stay float32, so clients are unchanged), ranges calibrated on ``pixels``."""
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = dst.with_name(f"prepared-{dst.name}")
+    quant_pre_process(str(src), str(prepared))
+    name = onnx.load(str(prepared), load_external_data=False).graph.input[0].name
+    feeds = iter(
+        {name: pixels[i : i + batch].astype(np.float32)} for i in range(0, len(pixels), batch)
+    )
+
+    class Feeds(CalibrationDataReader):
+        def get_next(self):
+            return next(feeds, None)
+
+    quantize_static(
+        str(prepared), str(dst), Feeds(), quant_format=QuantFormat.QDQ, per_channel=True,
+        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+    )  # fmt: skip
 
 
 def cached_onnx(run: str | Path, tta: str, temperature: float) -> Path:

@@ -147,6 +147,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="leave the run's test-time augmentation out of the graph (one view: faster)",
     )
+    p.add_argument(
+        "--quantize",
+        choices=["int8"],
+        help="onnx: int8 weights and activations calibrated on training images (4x smaller, "
+        "~2.7x faster on CPUs with VNNI; probabilities differ by up to ~0.1)",
+    )
+    p.add_argument(
+        "--calibration",
+        metavar="DATA",
+        help="images to calibrate --quantize on (default: the run's own training images)",
+    )
     p.set_defaults(func=commands.cmd_export)
 
     p = sub.add_parser("serve", help="an HTTP server: web page, JSON and Open Inference API")

@@ -105,7 +105,10 @@ def cmd_predict(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
 def cmd_export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from imgcls.export import export
 
-    path = export(args.run, args.format, args.out, tta=not args.no_tta)
+    path = export(
+        args.run, args.format, args.out, tta=not args.no_tta, quantize=args.quantize,
+        calibration=args.calibration,
+    )  # fmt: skip
     print(f"wrote {path} and {Path(args.out) / 'imgcls.json'}")
     return 0
 
