@@ -4,13 +4,13 @@ An engine is a callable from float32 pixels ``(N, H, W, 3)`` in 0..255 to float6
 probabilities ``(N, K)``. ``keras`` and ``onnx`` run the same float32 inference graph (the
 bundle's ``model.keras``, or its ONNX export), so they agree to float rounding (1e-4); ONNX
 Runtime answers one image 4x sooner on a CPU. ``keras-bf16`` runs that graph with the
-classifier's layers computing in bfloat16 (its probabilities layer in float32): 2.4-2.8x the
-images/s of ``keras`` for ``fast``, 1.6x for ``classic``, where the hardware has bfloat16
+classifier's layers computing in bfloat16 (its probabilities layer in float32): 2.4-3x the
+images/s of ``keras`` for ``fast``, 1.6-1.8x for ``classic``, where the hardware has bfloat16
 arithmetic (AMX or avx512_bf16 CPUs under TensorFlow or PyTorch, Ampere and newer GPUs);
 elsewhere it is emulated and slower, and so are depthwise convolutions even on AMX
-(EfficientNet-Lite0: 0.75x; ONNX Runtime is the fast engine there, 2.1x). On
-10,000 CIFAR-10 test images its accuracy equalled float32's (0.830 vs 0.830), its top class
-agreed on 99.2% of images, probabilities moved by 0.03 at the 99th percentile, 0.07 at most
+(EfficientNet-Lite0: 0.75x; ONNX Runtime is the fast engine there, 2x). On 10,000 CIFAR-10
+test images its accuracy equalled float32's (0.829-0.830 in two runs), its top class agreed on
+99.1-99.2% of images, probabilities moved by 0.03 at the 99th percentile, 0.07 at most
 (bench/engine_accuracy.py). It is opt-in: the default engines give the same numbers as every
 export.
 """

@@ -290,12 +290,12 @@ class _Search:
         flags = spaces.train_flags(values)
         start = 0  # epochs already trained by the trial this one continues
         if "tuner/epochs" in values:  # Hyperband decides the epochs
-            previous = self.trial_dir(str(values.get("tuner/trial_id")))
-            if "tuner/trial_id" in values and RunFolder(previous).meta.is_file():
+            parent = values.get("tuner/trial_id")
+            if parent is not None and RunFolder(self.trial_dir(parent)).meta.is_file():
                 # a later round continues its trial's model (on a worker whose disk lacks it,
                 # the trial trains from scratch for all its epochs)
                 start = int(values["tuner/initial_epoch"])
-                flags += ["--init-from", str(previous.resolve())]
+                flags += ["--init-from", str(self.trial_dir(parent).resolve())]
             flags += ["--epochs", str(int(values["tuner/epochs"]) - start)]
         flags += ["--split-file", str(self.path("search_split.csv").resolve())]
         if left is not None:
