@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -33,3 +34,12 @@ def write_result(name: str, obj: Any, folder: Path = RESULTS) -> Path:
     path = folder / f"{name}.json"
     path.write_text(json.dumps(obj, indent=2) + "\n")
     return path
+
+
+def cifar_workspace(out: Path) -> Path:
+    """``out`` emptied for a CIFAR-10 benchmark; exits (skipped) without the CIFAR-10 folder."""
+    if not CIFAR.is_dir():
+        sys.exit(f"skipped: CIFAR-10 folder {CIFAR} not found")
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    return out

@@ -16,13 +16,11 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import shutil
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from _common import CIFAR, write_result
+from _common import CIFAR, cifar_workspace, write_result
 
 
 def pick(n: int, seed: int, exclude: set[str] = frozenset()) -> list[tuple[str, str]]:
@@ -51,14 +49,11 @@ def main() -> None:
     p.add_argument("--test", type=int, default=10_000)
     p.add_argument("--out", type=Path, default=Path("/tmp/imgcls-bench-engine-accuracy"))
     a = p.parse_args()
-    if not CIFAR.is_dir():
-        sys.exit(f"skipped: CIFAR-10 folder {CIFAR} not found")
+    cifar_workspace(a.out)
     import imgcls
     from imgcls.data.decode import load_image
     from imgcls.engine import ENGINES
 
-    shutil.rmtree(a.out, ignore_errors=True)
-    a.out.mkdir(parents=True)
     train_rows = pick(a.images, seed=0)
     test_rows = pick(a.test, seed=1, exclude={path for path, _ in train_rows})
     manifest = a.out / "train.csv"

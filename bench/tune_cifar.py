@@ -21,13 +21,12 @@ import csv
 import json
 import os
 import platform
-import shutil
 import statistics
 import sys
 import time
 from pathlib import Path
 
-from _common import CIFAR, IMGCLS, timed, write_result
+from _common import IMGCLS, cifar_workspace, timed, write_result
 from backends_cpu import manifest
 
 
@@ -38,10 +37,7 @@ def main() -> None:
     p.add_argument("--model", default="fast")
     p.add_argument("--out", type=Path, default=Path("/tmp/imgcls-bench-tune"))
     a = p.parse_args()
-    if not CIFAR.is_dir():
-        sys.exit(f"skipped: CIFAR-10 folder {CIFAR} not found")
-    shutil.rmtree(a.out, ignore_errors=True)
-    a.out.mkdir(parents=True)
+    cifar_workspace(a.out)
     data = manifest(a.out, a.images)
     search = a.out / "search"
     load0 = os.getloadavg()[0]
