@@ -173,6 +173,19 @@ def test_resume_on_a_folder_that_is_not_a_search_is_one_line(tmp_path, capsys):
     assert os.listdir(tmp_path / "run") == []
 
 
+def test_resuming_a_worker_or_a_search_as_the_other_is_one_line(search, tmp_path, capsys):
+    record = json.loads((search / "tune.json").read_text())
+    assert main(["tune", "--resume", str(search), "--worker", "127.0.0.1:1"]) == 2
+    assert "drop --worker" in capsys.readouterr().err
+    worker = tmp_path / "w"
+    worker.mkdir()
+    record["worker"] = {"chief": "10.0.0.1:7000", "id": "w1"}
+    (worker / "tune.json").write_text(json.dumps(record))
+    assert main(["tune", "--resume", str(worker)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "continue it with --worker 10.0.0.1:7000" in err and len(err.splitlines()) == 1
+
+
 @pytest.mark.parametrize(
     "text, expected",
     [
