@@ -200,3 +200,28 @@ def test_a_bad_split_file_is_one_line(tmp_path, capsys, text, expected):
     code = main(["train", "digits", "--out", str(tmp_path / "run"), "--split-file", str(path)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and expected in err and len(err.splitlines()) == 1, err
+
+
+def test_trials_caps_hyperband_whoever_asks_for_trials(tmp_path):
+    """--trials caps a Hyperband oracle itself, so a chief stops its workers there too."""
+    from types import SimpleNamespace
+
+    from keras_tuner.engine.trial import TrialStatus
+
+    from imgcls.tune import space as spaces
+    from imgcls.tune.settings import TuneSettings
+    from imgcls.tune.trials import make_oracle
+
+    space = spaces.parse_space({"lr": {"min": 1e-3, "max": 1e-2, "log": True}}, "space")
+    search = SimpleNamespace(
+        config=TuneSettings(data="digits", algorithm="hyperband", trials=2),
+        space=space, defaults={"lr": 2e-3}, folder=tmp_path, max_epochs=27,
+    )  # fmt: skip
+    oracle = make_oracle(search)
+    for _ in range(2):
+        trial = oracle.create_trial("w1")
+        assert trial.status == TrialStatus.RUNNING
+        oracle.update_trial(trial.trial_id, {"val_accuracy": 0.5})
+        trial.status = TrialStatus.COMPLETED
+        oracle.end_trial(trial)
+    assert oracle.create_trial("w2").status == TrialStatus.STOPPED

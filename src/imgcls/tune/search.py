@@ -254,7 +254,7 @@ class _Search:
                 self.log(f"search stopped: the {c.max_time:g}-minute budget is spent")
                 break
             if not self.worker and len(self.oracle.end_order) >= c.trials:
-                break  # (Hyperband has no trial count of its own)
+                break
             trial = self.oracle.create_trial(self.tuner_id)
             if trial.status != TrialStatus.RUNNING:
                 break

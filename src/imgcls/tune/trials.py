@@ -39,6 +39,7 @@ def make_oracle(search):
     )
     if c.algorithm == "hyperband":
         oracle = kt.oracles.HyperbandOracle(max_epochs=search.max_epochs, factor=3, **common)
+        oracle.max_trials = c.trials  # Hyperband has no count of its own: --trials caps it too
     elif c.algorithm == "random":
         oracle = kt.oracles.RandomSearchOracle(max_trials=c.trials, **common)
     else:
