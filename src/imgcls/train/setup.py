@@ -47,37 +47,35 @@ class LrPlan:
     def progress(self, step: int, time_used: float = 0.0) -> float:
         """How far the decay has gone, 0 to 1: steps after warm-up, or the budget, if further
         ahead than :data:`CLOCK_SLACK`."""
-        done = (step - self.warmup) / max(self.total - self.warmup, 1)
         clock = (time_used - CLOCK_SLACK) / (1 - CLOCK_SLACK)
-        return min(max(done, clock, 0.0), 1.0)
+        return min(max(self._done(step), clock, 0.0), 1.0)
 
     def __call__(self, step: int, time_used: float = 0.0) -> float:
-        ramp = 1.0
-        if self.warmup and step < self.warmup:
-            ramp = self.start + (1.0 - self.start) * step / self.warmup
-        progress = self.progress(step, time_used)
-        if self.shape == "linear":
-            decay = 1.0 - progress
-        else:
-            decay = 0.5 * (1.0 + math.cos(math.pi * progress))
-        return self.peak * min(ramp, decay)
+        where = lambda cond, a, b: a if cond else b  # noqa: E731 - Python's ops.where
+        return self._rate(step, self.progress(step, time_used), where, math.cos, min)
 
     def tensor(self, step):
         """``(rate, progress)`` at ``step`` (a float32 tensor) without a clock, in ``keras.ops``,
         for :func:`plan_in_graph`."""
         from keras import ops
 
+        progress = ops.clip(self._done(step), 0.0, 1.0)
+        return self._rate(step, progress, ops.where, ops.cos, ops.minimum), progress
+
+    def _done(self, step):
+        """The share of the decay's steps done (unclipped)."""
+        return (step - self.warmup) / max(self.total - self.warmup, 1)
+
+    def _rate(self, step, progress, where, cos, minimum):
+        """The one formula, on Python floats or on tensors (``where``, ``cos``, ``minimum``)."""
         ramp = 1.0
         if self.warmup:
-            ramp = ops.where(
+            ramp = where(
                 step < self.warmup, self.start + (1.0 - self.start) * step / self.warmup, 1.0
             )
-        progress = ops.clip((step - self.warmup) / max(self.total - self.warmup, 1), 0.0, 1.0)
-        if self.shape == "linear":
-            decay = 1.0 - progress
-        else:
-            decay = 0.5 * (1.0 + ops.cos(math.pi * progress))
-        return self.peak * ops.minimum(ramp, decay), progress
+        cosine = self.shape != "linear"
+        decay = 0.5 * (1.0 + cos(math.pi * progress)) if cosine else 1.0 - progress
+        return self.peak * minimum(ramp, decay)
 
 
 def plan_in_graph(optimizer, plan: LrPlan) -> None:
