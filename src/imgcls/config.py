@@ -112,33 +112,24 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Check every field; raise :class:`ImgclsError` naming the first bad one."""
-        _positive_int("epochs", self.epochs, allow_none=True)
-        _positive_int("batch_size", self.batch_size, allow_none=True)
-        _positive_int("checkpoint_every", self.checkpoint_every, allow_none=True)
-        _positive_int("patience", self.patience, allow_none=True)
-        _positive_int("keep_checkpoints", self.keep_checkpoints)
+        check_positive_int("epochs", self.epochs, allow_none=True)
+        check_positive_int("batch_size", self.batch_size, allow_none=True)
+        check_positive_int("checkpoint_every", self.checkpoint_every, allow_none=True)
+        check_positive_int("patience", self.patience, allow_none=True)
+        check_positive_int("keep_checkpoints", self.keep_checkpoints)
         check(
             self.finetune_epochs is None
             or (isinstance(self.finetune_epochs, int) and self.finetune_epochs >= 0),
             "`finetune_epochs` must be a non-negative integer. "
             f"Received: finetune_epochs={self.finetune_epochs!r}",
         )
-        if self.finetune_time is not None:
-            check(
-                _is_number(self.finetune_time) and self.finetune_time > 0,
-                "`finetune_time` must be a positive number of minutes. "
-                f"Received: finetune_time={self.finetune_time!r}",
-            )
+        check_minutes("finetune_time", self.finetune_time, allow_none=True)
         if self.lr is not None:
             check(
                 _is_number(self.lr) and 0 < self.lr < 10,
                 f"`lr` must be a number in (0, 10). Received: lr={self.lr!r}",
             )
-        if self.max_time is not None:
-            check(
-                _is_number(self.max_time) and self.max_time > 0,
-                f"`max_time` must be a positive number of minutes. Received: max_time={self.max_time!r}",
-            )
+        check_minutes("max_time", self.max_time, allow_none=True)
         check_splits(self.val_split, self.test_split)
         if self.image_size is not None:
             size = tuple(self.image_size)
@@ -324,10 +315,21 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _positive_int(name: str, value: Any, allow_none: bool = False) -> None:
+def check_positive_int(name: str, value: Any, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
     check(
         isinstance(value, int) and not isinstance(value, bool) and value > 0,
         f"`{name}` must be a positive integer. Received: {name}={value!r}",
+    )
+
+
+
+def check_minutes(name: str, value: Any, allow_none: bool = False) -> None:
+    """A time budget: a positive, finite number of minutes (or ``None`` if allowed)."""
+    if value is None and allow_none:
+        return
+    check(
+        _is_number(value) and value > 0,
+        f"`{name}` must be a positive number of minutes. Received: {name}={value!r}",
     )

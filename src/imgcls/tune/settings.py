@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imgcls.config import check_splits
+from imgcls.config import check_minutes, check_positive_int, check_splits
 from imgcls.errors import ImgclsError, check
 
 ALGORITHMS = ("bayesian", "hyperband", "random")
@@ -36,14 +36,8 @@ class TuneSettings:
             self.algorithm in ALGORITHMS,
             f"`algorithm` must be one of {list(ALGORITHMS)}. Received: {self.algorithm!r}",
         )
-        check(
-            isinstance(self.trials, int) and not isinstance(self.trials, bool) and self.trials > 0,
-            f"`trials` must be a positive integer. Received: trials={self.trials!r}",
-        )
-        check(
-            self.max_time is None or (isinstance(self.max_time, int | float) and self.max_time > 0),
-            f"`max_time` must be a positive number of minutes. Received: max_time={self.max_time!r}",
-        )
+        check_positive_int("trials", self.trials)
+        check_minutes("max_time", self.max_time, allow_none=True)
         check(
             self.final in FINALS, f"`final` must be one of {list(FINALS)}. Received: {self.final!r}"
         )
