@@ -72,14 +72,12 @@ class Param:
 
     def add_to(self, hp, default: Any) -> None:
         """Declare this parameter on a KerasTuner ``HyperParameters`` with ``default``."""
-        default = self.clip(default)
+        default, sampling = self.clip(default), "log" if self.log else "linear"
         if self.values is not None:
             hp.Choice(self.name, list(self.values), default=default)
         elif self.integer:
-            sampling = "log" if self.log else "linear"
             hp.Int(self.name, int(self.low), int(self.high), sampling=sampling, default=default)
         else:
-            sampling = "log" if self.log else "linear"
             hp.Float(self.name, self.low, self.high, sampling=sampling, default=default)
 
 
