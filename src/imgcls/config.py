@@ -324,7 +324,6 @@ def check_positive_int(name: str, value: Any, allow_none: bool = False) -> None:
     )
 
 
-
 def check_minutes(name: str, value: Any, allow_none: bool = False) -> None:
     """A time budget: a positive, finite number of minutes (or ``None`` if allowed)."""
     if value is None and allow_none:
