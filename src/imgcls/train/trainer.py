@@ -67,9 +67,10 @@ class _Trainer:
 
         keras.config.set_dtype_policy(self.precision)
         kwargs = dict(config.model_args)
-        start_from = config.init_from if self.found is None else None  # else the checkpoint's
+        # where the first weights come from: a checkpoint, another run, or the model's own
+        self.start_from = config.init_from if self.found is None else None
         if self.spec.pretrained:  # a checkpoint (or run) holds every weight: none to fetch
-            kwargs["weights"] = "none" if self.found or start_from else config.weights
+            kwargs["weights"] = "none" if self.found or self.start_from else config.weights
         self.process, self.processes = backend.process_info()
         self.chief = self.process == 0  # only process 0 of a data-parallel job writes files
         self.devices = backend.data_parallel(True)  # before any variable exists
@@ -80,9 +81,9 @@ class _Trainer:
             config.model, (*config.image_size, 3), len(data.class_names), **kwargs
         )
         self.spec.init_from_data(self.model, x_train, config.seed)
-        if start_from:
-            load_initial_weights(self.model, start_from)
-            self.log(f"starting from the weights of {start_from}")
+        if self.start_from:
+            load_initial_weights(self.model, self.start_from)
+            self.log(f"starting from the weights of {self.start_from}")
         self.steps = steps_of(len(x_train), config.batch_size)
         self.phases = plan_phases(config, self.spec.pretrained, self.spec.recipe)
         self.stop = StopRule(config.epochs, config.patience, (config.max_time or 0) * 60 or None)
@@ -186,7 +187,9 @@ class _Trainer:
         )
         state = self.initial_state()
         weights = ""
-        if self.spec.pretrained:
+        if self.start_from:
+            weights = f", weights of {self.start_from}"
+        elif self.spec.pretrained:
             from imgcls.models.applications import weights_source
 
             weights = f", {weights_source(c.model, c.weights)}"
