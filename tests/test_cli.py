@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 import shutil
@@ -60,7 +61,11 @@ def test_train_evaluate_predict_end_to_end(tmp_path):
     meta = json.loads((run / "bundle.json").read_text())
     assert meta["class_names"] == ["cats", "dogs", "fish"]
     assert meta["image_size"] == [16, 16] and meta["config"]["seed"] == 3
-    assert {"keras", "tensorflow", "numpy"} <= set(meta["versions"]) | {"tensorflow"}
+    versions = set(meta["versions"])
+    assert {"python", "imgcls", "keras", "numpy", "pillow"} <= versions
+    assert {"tensorflow", "tensorflow-cpu"} & versions  # whichever build is installed
+    # every installed backend is recorded, not only the one that trained
+    assert {b for b in ("jax", "torch") if importlib.util.find_spec(b)} <= versions
     with open(run / "split.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 121 and {r["split"] for r in rows} == {"train", "val", "test"}
@@ -226,6 +231,8 @@ def test_models_lists_parameter_counts(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "classic" in out and "815,466" in out
+    fast = next(line for line in out.splitlines() if line.startswith("fast "))
+    assert "ReLU" in fast and "GELU" not in fast  # what the network computes (relu by default)
 
 
 def test_help_is_fast_and_clean():

@@ -146,3 +146,42 @@ def test_evaluation_batches_of_a_job_split_evenly_and_keep_every_image_they_can(
         assert [len(b) for b in labels] == [2, 2, 1]
         seen += [int(v) for b in labels for v in b]
     assert sorted(seen) == list(range(10))
+
+
+def test_flips_and_shifts_move_whole_pixels_by_the_documented_border_rule():
+    """The one augmentation against NumPy: flips and whole-pixel shifts read the image mirrored
+    with the edge pixel repeated (np.pad's "symmetric"), exactly, gathered or resampled."""
+    from keras import ops
+
+    from imgcls.data.augment import apply_params, draw_params
+
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 256, (12, 9, 11, 3), dtype=np.uint8)
+    params = draw_params(rng, 12, 9, 11, ("flip", "translate"), translate=3)
+    t = params["transform"]
+    for resample in (False, True):
+        got = ops.convert_to_numpy(apply_params(x, t, None, resample=resample))
+        for i in range(len(x)):
+            flip = t[i, 0] < 0
+            dy, dx = int(t[i, 5]), int(t[i, 2]) - (10 if flip else 0)
+            padded = np.pad(x[i], ((3, 3), (3, 3), (0, 0)), mode="symmetric")
+            want = padded[3 + dy : 3 + dy + 9, 3 + dx : 3 + dx + 11]
+            np.testing.assert_array_equal(got[i], want[:, ::-1] if flip else want)
+    assert (t[:, 0] < 0).any() and (t[:, 0] > 0).any() and (np.abs(t[:, 5]) == 3).any()
+
+
+def test_class_weights_reach_every_training_batch():
+    """With --class-weight balanced each batch carries its images' class weights, the rarer
+    class weighing more (TensorFlow's tf.data feeder)."""
+    from imgcls.data.pipeline import EpochPlan, train_dataset
+    from imgcls.train.setup import class_weights
+
+    y = np.array([0] * 6 + [1] * 18, np.int32)
+    x = np.zeros((24, 8, 8, 3), np.uint8)
+    weights = class_weights(y, 2)
+    assert weights[0] == pytest.approx(2.0) and weights[1] == pytest.approx(2 / 3)
+    batches = list(train_dataset(x, y, EpochPlan(8, 0, 0, ("flip",)), weights, 2))
+    assert len(batches) == 3
+    for _, labels, sample_weight in batches:
+        expected = weights[np.asarray(labels).argmax(axis=1)]
+        np.testing.assert_allclose(np.asarray(sample_weight), expected, rtol=1e-6)

@@ -35,7 +35,10 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     out = {
         "classic": imgcls.train(str(data), out=base / "classic", model="classic", batch_size=16,
                                 model_args={"filters": (16, 32), "dense_units": 32}, **common),
-        "fast": imgcls.train(str(data), out=base / "fast", model="fast", **common),
+        # 6 epochs, not 3: after 3 its top probabilities are ~0.41 of 3 classes, so int8
+        # rounding flips the top class of 6-7 images in 64 (0.89-0.91 agreement by the seed's
+        # draw); at 6 they agree on all 64.
+        "fast": imgcls.train(str(data), out=base / "fast", model="fast", **{**common, "epochs": 6}),
     }  # fmt: skip
     out = {k: v.run_dir for k, v in out.items()}
     shutil.copytree(out["classic"], base / "calibrated")

@@ -169,3 +169,17 @@ def test_transfer_learning_freezes_then_fine_tunes_and_resumes_exactly(tmp_path)
     b = keras.saving.load_model(run / "model.keras", compile=False).get_weights()
     for x, y in zip(a, b, strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+def test_a_recipe_is_typed_and_a_mistyped_key_is_named():
+    from imgcls.errors import ImgclsError
+    from imgcls.models import get_spec, register_model
+    from imgcls.models.recipe import Recipe
+
+    fast = get_spec("fast").recipe
+    assert isinstance(fast, Recipe) and (fast.epochs, fast.optimizer) == (24, "sgd")
+    assert get_spec("classic").recipe.finetune_fraction == Recipe().finetune_fraction  # defaults
+    with pytest.raises(ImgclsError, match=r"Unknown recipe key\(s\) \['epoch'\]; a recipe takes"):
+        register_model("typo", "a typo", recipe={"epoch": 3})
+    with pytest.raises(ImgclsError, match="`optimizer` must be one of"):
+        Recipe(optimizer="adam")

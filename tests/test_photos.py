@@ -64,24 +64,25 @@ def test_small_images_get_fast_and_photos_a_pretrained_backbone(
 
 
 def test_resolve_picks_sizes_and_augmentation_for_the_model(nothing_at_hand):
-    from imgcls.config import DataFacts, TrainConfig
+    from imgcls.config import TrainConfig
+    from imgcls.train.resolve import DataFacts, resolve
 
     photos = DataFacts((375, 500), n_train=300)
-    scratch = TrainConfig().resolve(photos)
+    scratch = resolve(TrainConfig(), photos)
     assert scratch.config.model == "classic" and scratch.config.image_size == (96, 96)
     assert (scratch.config.epochs, scratch.config.batch_size) == (34, 16)  # >= 600 steps in all
     assert scratch.config.augment == ("flip", "crop", "color") and scratch.notes
-    lite = TrainConfig(model="efficientnet_lite0").resolve(photos).config
+    lite = resolve(TrainConfig(model="efficientnet_lite0"), photos).config
     assert lite.image_size == (224, 224) and lite.weights == "imagenet" and lite.tta == "flip"
-    assert lite.resolve(photos).config == lite  # resolving twice changes nothing
-    cifar = TrainConfig().resolve(DataFacts((32, 32), n_train=45000)).config
+    assert resolve(lite, photos).config == lite  # resolving twice changes nothing
+    cifar = resolve(TrainConfig(), DataFacts((32, 32), n_train=45000)).config
     assert (cifar.model, cifar.image_size, cifar.augment) == (
         "fast",
         (32, 32),
         ("flip", "translate"),
     )
     with pytest.raises(ImgclsError, match="`weights` applies only to pretrained backbones"):
-        TrainConfig(model="classic", weights="imagenet").resolve(photos)
+        resolve(TrainConfig(model="classic", weights="imagenet"), photos)
 
 
 def test_classic_pools_globally_on_photos():

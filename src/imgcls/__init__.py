@@ -28,7 +28,7 @@ from imgcls.evaluate.explain import explain
 from imgcls.export import export
 from imgcls.models import create_model, list_models
 from imgcls.predict import Prediction, Predictor, load
-from imgcls.train.api import TrainResult, train
+from imgcls.workflow import TrainResult, train
 
 register_when_keras_loads()
 

@@ -16,16 +16,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from imgcls.errors import ImgclsError, check
+from imgcls.config import BACKENDS
+from imgcls.errors import check
 
-BACKENDS = ("tensorflow", "jax", "torch")
 # What to install for each backend (pyproject extras); TensorFlow's CPU build is a dependency.
 EXTRAS = {
     "tensorflow": "pip install imgcls (CPU) or 'imgcls[tensorflow-gpu]'",
     "jax": "pip install 'imgcls[jax]' (CPU) or 'imgcls[jax-cuda]'",
     "torch": "pip install 'imgcls[torch]'",
 }
-_MODULES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
+LIBRARIES = ("imgcls", "keras", "tensorflow", "tensorflow-cpu", "jax", "jaxlib", "torch", "numpy",
+             "pillow")  # fmt: skip
 
 
 def requested() -> str:
@@ -69,7 +70,7 @@ def select(name: str | None) -> str:
         )
         return name
     check(
-        importlib.util.find_spec(_MODULES[name]) is not None,
+        importlib.util.find_spec(name) is not None,
         f"backend {name} is not installed: {EXTRAS[name]}",
     )
     os.environ["KERAS_BACKEND"] = name
@@ -323,19 +324,15 @@ def data_parallel(on: bool) -> int:
 
 
 def library_versions() -> dict[str, str]:
-    """Versions of the installed backends (for a bundle's record)."""
+    """Versions of Python and of the libraries that decide what a model computes, every
+    backend included (a bundle's and an export's record)."""
+    import platform
     from importlib.metadata import PackageNotFoundError, version
 
-    out = {}
-    for package in ("tensorflow", "tensorflow-cpu", "jax", "jaxlib", "torch"):
+    out = {"python": platform.python_version()}
+    for package in LIBRARIES:
         try:
             out[package] = version(package)
         except PackageNotFoundError:
             continue
     return out
-
-
-def require(module: str, why: str) -> None:
-    """One line naming the extra to install when ``module`` is missing."""
-    if importlib.util.find_spec(module) is None:
-        raise ImgclsError(f"{why} needs {module}: {EXTRAS.get(module, 'pip install ' + module)}")

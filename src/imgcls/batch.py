@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imgcls.errors import ImgclsError, check
+from imgcls.errors import ImgclsError, check, require
 from imgcls.io import atomic_path, write_json
 
 PART_IMAGES = 2048  # images per part: a resumed job redoes at most one part per worker
@@ -62,7 +62,7 @@ def predict_to_parquet(
     from imgcls.bundle import RunFolder, read_meta
 
     check(paths, "no image files to predict")
-    _require("pyarrow", "writing Parquet")
+    require("pyarrow", why="writing Parquet", extra="batch")
     read_meta(run)  # RUN must be a finished run before any worker starts
     out = Path(out)
     parts_dir = out.with_name(out.name + ".parts")
@@ -134,7 +134,7 @@ def _local(run, parts, todo, parts_dir: Path, workers: int, engine: str) -> None
     from concurrent.futures.process import BrokenProcessPool
 
     if engine == "onnx":  # export once here, not once per worker
-        from imgcls.export import cached_onnx
+        from imgcls.engine import cached_onnx
         from imgcls.predict import Predictor
 
         p = Predictor(run)
@@ -170,7 +170,7 @@ class _RayPredictor:
 
 
 def _ray(run, parts, todo, parts_dir: Path, workers: int, engine: str, address: str) -> None:
-    _require("ray", "`--ray`")
+    require("ray", why="`--ray`", extra="batch")
     import pyarrow as pa
     import pyarrow.compute as pc
     import ray
@@ -281,12 +281,3 @@ def _claim(parts_dir: Path, model: Path, paths: list[str], part_images: int) -> 
         return
     parts_dir.mkdir(parents=True, exist_ok=True)
     write_json(marker, job)
-
-
-def _require(module: str, why: str) -> None:
-    import importlib.util
-
-    check(
-        importlib.util.find_spec(module) is not None,
-        f"{why} needs {module}: pip install 'imgcls[batch]'",
-    )

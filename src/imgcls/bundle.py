@@ -13,15 +13,17 @@ the run trained on.
 
 from __future__ import annotations
 
-import contextlib
+import csv
 import json
-import platform
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from imgcls.backend import library_versions
 from imgcls.errors import ImgclsError, check
 from imgcls.io import atomic_path, write_json
 
@@ -33,11 +35,12 @@ META_FILE = "bundle.json"
 # Digests of the decoded train and validation images, so that evaluation can tell when its
 # "new" data holds images the model already saw (a copied folder, a re-exported manifest).
 SEEN_FILE = "seen_digests.npy"
+CHECKPOINT_RE = re.compile(r"^ckpt-(\d{8})\.npz$")  # global step, zero-padded so names sort
 
 
 @dataclass(frozen=True)
 class RunFolder:
-    """The names of the files in a run folder; the only place they are spelled out.
+    """The files of a run folder: the only place they are named, and where they are read.
 
     Example:
         >>> RunFolder(Path("runs/pets")).split
@@ -81,6 +84,14 @@ class RunFolder:
     def checkpoints(self) -> Path:
         return self.path / "checkpoints"
 
+    def checkpoint(self, global_step: int) -> Path:
+        """The checkpoint written after ``global_step`` steps."""
+        return self.checkpoints / f"ckpt-{global_step:08d}.npz"
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.checkpoints / "best.npz"
+
     @property
     def lock(self) -> Path:
         return self.path / ".lock"
@@ -88,6 +99,40 @@ class RunFolder:
     @property
     def tensorboard(self) -> Path:
         return self.path / "tensorboard"
+
+    @property
+    def onnx_cache(self) -> Path:
+        """``onnx/``: exports made for ``--engine onnx``, one per graph variant."""
+        return self.path / "onnx"
+
+    def checkpoint_files(self) -> list[Path]:
+        """The step checkpoints, oldest first."""
+        if not self.checkpoints.is_dir():
+            return []
+        return sorted(p for p in self.checkpoints.iterdir() if CHECKPOINT_RE.match(p.name))
+
+    def read_meta(self) -> BundleMeta:
+        """``bundle.json``; :class:`ImgclsError` if the run is missing, unfinished or damaged."""
+        return read_meta(self.path)
+
+    def read_record(self, why: str = "RUN") -> dict[str, Any]:
+        """``run.json`` (config and data identity); :class:`ImgclsError`, prefixed with
+        ``why``, if this is not a run folder."""
+        check(self.run.is_file(), f"{why}: {self.path} is not a run folder (no {self.run.name})")
+        try:
+            return json.loads(self.run.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ImgclsError(f"{why}: {self.run} is damaged ({e})") from None
+
+    def read_history(self) -> list[dict[str, float]]:
+        """``history.csv``: one row per finished epoch (an empty cell is NaN)."""
+        if not self.history.is_file():
+            return []
+        with open(self.history, newline="", encoding="utf-8") as f:
+            return [
+                {k: float(v) if v else math.nan for k, v in row.items()}
+                for row in csv.DictReader(f)
+            ]
 
 
 @dataclass
@@ -143,17 +188,6 @@ class BundleMeta:
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ImgclsError(f"{where} is damaged: missing or bad field {e}") from None
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of the libraries that decide what a model computes."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for name in ("imgcls", "keras", "tensorflow", "tensorflow-cpu", "numpy", "pillow"):
-        with contextlib.suppress(PackageNotFoundError):
-            out[name] = version(name)
-    return out
 
 
 def save_bundle(run_dir: str | Path, model, meta: BundleMeta) -> None:

@@ -1,7 +1,10 @@
-"""Typed training configuration: defaults < model recipe < config file < command-line flags.
+"""Typed settings and their validation: what a run, a search or a preparation is asked to do.
 
-The resolved configuration is saved with every run (``RUN/bundle.json``) so a run can be
-repeated, resumed or compared exactly.
+:class:`TrainConfig` (precedence: defaults < the model's recipe < a config file < command-line
+flags; :func:`imgcls.train.resolve.resolve` fills what is left open), and
+:class:`SplitSettings`, the field group that ``train``, ``tune`` and ``prepare`` share. The
+command-line flags are generated from these fields (their type, ``help`` and ``choices``).
+This module imports nothing of imgcls but its errors and io: every later stage may read it.
 """
 
 from __future__ import annotations
@@ -14,38 +17,49 @@ from typing import Any
 
 from imgcls.errors import check
 
+BACKENDS = ("tensorflow", "jax", "torch")  # the Keras backends imgcls runs on
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 AUGMENTATIONS = ("flip", "translate", "crop", "color")
 TTA_MODES = ("none", "flip", "translate", "flip_translate")  # test-time augmentation choices
 MIN_IMAGE_SIDE = 8  # pixels; below this no model here has anything to convolve
 MAX_IMAGE_SIDE = 1024  # pixels; larger inputs belong to a different kind of model
-# Recipe fields every model gets unless its recipe or the user says otherwise.
-GENERIC_RECIPE = {
-    "epochs": 10,
-    "batch_size": 64,
-    "lr": 1e-3,
-    "label_smoothing": 0.0,
-    "weight_decay": 0.0,
-    "tta": "none",
-    "finetune_epochs": 0,
-    "finetune_time": None,
-}
-MIN_ADAPTED_BATCH = 16  # smallest batch a recipe shrinks to on a small data set
 
 
 def _opt(help: str, **extra: Any) -> Any:
-    """A field defaulting to ``None`` (filled by :meth:`TrainConfig.resolve`) with its CLI help."""
+    """A field defaulting to ``None`` (filled when the config is resolved) with its CLI help."""
     return field(default=None, metadata={"help": help, **extra})
 
 
 @dataclass
-class TrainConfig:
+class SplitSettings:
+    """How images are split into train, validation and test, and the seed: the one definition
+    that ``imgcls train``, ``tune`` and ``prepare`` share (a folder with its own val/ or test/
+    keeps it; the fractions then carve only what is missing)."""
+
+    val_split: float = field(default=0.1, metadata={"help": "fraction for validation"})
+    test_split: float = field(default=0.1, metadata={"help": "fraction for test"})
+    seed: int = field(
+        default=0, metadata={"help": "seed of the split and of everything random after it"}
+    )
+
+    def validate_split(self) -> None:
+        """Both fractions in [0, 1) leaving images to train on, and a non-negative seed."""
+        check_splits(self.val_split, self.test_split)
+        check(
+            isinstance(self.seed, int) and not isinstance(self.seed, bool) and self.seed >= 0,
+            f"`seed` must be a non-negative integer. Received: seed={self.seed!r}",
+        )
+
+
+@dataclass
+class TrainConfig(SplitSettings):
     """Everything that decides what a training run does.
 
     Precedence: these defaults < the model's recipe < a config file < command-line flags.
-    Fields left as ``None`` are filled by :meth:`resolve` from the model's recipe (epochs,
-    batch size, learning rate, ...) or from the data (model, image size, augmentation). The
-    ``imgcls train`` flags are generated from these fields and their ``help``.
+    Fields left as ``None`` are filled from the model's recipe (epochs, batch size, learning
+    rate, ...) or from the data (model, image size, augmentation) when the run resolves its
+    config (:func:`imgcls.train.resolve.resolve`). The ``imgcls train`` flags are generated
+    from these fields and their ``help``.
     """
 
     model: str | None = _opt(
@@ -54,15 +68,15 @@ class TrainConfig:
     )
     model_args: dict[str, Any] = field(
         default_factory=dict,
-        metadata={"help": "model argument, value parsed as JSON, e.g. 'filters=[32,64]'"},
+        metadata={
+            "help": "model argument, value parsed as JSON, e.g. 'filters=[32,64]'",
+            "flag": "--model-arg",
+        },
     )
     epochs: int | None = _opt("training epochs (pretrained: head epochs + finetune_epochs)")
     batch_size: int | None = _opt("images per step")
     lr: float | None = _opt("peak learning rate")
     image_size: tuple[int, int] | None = _opt("(height, width) the images are resized to")
-    val_split: float = field(default=0.1, metadata={"help": "fraction for validation"})
-    test_split: float = field(default=0.1, metadata={"help": "fraction for test"})
-    seed: int = field(default=0, metadata={"help": "seed of the split, init and augmentation"})
     split_file: str | None = _opt(
         "split.csv (id,label,split) giving each image's split instead of drawing one; images "
         "it does not name are left out",
@@ -106,8 +120,7 @@ class TrainConfig:
         choices=TTA_MODES,
     )
     backend: str | None = _opt(
-        "Keras backend: tensorflow, jax or torch (default: $KERAS_BACKEND, else tensorflow)",
-        choices=("tensorflow", "jax", "torch"),
+        "Keras backend (default: $KERAS_BACKEND, else tensorflow)", choices=BACKENDS
     )
 
     def validate(self) -> TrainConfig:
@@ -130,7 +143,7 @@ class TrainConfig:
                 f"`lr` must be a number in (0, 10). Received: lr={self.lr!r}",
             )
         check_minutes("max_time", self.max_time, allow_none=True)
-        check_splits(self.val_split, self.test_split)
+        self.validate_split()
         if self.image_size is not None:
             size = tuple(self.image_size)
             check(
@@ -167,10 +180,6 @@ class TrainConfig:
                     _is_number(value) and 0 <= value < 1,
                     f"`{name}` must be a number in [0, 1). Received: {name}={value!r}",
                 )
-        check(
-            isinstance(self.seed, int) and self.seed >= 0,
-            f"`seed` must be a non-negative integer. Received: seed={self.seed!r}",
-        )
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -195,98 +204,55 @@ class TrainConfig:
 
     def updated(self, **overrides: Any) -> TrainConfig:
         """A copy with the given fields replaced (``None`` values are ignored)."""
-        values = {k: v for k, v in overrides.items() if v is not None}
-        return dataclasses.replace(self, **values).validate()
-
-    def resolve(self, data: DataFacts) -> Resolved:
-        """Fill every field left ``None``: the one place defaults are decided.
-
-        The model comes from the data (``fast`` for small images; for photos a pretrained
-        backbone whose weights are at hand, else ``classic`` from scratch), then the image size
-        (the backbone's native size, or the data's), the augmentation that suits the data, and
-        the rest from the model's recipe, then :data:`GENERIC_RECIPE`. A recipe with
-        ``min_steps_per_epoch`` shrinks its batch on small data sets (to a power of two, at
-        least 16; an SGD recipe scales its learning rate with it, the linear scaling rule), and
-        one with ``min_total_steps`` trains more epochs on them, unless these were given. Test-time augmentation only uses what training
-        showed the model. Resolving a resolved config changes nothing.
-
-        Returns:
-            A :class:`Resolved`: the config and one line per choice made for the user.
-        """
-        from imgcls import backend
-        from imgcls.data.augment import PHOTO_AUGMENT
-        from imgcls.data.sizes import default_image_size, is_photo_size
-        from imgcls.models import get_spec
-        from imgcls.models.choice import choose_model
-
-        notes: list[str] = []
-        config = self
-        if config.model is None:
-            choice = choose_model(config.image_size or data.typical_size, config.weights)
-            config = dataclasses.replace(config, model=choice.model, weights=choice.weights)
-            notes.append(choice.reason)
-        spec = get_spec(config.model)
-        check(
-            spec.pretrained or config.weights is None,
-            f"`weights` applies only to pretrained backbones, not model '{config.model}'. "
-            f"Received: weights={config.weights}",
-        )
-        fills: dict[str, Any] = {}
-        if config.image_size is None:
-            size = data.cache_size or default_image_size(data.typical_size, spec.pretrained)
-            fills["image_size"] = tuple(int(s) for s in size)
-        if config.backend is None:
-            fills["backend"] = backend.name()
-        if config.augment is None:
-            photo = is_photo_size(data.typical_size) and data.augment != ()
-            fills["augment"] = PHOTO_AUGMENT if photo else tuple(data.augment)
-        if spec.pretrained and config.weights is None:
-            fills["weights"] = "imagenet"
-        recipe = {**GENERIC_RECIPE, **spec.recipe}
-        for key in GENERIC_RECIPE:
-            if getattr(config, key) is None and recipe[key] is not None:
-                fills[key] = recipe[key]
-        if "tta" in fills:  # test-time augmentation only from what training showed the model
-            augment = fills.get("augment", config.augment) or ()
-            parts = [a for a in ("flip", "translate") if a in fills["tta"] and a in augment]
-            fills["tta"] = "_".join(parts) or "none"
-        min_steps = recipe.get("min_steps_per_epoch")
-        if min_steps and "batch_size" in fills and data.n_train // fills["batch_size"] < min_steps:
-            batch = max(MIN_ADAPTED_BATCH, 2 ** int(math.log2(max(data.n_train / min_steps, 1))))
-            if "lr" in fills and recipe.get("optimizer") == "sgd":  # the linear scaling rule
-                fills["lr"] = fills["lr"] * batch / fills["batch_size"]
-            fills["batch_size"] = batch
-        min_total = recipe.get("min_total_steps")
-        if min_total and "epochs" in fills:
-            batch = fills.get("batch_size", config.batch_size)
-            per_epoch = max(1, data.n_train // max(1, min(batch, data.n_train)))
-            fills["epochs"] = max(fills["epochs"], math.ceil(min_total / per_epoch))
-        return Resolved(config.updated(**fills), notes)
+        return with_overrides(self, overrides).validate()
 
 
-@dataclass(frozen=True)
-class DataFacts:
-    """What :meth:`TrainConfig.resolve` needs to know about the data.
-
-    Attributes:
-        typical_size: the most common (height, width) of the images.
-        n_train: images in the training split.
-        augment: the augmentation the source recommends (``()`` for none; no flips for digits).
-        cache_size: the size of a prepared folder's pixel cache, which training then uses.
-    """
-
-    typical_size: tuple[int, int]
-    n_train: int
-    augment: tuple[str, ...] = ("flip", "translate")
-    cache_size: tuple[int, int] | None = None
+ON_ERROR = ("skip", "fail")  # what `imgcls prepare` does with files it cannot use
 
 
 @dataclass
-class Resolved:
-    """A resolved :class:`TrainConfig` and one line per choice made for the user."""
+class PrepareConfig(SplitSettings):
+    """What ``imgcls prepare`` is asked to do (its flags are generated from these fields)."""
 
-    config: TrainConfig
-    notes: list[str]
+    image_size: tuple[int, int] | None = _opt(
+        "(height, width) of the pixel cache (default: the size `imgcls train` picks)"
+    )
+    on_error: str = field(
+        default="skip",
+        metadata={
+            "help": "skip: leave bad files out and list them; fail: exit 1 listing them",
+            "choices": ON_ERROR,
+        },
+    )
+    label_issues: bool = field(
+        default=False, metadata={"help": "rank suspected mislabelled images (cleanlab)"}
+    )
+
+    def validate(self) -> PrepareConfig:
+        """Check every field; raise :class:`ImgclsError` naming the first bad one."""
+        check(
+            self.on_error in ON_ERROR,
+            f"`on_error` must be one of {{{', '.join(ON_ERROR)}}}. Received: on_error={self.on_error}",
+        )
+        self.validate_split()
+        if self.image_size is not None:
+            size = tuple(self.image_size)
+            check(
+                len(size) == 2 and all(isinstance(s, int) and s > 0 for s in size),
+                "`image_size` must be two positive integers (H W). "
+                f"Received: image_size={self.image_size}",
+            )
+            self.image_size = size  # type: ignore[assignment]
+        return self
+
+
+def with_overrides(settings: Any, overrides: dict[str, Any]) -> Any:
+    """A copy of the dataclass ``settings`` with ``overrides`` replacing its fields (``None``
+    values are ignored); an unknown name is an error naming it and the known ones."""
+    known = [f.name for f in dataclasses.fields(settings)]
+    unknown = sorted(set(overrides) - set(known))
+    check(not unknown, f"Unknown setting(s) {unknown}; known settings are {known}")
+    return dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

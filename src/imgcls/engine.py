@@ -1,4 +1,5 @@
-"""What runs an inference model: Keras (on its backend) or ONNX Runtime.
+"""What runs an inference model: Keras (on its backend) or ONNX Runtime, and the ONNX export
+both :mod:`imgcls.predict` and :mod:`imgcls.export` make of it.
 
 An engine is a callable from float32 pixels ``(N, H, W, 3)`` in 0..255 to float64 class
 probabilities ``(N, K)``. ``keras`` and ``onnx`` run the same float32 inference graph (the
@@ -17,12 +18,20 @@ export.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
 import os
+import shutil
+import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from imgcls.errors import check
+from imgcls.bundle import RunFolder, classifier_of, float32_copy, inference_model, load_model
+from imgcls.errors import ImgclsError, check, require
+from imgcls.io import TMP_PREFIX
 
 ENGINES = ("keras", "keras-bf16", "onnx")
 BF16_POLICY = "mixed_bfloat16"  # the Keras dtype policy of the keras-bf16 engine
@@ -64,14 +73,9 @@ class OnnxEngine:
     name = "onnx"
 
     def __init__(self, path: str | Path, threads: int | None = None):
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            from imgcls.errors import ImgclsError
+        require("onnxruntime", why="`engine` onnx", extra="onnx")
+        import onnxruntime as ort
 
-            raise ImgclsError(
-                "`engine` onnx needs ONNX Runtime: pip install 'imgcls[onnx]'"
-            ) from None
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or os.cpu_count() or 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -81,3 +85,43 @@ class OnnxEngine:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         out = self.session.run(None, {self.input: np.asarray(x, np.float32)})[0]
         return np.asarray(out, np.float64)
+
+
+def cached_onnx(run: str | Path, tta: str, temperature: float) -> Path:
+    """An ONNX export of RUN's inference graph with ``tta`` and ``temperature``, made on first
+    use and kept in ``RUN/onnx/`` under the hash of ``model.keras`` and those settings."""
+    folder = RunFolder(run)
+    digest = hashlib.sha256()
+    with open(folder.model, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    digest.update(f"{tta}|{temperature!r}".encode())
+    path = folder.onnx_cache / f"{digest.hexdigest()[:16]}.onnx"
+    if path.is_file():
+        return path
+    model = load_model(run)
+    graph = inference_model(float32_copy(classifier_of(model)), tta, temperature)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=path.parent))
+    try:
+        keras_export(graph, staging / "model.onnx", "onnx")
+        os.replace(staging / "model.onnx", path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
+def keras_export(model, path: Path, keras_format: str) -> None:
+    """``model.export`` with Keras' and the converters' chatter silenced."""
+    model(np.zeros((1, *model.input_shape[1:]), np.float32))  # ONNX export wants a called model
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # tf2onnx on NumPy 2's np.object
+            model.export(str(path), format=keras_format, verbose=False)
+    except ImportError as e:
+        raise ImgclsError(
+            f"exporting to {keras_format} needs a converter that is not installed ({e}): "
+            "pip install 'imgcls[export]'"
+        ) from None
+    except ValueError as e:  # Keras: this format is not available on this backend
+        raise ImgclsError(f"cannot export to {keras_format}: {' '.join(str(e).split())}") from None

@@ -20,3 +20,12 @@ def check(condition: bool, message: str) -> None:
     """Raise :class:`ImgclsError` with ``message`` unless ``condition`` holds."""
     if not condition:
         raise ImgclsError(message)
+
+
+def require(*modules: str, why: str, extra: str) -> None:
+    """Raise :class:`ImgclsError` naming the ``imgcls[extra]`` to install when one of
+    ``modules`` (top-level names) that ``why`` needs is missing."""
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    check(not missing, f"{why} needs {', '.join(missing)}: pip install 'imgcls[{extra}]'")

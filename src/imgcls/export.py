@@ -7,32 +7,30 @@ reproduce ``imgcls predict`` (class names, input layout and range, the exact dec
 
     imgcls export runs/pets --format onnx --out pets-onnx
 
-:func:`cached_onnx` is the same export kept in the run folder for ``--engine onnx``.
+:func:`imgcls.engine.cached_onnx` is the same ONNX export kept in the run folder for
+``--engine onnx``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import io
 import os
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from imgcls.backend import library_versions
 from imgcls.bundle import (
     RunFolder,
     classifier_of,
     float32_copy,
     inference_model,
-    library_versions,
     load_model,
     read_meta,
 )
+from imgcls.engine import keras_export
 from imgcls.errors import ImgclsError, check
 from imgcls.io import TMP_PREFIX, write_json
 
@@ -47,7 +45,6 @@ QUANTIZE = ("int8",)
 CALIBRATION_IMAGES = 256
 EXPORT_FORMAT = "imgcls-export"
 EXPORT_VERSION = 1
-ONNX_CACHE = "onnx"  # folder in the run holding exports made for --engine onnx
 
 
 def export(
@@ -102,7 +99,7 @@ def export(
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=out))
     try:
-        _keras_export(graph, staging / name, keras_format)
+        keras_export(graph, staging / name, keras_format)
         if pixels is not None:
             float_file = staging / f"float-{name}"
             os.replace(staging / name, float_file)
@@ -223,45 +220,3 @@ def quantize_onnx(src: Path, dst: Path, pixels: np.ndarray, batch: int = 32) -> 
         str(prepared), str(dst), Feeds(), quant_format=QuantFormat.QDQ, per_channel=True,
         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
     )  # fmt: skip
-
-
-def cached_onnx(run: str | Path, tta: str, temperature: float) -> Path:
-    """An ONNX export of RUN's inference graph with ``tta`` and ``temperature``, made on first
-    use and kept in ``RUN/onnx/`` under the hash of ``model.keras`` and those settings."""
-    folder = RunFolder(run)
-    digest = hashlib.sha256()
-    with open(folder.model, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    digest.update(f"{tta}|{temperature!r}".encode())
-    path = folder.path / ONNX_CACHE / f"{digest.hexdigest()[:16]}.onnx"
-    if path.is_file():
-        return path
-    model = load_model(run)
-    graph = inference_model(float32_copy(classifier_of(model)), tta, temperature)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=path.parent))
-    try:
-        _keras_export(graph, staging / "model.onnx", "onnx")
-        os.replace(staging / "model.onnx", path)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return path
-
-
-def _keras_export(model, path: Path, keras_format: str) -> None:
-    """``model.export`` with Keras' and the converters' chatter silenced."""
-    import numpy as np
-
-    model(np.zeros((1, *model.input_shape[1:]), np.float32))  # ONNX export wants a called model
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # tf2onnx on NumPy 2's np.object
-            model.export(str(path), format=keras_format, verbose=False)
-    except ImportError as e:
-        raise ImgclsError(
-            f"exporting to {keras_format} needs a converter that is not installed ({e}): "
-            "pip install 'imgcls[export]'"
-        ) from None
-    except ValueError as e:  # Keras: this format is not available on this backend
-        raise ImgclsError(f"cannot export to {keras_format}: {' '.join(str(e).split())}") from None

@@ -26,7 +26,7 @@ from imgcls.bundle import (
 )
 from imgcls.config import TTA_MODES
 from imgcls.data.decode import DecodeError, Source, load_image
-from imgcls.engine import BF16_POLICY, KerasEngine, OnnxEngine, check_engine
+from imgcls.engine import BF16_POLICY, KerasEngine, OnnxEngine, cached_onnx, check_engine
 from imgcls.errors import check
 
 PREDICT_BATCH = 64  # images per forward pass (times the test-time views inside the model)
@@ -120,8 +120,6 @@ class Predictor:
         key = (resolve_tta(tta, self.tta), self.temperature if temperature is None else temperature)
         if key not in self._runners:
             if self.engine == "onnx":
-                from imgcls.export import cached_onnx
-
                 self._runners[key] = OnnxEngine(cached_onnx(self.run_dir, *key))
             elif self.engine == "keras-bf16":
                 _warn_if_emulated()

@@ -31,6 +31,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"imgcls {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_prepare, _train, _evaluate, _explain, _calibrate, _predict, _export, _serve,
+                _tune, _models):  # fmt: skip
+        add(sub)
+    return parser
+
+
+def _prepare(sub) -> None:
+    from imgcls.config import PrepareConfig
 
     p = sub.add_parser(
         "prepare", help="scan, clean, split and cache DATA; write a report of every issue"
@@ -41,27 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="folder for manifest.csv, the pixel cache, report.json and report.html",
     )
-    p.add_argument(
-        "--image-size",
-        type=int,
-        nargs=2,
-        metavar=("H", "W"),
-        help="cache size (default: as train picks)",
-    )
-    p.add_argument(
-        "--on-error",
-        choices=["skip", "fail"],
-        default="skip",
-        help="skip: leave bad files out and list them (default); fail: exit 1 listing them",
-    )
-    p.add_argument(
-        "--val-split", type=float, default=0.1, help="fraction for validation (default 0.1)"
-    )
-    p.add_argument("--test-split", type=float, default=0.1, help="fraction for test (default 0.1)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--label-issues", action="store_true", help="rank suspected mislabelled images (cleanlab)"
-    )
+    flags.add_flags(p, PrepareConfig)
     p.add_argument(
         "--from-run",
         metavar="RUN",
@@ -69,14 +57,37 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: k-fold cross-validation of a quick model)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress output")
-    p.set_defaults(
-        func=commands.cmd_prepare, keras=False
-    )  # scanning never needs TensorFlow: skip its import
+    # scanning never needs TensorFlow: skip its import
+    p.set_defaults(func=commands.cmd_prepare, keras=False)
+
+
+def _train(sub) -> None:
+    from imgcls.config import TrainConfig
 
     p = sub.add_parser("train", help="train a model and write a run folder")
-    flags.train_args(p)
-    p.set_defaults(func=flags.cmd_train)
+    p.add_argument(
+        "data",
+        nargs="?",
+        help="folder per class, CSV manifest, prepared folder or built-in name "
+        "(digits, cifar10, cifar100, mnist, fashion_mnist)",
+    )
+    p.add_argument(
+        "--out", help="run folder to write (model bundle, split.csv, history.csv, checkpoints)"
+    )
+    p.add_argument("--resume", metavar="RUN", help="continue RUN from its newest good checkpoint")
+    p.add_argument(
+        "--config", metavar="FILE", help="JSON or TOML file of training settings (flags win)"
+    )
+    flags.add_flags(p, TrainConfig)
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    job = p.add_argument_group("data-parallel job over several processes (JAX backend)")
+    job.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address")
+    job.add_argument("--num-processes", type=int, metavar="N", help="processes in the job")
+    job.add_argument("--process-id", type=int, metavar="I", help="this process, 0 to N-1")
+    p.set_defaults(func=commands.cmd_train)
 
+
+def _evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="metrics of a run on a data set (default: its test split)")
     p.add_argument("run", help="run folder written by `imgcls train`")
     p.add_argument(
@@ -90,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     _engine_arg(p)
     p.set_defaults(func=commands.cmd_evaluate)
 
+
+def _explain(sub) -> None:
     p = sub.add_parser(
         "explain", help="filters, feature maps, Grad-CAM and top classes for one image"
     )
@@ -99,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5, help="classes shown (default 5)")
     p.set_defaults(func=commands.cmd_explain)
 
+
+def _calibrate(sub) -> None:
     p = sub.add_parser(
         "calibrate", help="fit a temperature on the validation split; predict uses it"
     )
@@ -111,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=commands.cmd_calibrate)
 
+
+def _predict(sub) -> None:
     p = sub.add_parser("predict", help="classify image files, folders or globs")
     p.add_argument("run", help="run folder written by `imgcls train`")
     p.add_argument(
@@ -138,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=commands.cmd_predict)
 
+
+def _export(sub) -> None:
     p = sub.add_parser("export", help="write the run's inference model for ONNX, TF or LiteRT")
     p.add_argument("run", help="run folder written by `imgcls train`")
     p.add_argument("--format", required=True, choices=["onnx", "savedmodel", "litert"])
@@ -160,22 +179,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=commands.cmd_export)
 
+
+def _serve(sub) -> None:
+    from imgcls.serve.limits import ServeConfig
+
     p = sub.add_parser("serve", help="an HTTP server: web page, JSON and Open Inference API")
     p.add_argument("run", help="run folder written by `imgcls train`")
-    flags.serve_args(p)
+    flags.add_flags(p, ServeConfig)
     p.set_defaults(func=commands.cmd_serve)
+
+
+def _tune(sub) -> None:
+    from imgcls.tune.settings import TuneSettings
 
     p = sub.add_parser(
         "tune", help="search training settings on the validation split, then test once"
     )
-    flags.tune_args(p)
+    p.add_argument("data", nargs="?", help="labelled data, as `imgcls train` takes it")
+    p.add_argument("--out", help="new folder for the search (trials, best/, report.html)")
+    p.add_argument("--resume", metavar="DIR", help="continue the search in DIR after a stop")
+    flags.add_flags(p, TuneSettings)
+    p.add_argument(
+        "--chief", metavar="HOST:PORT", help="serve the oracle here to workers on other hosts"
+    )
+    p.add_argument(
+        "--worker", metavar="HOST:PORT", help="run trials for the chief at HOST:PORT (same DATA)"
+    )
+    p.add_argument("--worker-id", help="this worker's name (default: host name and process id)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=commands.cmd_tune)
 
+
+def _models(sub) -> None:
     p = sub.add_parser("models", help="list registered models with their parameter counts")
     p.add_argument("--image-size", type=int, nargs=2, default=(32, 32), metavar=("H", "W"))
     p.add_argument("--classes", type=int, default=10)
     p.set_defaults(func=commands.cmd_models)
-    return parser
 
 
 def _engine_arg(p: argparse.ArgumentParser) -> None:

@@ -1,4 +1,4 @@
-"""The other subcommands: each parses nothing more, makes one library call and prints."""
+"""The subcommands: each makes one library call with what was given and prints the result."""
 
 from __future__ import annotations
 
@@ -8,6 +8,36 @@ import json
 import os
 import sys
 from pathlib import Path
+
+from imgcls.cli.flags import given
+
+
+def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from imgcls.config import TrainConfig, load_config_file
+    from imgcls.workflow import train
+
+    if args.resume and args.out and Path(args.out) != Path(args.resume):
+        parser.error("--resume RUN continues RUN in place; drop --out or make it the same folder")
+    if not args.resume and not args.out:
+        parser.error("--out RUN is required (or --resume RUN)")
+    if not args.resume and not args.data:
+        parser.error("DATA is required: a folder, a CSV manifest or a built-in name such as digits")
+    base = TrainConfig.from_dict(load_config_file(args.config)) if args.config else TrainConfig()
+    result = train(
+        args.data,
+        out=args.resume or args.out,
+        config=None if args.resume else base,
+        resume=bool(args.resume),
+        verbose=not args.quiet,
+        **given(args, TrainConfig),
+    )
+    if result.test_metrics:
+        print(
+            f"test accuracy {result.test_metrics['accuracy']:.4f} on "
+            f"{result.test_metrics['n_images']} images"
+        )
+    print(f"run saved to {result.run_dir}")
+    return 0
 
 
 def cmd_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -114,19 +144,19 @@ def cmd_export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 
 
 def cmd_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    import dataclasses
-
     from imgcls.serve import ServeConfig, serve
 
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(ServeConfig)}
-    values["token"] = values["token"] or os.environ.get("IMGCLS_TOKEN") or None
+    values = given(args, ServeConfig)
+    values["token"] = values.get("token") or os.environ.get("IMGCLS_TOKEN") or None
     serve(args.run, ServeConfig(**values))
     return 0
 
 
 def cmd_prepare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from imgcls.config import PrepareConfig
     from imgcls.data.prepare import prepare
 
+    settings = given(args, PrepareConfig)
     if args.from_run and not args.label_issues:
         parser.error(
             "--from-run RUN gives the probabilities for --label-issues; add --label-issues"
@@ -139,16 +169,7 @@ def cmd_prepare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         backend.import_keras_quietly()
         probabilities = RunProbabilities(args.from_run)
     result = prepare(
-        args.data,
-        out=args.out,
-        image_size=tuple(args.image_size) if args.image_size else None,
-        on_error=args.on_error,
-        val_split=args.val_split,
-        test_split=args.test_split,
-        seed=args.seed,
-        label_issues=args.label_issues,
-        probabilities=probabilities,
-        verbose=not args.quiet,
+        args.data, out=args.out, probabilities=probabilities, verbose=not args.quiet, **settings
     )
     report = result.report
     for issue in result.bad_files:
@@ -192,12 +213,11 @@ def cmd_models(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 
 
 def cmd_tune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from imgcls.cli.flags import TUNE_SETTINGS
-    from imgcls.tune import tune
+    from imgcls.tune import TuneSettings, tune
 
-    given = {k: getattr(args, k) for k in TUNE_SETTINGS if getattr(args, k) is not None}
+    settings = given(args, TuneSettings)
     if args.resume:
-        if given or args.data or args.out:
+        if settings or args.data or args.out:
             parser.error(
                 "--resume DIR continues a search as it was started; give nothing else "
                 "(but --chief or --worker)"
@@ -212,7 +232,7 @@ def cmd_tune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             parser.error("DATA and --out DIR are required (or --resume DIR)")
         record = tune(
             args.data, args.out, chief=args.chief, worker=args.worker, worker_id=args.worker_id,
-            verbose=not args.quiet, **given,
+            verbose=not args.quiet, **settings,
         )  # fmt: skip
         out = Path(args.out)
     if args.worker:

@@ -1,9 +1,14 @@
-"""Augmentation as parameters drawn on the host and applied on the device, on any backend.
+"""The one augmentation of every backend: parameters drawn on the host, applied on the device.
 
-Random resized crops, flips, integer shifts (reflect-filled) and mild colour jitter. The draws
-are made with NumPy from ``(seed, epoch, step)`` (a few numbers per image, so any batch can be
-rebuilt when a run resumes); the pixels are transformed with ``keras.ops`` (one projective
-transform per image, then the colour factors), on whatever device and backend runs them.
+Random resized crops, flips, whole-pixel shifts and mild colour jitter. The draws are made with
+NumPy from ``(seed, epoch, step)`` (a few numbers per image, so any batch can be rebuilt when a
+run resumes, and every backend draws the same); the pixels are moved with ``keras.ops`` on
+whatever device and backend runs them, so the same seed gives the same batch on TensorFlow,
+JAX and PyTorch (exactly for flips and shifts; crops interpolate, to float rounding).
+
+Border rule: a shift or crop that reaches past the image reads it mirrored *with* the edge
+pixel repeated (``d c b a | a b c d | d c b a``, NumPy's ``symmetric``, Keras'
+``fill_mode="reflect"``).
 
 Example:
     >>> rng = np.random.default_rng([0, 1, 2])
@@ -88,15 +93,28 @@ def _crop_box(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     return np.array([(height - ch) / 2, (width - cw) / 2, ch, cw], dtype=np.float64)
 
 
-def apply_params(images, transform, color):
-    """Crop, resize, mirror and colour-jitter a batch of 0..255 ``images`` as :func:`draw_params`
-    described; returns float32 pixels in 0..255 (``keras.ops``, any backend)."""
+def apply_params(images, transform, color=None, resample: bool = True):
+    """Crop, resize, mirror, shift and colour-jitter a batch of 0..255 ``images`` as
+    :func:`draw_params` described; returns float32 pixels in 0..255 (``keras.ops``, any backend).
+
+    Args:
+        images: ``(N, H, W, 3)`` pixels.
+        transform: ``(N, 8)`` projective transforms, output pixel -> source pixel.
+        color: ``(N, 3)`` brightness, contrast and saturation factors; ``None`` leaves colour be.
+        resample: interpolate (crops). ``False`` when the transforms are flips and whole-pixel
+            shifts only: every pixel is then copied from its source by one gather, exactly.
+    """
     from keras import ops
 
     x = ops.cast(images, "float32")
-    x = ops.image.affine_transform(  # shifted pixels come from the mirrored edge
-        x, ops.cast(transform, "float32"), interpolation="bilinear", fill_mode="reflect"
-    )
+    if resample:
+        x = ops.image.affine_transform(
+            x, ops.cast(transform, "float32"), interpolation="bilinear", fill_mode="reflect"
+        )
+    else:
+        x = move_pixels(x, transform)
+    if color is None:
+        return x
     color = ops.cast(color, "float32")
     brightness, contrast, saturation = (color[:, i, None, None, None] for i in range(3))
     x = x * brightness
@@ -106,3 +124,29 @@ def apply_params(images, transform, color):
     gray = (gray - mean) * contrast + mean
     x = (x - gray) * saturation + gray
     return ops.clip(x, 0.0, 255.0)
+
+
+def move_pixels(images, transform):
+    """``images`` under ``transform``s that flip and shift by whole pixels (scale +-1, integer
+    offsets): one gather of source pixels, mirrored at the border by the module's rule. Equal
+    to bilinear ``affine_transform`` for such transforms, and as exact on every backend."""
+    from keras import ops
+
+    n, h, w, c = images.shape
+    t = ops.cast(transform, "float32")
+    rows = t[:, 4:5] * ops.arange(h, dtype="float32")[None, :] + t[:, 5:6]
+    cols = t[:, 0:1] * ops.arange(w, dtype="float32")[None, :] + t[:, 2:3]
+    rows = _mirror(ops.cast(ops.round(rows), "int32"), h)
+    cols = _mirror(ops.cast(ops.round(cols), "int32"), w)
+    first = ops.arange(n, dtype="int32")[:, None, None] * (h * w)
+    flat = first + rows[:, :, None] * w + cols[:, None, :]
+    moved = ops.take(ops.reshape(images, (n * h * w, c)), ops.reshape(flat, (-1,)), axis=0)
+    return ops.reshape(moved, (n, h, w, c))
+
+
+def _mirror(index, size: int):
+    """Indices up to ``size`` outside ``[0, size)`` mirrored back, the edge repeated."""
+    from keras import ops
+
+    index = ops.where(index < 0, -1 - index, index)
+    return ops.where(index >= size, 2 * size - 1 - index, index)

@@ -1,8 +1,11 @@
-"""Decoded pixels in memory, batched by ``tf.data`` with in-graph augmentation.
+"""Decoded pixels in memory, fed to the model one epoch at a time, augmented on the device.
 
 Images are decoded once (:func:`decode_images`), so no epoch decodes a JPEG again. The order
-of each epoch and every random augmentation are pure functions of ``(seed, epoch, batch)``:
-resuming at any step of any epoch replays exactly the batches an uninterrupted run would see.
+of each epoch and every random augmentation are pure functions of ``(seed, epoch, step)``
+(:class:`EpochPlan`): resuming at any step of any epoch replays exactly the batches an
+uninterrupted run would see. A batch is gathered and its augmentation drawn on the host
+(:meth:`EpochPlan.host_batch`), then applied by :mod:`imgcls.data.augment` on the device;
+``tf.data`` (TensorFlow) or a ``keras.utils.PyDataset`` (JAX, PyTorch) only feed it.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from imgcls.data.augment import apply_params, draw_params
 from imgcls.data.decode import DecodeError, load_image, resize_array
 from imgcls.data.sources import ImageSet
 
@@ -122,6 +126,65 @@ class EpochPlan:
             return None
         return np.random.default_rng([self.seed, 1]).random(n) < 0.5
 
+    def params(
+        self, index: np.ndarray, step: int, image_hw: tuple[int, int], first_flips=None
+    ) -> dict[str, np.ndarray]:
+        """The augmentation of step ``step``'s batch of images ``index`` (see
+        :func:`~imgcls.data.augment.draw_params`); ``first_flips`` is :meth:`first_flips`."""
+        flips = None if first_flips is None else first_flips[index] != bool(self.epoch % 2)
+        rng = np.random.default_rng([self.seed, self.epoch, int(step)])
+        return draw_params(rng, len(index), *image_hw, self.augment, flips, self.translate)
+
+
+@functools.cache
+def augmenter(augment: tuple[str, ...]):
+    """``(images, transform, color) -> float32 pixels``: :func:`~imgcls.data.augment.apply_params`
+    for ``augment``, compiled for the device where that pays (once per process)."""
+    from imgcls import backend
+
+    fn = functools.partial(apply_params, resample="crop" in augment)
+    if "color" not in augment:
+        fn = functools.partial(_without_color, fn)
+    return backend.device_function(fn)
+
+
+def _without_color(apply, images, transform, color):
+    return apply(images, transform)
+
+
+class _Feeder:
+    """What both feeders share: a batch's arrays gathered (and its augmentation drawn) on the
+    host, and the augmentation applied on the device."""
+
+    def __init__(self, x, y, plan: EpochPlan, sample_weight, num_classes):
+        self.x, self.y, self.plan = x, y, plan
+        self.augment = tuple(plan.augment) if x.ndim == 4 else ()  # features are not augmented
+        self.first_flips = plan.first_flips(len(x))
+        self.class_weight = sample_weight
+        self.eye = None if not num_classes else np.eye(num_classes, dtype=np.float32)
+
+    def host_batch(self, index: np.ndarray, step: int, local=slice(None)) -> tuple:
+        """``(pixels, labels, transform, color)`` of the images ``index`` at ``step``; the
+        augmentation is drawn for the whole batch, then ``local`` (a process's slice) taken."""
+        images = self.x[index[local]]
+        labels = np.zeros(len(images), np.int32) if self.y is None else self.y[index[local]]
+        if not self.augment:
+            return images, labels, None, None
+        p = self.plan.params(index, step, self.x.shape[1:3], self.first_flips)
+        return images, labels, p["transform"][local], p["color"][local]
+
+    def on_device(self, images, transform, color):
+        from keras import ops
+
+        if self.augment:
+            return augmenter(self.augment)(images, transform, color)
+        return ops.cast(images, "float32") if self.x.ndim == 4 else images
+
+    def targets(self, labels):
+        """One-hot labels (with ``num_classes``) and the sample weights of their classes."""
+        weights = None if self.class_weight is None else self.class_weight[labels]
+        return (labels if self.eye is None else self.eye[labels]), weights
+
 
 def train_dataset(
     x: np.ndarray,
@@ -137,7 +200,7 @@ def train_dataset(
     which is batched as it is (not augmented).
 
     On the TensorFlow backend this is a ``tf.data`` pipeline; on JAX and PyTorch a
-    :func:`batches` sequence whose augmentation runs on the backend's device.
+    :func:`batches` sequence. Both draw and apply the same augmentation.
     """
     import keras
 
@@ -145,64 +208,36 @@ def train_dataset(
         return batches(x, y, plan, sample_weight, num_classes)
     import tensorflow as tf
 
-    n = len(x)
-    order = plan.order(n)
+    feeder = _Feeder(x, y, plan, sample_weight, num_classes)
+    order = plan.order(len(x))
     steps, bs = order.shape
-    seed, epoch, augment = plan.seed, plan.epoch, plan.augment
     ds = tf.data.Dataset.from_tensor_slices(
         (order[plan.skip_steps :], np.arange(plan.skip_steps, steps, dtype=np.int64))
     )
     item_shape = tuple(x.shape[1:])
-    images_in = x.ndim == 4
-    first_flips = plan.first_flips(n)
-    photo = images_in and bool({"crop", "color"} & set(augment))
 
-    def photo_batch(index, step):
-        from imgcls.data.augment import draw_params
+    def host(index, step):
+        images, labels, transform, color = feeder.host_batch(index, int(step))
+        one_hot, weights = feeder.targets(labels)
+        out = [images, one_hot.astype(np.float32) if num_classes else labels]
+        out += [] if transform is None else [transform, color]
+        return out + ([] if weights is None else [weights.astype(np.float32)])
 
-        flips = None if first_flips is None else first_flips[index] != bool(epoch % 2)
-        rng = np.random.default_rng([seed, epoch, int(step)])
-        params = draw_params(rng, len(index), item_shape[0], item_shape[1], augment, flips)
-        return x[index], y[index], params["transform"], params["color"]
+    dtypes = [tf.as_dtype(x.dtype), tf.float32 if num_classes else tf.int32]
+    dtypes += [tf.float32, tf.float32] if feeder.augment else []
+    dtypes += [] if sample_weight is None else [tf.float32]
 
     def gather(index, step):
-        if photo:
-            from imgcls.data.augment import apply_params
-
-            images, labels, transform, color = tf.numpy_function(
-                photo_batch,
-                [index, step],
-                (tf.uint8, tf.int32, tf.float32, tf.float32),
-                stateful=False,
-            )
-            images = tf.ensure_shape(images, (bs, *item_shape))
-            transform, color = tf.ensure_shape(transform, (bs, 8)), tf.ensure_shape(color, (bs, 3))
-            images = apply_params(images, transform, color)
-        else:
-            images, labels = tf.numpy_function(
-                lambda i: (x[i], y[i]), [index], (tf.as_dtype(x.dtype), tf.int32), stateful=False
-            )
-            images = tf.ensure_shape(images, (bs, *item_shape))
-        labels = tf.ensure_shape(labels, (bs,))
-        if images_in and not photo:
-            flips = None
-            if first_flips is not None:
-                flips = tf.not_equal(tf.gather(tf.constant(first_flips), index), bool(epoch % 2))
-            images = augment_batch(
-                images,
-                tf.stack([tf.constant(seed * 1_000_003 + epoch, tf.int64), step]),
-                augment,
-                translate=plan.translate,
-                flips=flips,
-            )
-        weights = (
-            None
-            if sample_weight is None
-            else tf.gather(tf.constant(sample_weight, tf.float32), labels)
-        )
-        if num_classes:
-            labels = tf.one_hot(labels, num_classes)
-        return (images, labels) if weights is None else (images, labels, weights)
+        out = tf.numpy_function(host, [index, step], dtypes, stateful=False)
+        images = tf.ensure_shape(out[0], (bs, *item_shape))
+        labels = tf.ensure_shape(out[1], (bs, num_classes) if num_classes else (bs,))
+        transform = color = None
+        if feeder.augment:
+            transform, color = tf.ensure_shape(out[2], (bs, 8)), tf.ensure_shape(out[3], (bs, 3))
+        images = feeder.on_device(images, transform, color)
+        if sample_weight is None:
+            return images, labels
+        return images, labels, tf.ensure_shape(out[-1], (bs,))
 
     return _batched(ds.map(gather, num_parallel_calls=PARALLEL_BATCHES, deterministic=True))
 
@@ -253,39 +288,6 @@ def _batched(ds):
     return ds.prefetch(PARALLEL_BATCHES).with_options(options)
 
 
-def augment_batch(images, seed, augment: tuple[str, ...], translate: int | None = None, flips=None):
-    """Random flips and reflect-padded translations of a uint8 batch, returned as float32.
-
-    ``seed`` is a shape-(2,) int64 tensor; the same seed gives the same augmentation.
-    ``translate`` is the largest shift in pixels (default: an eighth of the side, 4 for 32x32);
-    ``flips``, a boolean per image, replaces the coin toss for "flip".
-    """
-    import tensorflow as tf
-
-    images = tf.cast(images, tf.float32)
-    if not augment:
-        return images
-    shape = tf.shape(images)
-    batch, height, width = shape[0], shape[1], shape[2]
-    if "flip" in augment:
-        if flips is None:
-            coin = tf.random.stateless_uniform([batch, 1, 1, 1], seed=seed) < 0.5
-        else:
-            coin = tf.reshape(flips, [-1, 1, 1, 1])
-        images = tf.where(coin, tf.reverse(images, axis=[2]), images)
-    if "translate" in augment:
-        pad = translate or max(1, images.shape[1] // 8)  # 4 for 32x32, the usual CIFAR setting
-        padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
-        offsets = tf.random.stateless_uniform(
-            [2, batch], seed=seed + 1, maxval=2 * pad + 1, dtype=tf.int32
-        )
-        rows = tf.range(height)[None, :] + offsets[0][:, None]
-        cols = tf.range(width)[None, :] + offsets[1][:, None]
-        images = tf.gather(padded, rows, axis=1, batch_dims=1)
-        images = tf.gather(images, cols, axis=2, batch_dims=1)
-    return images
-
-
 def batches(
     x: np.ndarray,
     y: np.ndarray | None,
@@ -308,15 +310,6 @@ def batches(
 
 
 @functools.cache
-def _apply_params():
-    """The augmentation, compiled for the device where that pays (one compilation a process)."""
-    from imgcls import backend
-    from imgcls.data.augment import apply_params
-
-    return backend.device_function(apply_params)
-
-
-@functools.cache
 def _batches_class():
     import keras
 
@@ -331,14 +324,12 @@ class _BatchesMixin:
         # asynchronously to the device.
         super().__init__(workers=0, use_multiprocessing=False)
         n, bs = len(x), plan.batch_size
-        self.x, self.y, self.plan = x, y, plan
-        self.augment = tuple(plan.augment) if x.ndim == 4 else ()
-        self.weights, self.num_classes = sample_weight, num_classes
+        self.plan = plan
+        self.feeder = _Feeder(x, y, plan, sample_weight, num_classes)
         if ordered:
             self.batches = [np.arange(i, min(i + bs, n)) for i in range(0, n, bs)]
         else:
             self.batches = list(plan.order(n))
-        self.first_flips = plan.first_flips(n)
         parts = plan.shard[1]  # (process, processes): this process feeds its slice of a batch
         if parts > 1:  # every process must get an equal slice: a last, smaller batch (in
             # evaluation) loses at most parts - 1 images
@@ -348,30 +339,13 @@ class _BatchesMixin:
         return len(self.batches) - self.plan.skip_steps
 
     def __getitem__(self, i: int):
-        from keras import ops
-
-        plan = self.plan
-        step = plan.skip_steps + i
+        step = self.plan.skip_steps + i
         index = self.batches[step]
-        part, parts = plan.shard
+        part, parts = self.plan.shard
         local = slice(part * len(index) // parts, (part + 1) * len(index) // parts)
-        images = self.x[index[local]]
-        if self.augment:  # drawn for the whole batch, so any number of processes sees the same
-            from imgcls.data.augment import draw_params
-
-            flips = None
-            if self.first_flips is not None:
-                flips = self.first_flips[index] != bool(plan.epoch % 2)
-            rng = np.random.default_rng([plan.seed, plan.epoch, step])
-            h, w = images.shape[1:3]
-            params = draw_params(rng, len(index), h, w, self.augment, flips, plan.translate)
-            images = _apply_params()(images, params["transform"][local], params["color"][local])
-        else:
-            images = ops.convert_to_tensor(np.asarray(images, np.float32))
-        index = index[local]
-        labels = np.zeros(len(index), np.int32) if self.y is None else self.y[index]
-        if self.num_classes:
-            labels = np.eye(self.num_classes, dtype=np.float32)[labels]
-        if self.weights is None:
+        images, labels, transform, color = self.feeder.host_batch(index, step, local)
+        images = self.feeder.on_device(images, transform, color)
+        labels, weights = self.feeder.targets(labels)
+        if weights is None:
             return images, labels
-        return images, labels, self.weights[self.y[index]].astype(np.float32)
+        return images, labels, weights.astype(np.float32)

@@ -20,10 +20,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from imgcls.config import check_splits
+from imgcls.config import PrepareConfig, SplitSettings, with_overrides
 from imgcls.data.duplicates import (
     exact_duplicates,
     mark_leaks,
@@ -36,10 +37,9 @@ from imgcls.data.scan import UNUSABLE_KINDS, ScanResult, scan_files
 from imgcls.data.sizes import default_cache_size
 from imgcls.data.sources import SPLIT_NAMES, ImageSet, load_source
 from imgcls.data.split import assign_splits
-from imgcls.errors import ImgclsError, check
+from imgcls.errors import check
 from imgcls.io import TMP_PREFIX, write_csv, write_json
 
-ON_ERROR = ("skip", "fail")
 IMBALANCE_RATIO = 3.0  # largest class / smallest class above which imbalance is reported
 COPY_ROWS = 4096  # cache rows copied per block when compacting the cache
 MANIFEST_COLUMNS = ["path", "label", "split", "sha256", "width", "height", "format", "mode", "id"]
@@ -70,28 +70,25 @@ class PrepareResult:
 def prepare(
     data: str | os.PathLike,
     out: str | os.PathLike,
-    image_size: tuple[int, int] | None = None,
-    on_error: str = "skip",
-    val_split: float = 0.1,
-    test_split: float = 0.1,
-    seed: int = 0,
-    label_issues: bool = False,
+    config: PrepareConfig | None = None,
+    *,
     probabilities: Probabilities | None = None,
     workers: int | None = None,
     verbose: bool = False,
+    **overrides: Any,
 ) -> PrepareResult:
     """Scan, clean, split and cache DATA into the folder ``out``.
 
     Args:
         data: a folder per class (optionally with train/val/test) or a CSV manifest.
         out: folder to write manifest.csv, report.json, report.html and the pixel cache into.
-        image_size: ``(height, width)`` of the cache; default: the size ``imgcls train`` would pick.
-        on_error: ``"skip"`` leaves bad files out and lists them; ``"fail"`` writes only the
-            reports and returns ``completed=False`` when any file is bad.
-        val_split: fraction of each class for validation (unless DATA has its own split).
-        test_split: fraction of each class for test (unless DATA has its own split).
-        seed: seeds the split (and the label-issue folds).
-        label_issues: rank suspected mislabelled images with cleanlab.
+        config: a :class:`~imgcls.config.PrepareConfig`; ``overrides`` replace its fields:
+            ``image_size`` (default: the size ``imgcls train`` would pick), ``on_error``
+            (``"skip"`` leaves bad files out and lists them; ``"fail"`` writes only the reports
+            and returns ``completed=False`` when any file is bad), ``val_split``,
+            ``test_split`` (unless DATA has its own split), ``seed`` (the split and the
+            label-issue folds) and ``label_issues`` (rank suspected mislabelled images with
+            cleanlab).
         probabilities: gives the class probabilities for ``label_issues``, e.g.
             ``imgcls.predict.RunProbabilities(run)`` (default: k-fold cross-validation of a
             quick model).
@@ -110,16 +107,7 @@ def prepare(
         >>> r.report["issue_counts"]                          # doctest: +SKIP
         {'unreadable': 2, 'exact_duplicate': 5}
     """
-    check(
-        on_error in ON_ERROR,
-        f"`on_error` must be one of {{{', '.join(ON_ERROR)}}}. Received: on_error={on_error}",
-    )
-    check_splits(val_split, test_split)
-    if image_size is not None:
-        check(
-            len(image_size) == 2 and all(int(s) > 0 for s in image_size),
-            f"`image_size` must be two positive integers (H W). Received: image_size={image_size}",
-        )
+    config = with_overrides(config or PrepareConfig(), overrides).validate()
     t0 = time.perf_counter()
     log = (lambda m: print(m, file=sys.stderr, flush=True)) if verbose else (lambda m: None)
     images = load_source(data)
@@ -128,77 +116,81 @@ def prepare(
         f"DATA {data} is a built-in data set, already decoded and clean; "
         "prepare reads image files (a folder per class or a CSV manifest)",
     )
-    out = Path(out)
-    _check_out(out, images.source)
-    size = tuple(int(s) for s in image_size) if image_size else default_cache_size(images)
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in (
-        "report.json",
-        "manifest.csv",
-    ):  # until both are rewritten, `out` is not "prepared"
-        (out / stale).unlink(missing_ok=True)
+    out = _fresh_out(Path(out), images.source)
+    size = tuple(config.image_size or default_cache_size(images))
     scratch = out / f"{TMP_PREFIX}scan-{os.getpid()}.u8"
     try:
         log(
             f"scanning {len(images)} files with {workers or os.cpu_count()} processes at {size[0]}x{size[1]}"
         )
-        scan = scan_files(
-            images.paths,
-            size,
-            str(scratch),
-            workers,
-            progress=(lambda d, n: log(f"  {d}/{n}") if d % 10240 < 128 or d == n else None)
-            if verbose
-            else None,
-        )
-        plan = _plan(images, scan, scratch, size, val_split, test_split, seed, _class_folders(data))
+        progress = _progress(log) if verbose else None
+        scan = scan_files(images.paths, size, str(scratch), workers, progress)
+        plan = _plan(images, scan, scratch, size, config, _class_folders(data))
         report = _report(images, plan, size, t0)
         bad = [i for i in report["issues"] if i["kind"] in UNUSABLE_KINDS]
-        if on_error == "fail" and bad:
+        refused = config.on_error == "fail" and bool(bad)
+        problem = None if refused else _fatal_problem(data, report)
+        if refused or problem:  # the reports say why; nothing else is written
             _write_reports(out, report, images, plan, size)
+            check(problem is None, problem or "")
             return PrepareResult(out, report, bad, completed=False)
-        problem = _fatal_problem(data, report)
-        if problem:
-            _write_reports(out, report, images, plan, size)
-            raise ImgclsError(problem)
         cache = _write_cache(scratch, out, plan.keep, size)
         _write_manifest(out, images, scan, plan)
-        if label_issues:
-            from imgcls.data.labels import find_label_issues
-
-            log(
-                "finding label issues"
-                + (f" with {probabilities}" if probabilities else " by cross-validation")
-            )
-            found = find_label_issues(
-                cache,
-                images.labels[plan.keep],
-                images.class_names,
-                [images.ids[i] for i in plan.keep],
-                seed=seed,
-                probabilities=probabilities,
-            )
-            report["issues"] += found
-            report["issue_counts"]["label_issue"] = len(found)
+        if config.label_issues:
+            _add_label_issues(report, cache, images, plan, config.seed, probabilities, log)
         report["seconds"] = round(time.perf_counter() - t0, 2)
         _write_reports(out, report, images, plan, size)
+        r = report
         log(
-            f"{report['n_usable']} usable images of {report['n_files']}; {len(report['issues'])} issues; "
-            f"wrote {out} in {report['seconds']} s"
+            f"{r['n_usable']} usable images of {r['n_files']}; {len(r['issues'])} issues; wrote {out} in {r['seconds']} s"
         )
         return PrepareResult(out, report, bad)
     finally:
         scratch.unlink(missing_ok=True)
 
 
-def _check_out(out: Path, source: str) -> None:
-    root, resolved = Path(source), out.resolve()
-    if root.suffix.lower() == ".csv":
-        return  # a CSV lists its files; a folder beside it is never read as a class
-    check(
-        resolved != root and root not in resolved.parents,
-        f"--out {out} lies inside DATA {root}; it would become a class folder. Choose a folder outside DATA",
+def _progress(log):
+    """Scanning progress: a line about every 10,000 files."""
+
+    def show(done: int, total: int) -> None:
+        if done % 10240 < 128 or done == total:
+            log(f"  {done}/{total}")
+
+    return show
+
+
+def _add_label_issues(report: dict, cache: Path, images: ImageSet, plan, seed: int,
+                      probabilities: Probabilities | None, log) -> None:  # fmt: skip
+    """Rank suspected mislabelled images among the kept ones into ``report``."""
+    from imgcls.data.labels import find_label_issues
+
+    how = f" with {probabilities}" if probabilities else " by cross-validation"
+    log("finding label issues" + how)
+    found = find_label_issues(
+        cache,
+        images.labels[plan.keep],
+        images.class_names,
+        [images.ids[i] for i in plan.keep],
+        seed=seed,
+        probabilities=probabilities,
     )
+    report["issues"] += found
+    report["issue_counts"]["label_issue"] = len(found)
+
+
+def _fresh_out(out: Path, source: str) -> Path:
+    """``out``, created, checked to lie outside DATA, and no longer marked prepared (until the
+    report and manifest are rewritten)."""
+    root, resolved = Path(source), out.resolve()
+    if root.suffix.lower() != ".csv":  # a CSV lists its files; a folder beside it is not a class
+        check(
+            resolved != root and root not in resolved.parents,
+            f"--out {out} lies inside DATA {root}; it would become a class folder. Choose a folder outside DATA",
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in ("report.json", "manifest.csv"):
+        (out / stale).unlink(missing_ok=True)
+    return out
 
 
 def _class_folders(data: str | os.PathLike) -> list[str]:
@@ -233,9 +225,7 @@ def _plan(
     scan: ScanResult,
     scratch: Path,
     size: tuple[int, int],
-    val_split: float,
-    test_split: float,
-    seed: int,
+    split: SplitSettings,
     folders: list[str],
 ) -> Plan:
     """Decide which images are kept, their split, and every issue."""
@@ -247,7 +237,7 @@ def _plan(
     issues += exact_duplicates(images, scan.sha256, keep, sets)
     near = near_duplicates(scan, keep, scratch, size)
     issues += near_duplicate_issues(images, near, sets)
-    splits = _split(labels, keep, sets.roots(), images.splits, val_split, test_split, seed)
+    splits = _split(labels, keep, sets.roots(), images.splits, split)
     if images.splits is not None:  # predefined splits cannot be moved: report leakage
         mark_leaks(issues, near, splits)
     issues += _class_issues(images.class_names, labels[keep], folders)
@@ -289,18 +279,18 @@ def _split(
     keep: np.ndarray,
     roots: np.ndarray,
     predefined: np.ndarray | None,
-    val_split: float,
-    test_split: float,
-    seed: int,
+    split: SplitSettings,
 ) -> np.ndarray:
     """A split per image; images in one duplicate group get the same one."""
     splits = np.full(len(labels), "", dtype="<U5")
     kept = np.flatnonzero(keep)
     if predefined is not None:
-        splits[kept] = assign_splits(labels[kept], val_split, test_split, seed, predefined[kept])
+        splits[kept] = assign_splits(
+            labels[kept], split.val_split, split.test_split, split.seed, predefined[kept]
+        )
         return splits
     groups, first, inverse = np.unique(roots[kept], return_index=True, return_inverse=True)
-    group_splits = assign_splits(labels[kept[first]], val_split, test_split, seed)
+    group_splits = assign_splits(labels[kept[first]], split.val_split, split.test_split, split.seed)
     splits[kept] = group_splits[inverse]
     return splits
 

@@ -69,16 +69,27 @@ def evaluate(
         >>> imgcls.evaluate("runs/digits", "digits", out="eval/")["accuracy"]   # doctest: +SKIP
         0.97
     """
-    from imgcls.predict import Predictor, resolve_tta
+    from imgcls.predict import Predictor
 
     meta = predictor.meta if predictor is not None else read_meta(run)
     predictor = predictor or Predictor(run, meta=meta, engine=engine)
     ev = load_eval_set(run, data, meta, split)
-    seen = seen_in_training(run, ev.pixels)
     probs = predictor.predict_pixels(ev.pixels, tta=tta)  # the bundle's own inference graph
-    raw = probs
-    if meta.temperature != 1.0:  # the same graph with temperature 1, for the "before" figures
+    raw = None  # the same graph with temperature 1, for the "before calibration" figures
+    if meta.temperature != 1.0:
         raw = predictor.predict_pixels(ev.pixels, temperature=1.0, tta=tta)
+    metrics = _metrics(run, data, ev, probs, raw, predictor, tta)
+    if out is not None:
+        _write(Path(out), metrics, ev, probs, raw, predictor, run, report)
+    return metrics
+
+
+def _metrics(run, data, ev, probs, raw, predictor, tta) -> dict[str, Any]:
+    """``metrics.json``: the figures, and what was evaluated with what."""
+    from imgcls.predict import resolve_tta
+
+    meta = predictor.meta
+    seen = seen_in_training(run, ev.pixels)
     metrics = compute_metrics(ev.y_true, probs, meta.class_names)
     metrics.update(
         {
@@ -98,15 +109,20 @@ def evaluate(
             else {"n": int(len(seen)), "ids": [ev.ids[i] for i in seen[:SEEN_IDS_LISTED]]},
         }
     )
-    if meta.temperature != 1.0:
+    if raw is not None:
         from imgcls.evaluate.metrics import calibration, log_loss
 
         metrics["uncalibrated"] = {
             "log_loss": log_loss(ev.y_true, raw),
             "ece": calibration(ev.y_true, raw)["ece"],
         }
-    if out is None:
-        return metrics
+    return metrics
+
+
+def _write(out: Path, metrics, ev, probs, raw, predictor, run, report: bool) -> None:
+    """``predictions.csv``, ``metrics.json`` and ``report.html``, each renamed into place whole
+    once every figure is computed."""
+    meta = predictor.meta
     page = None
     if report:
         from imgcls.evaluate.report import ReportInputs, build_report
@@ -119,15 +135,13 @@ def evaluate(
                 ids=ev.ids,
                 y_true=ev.y_true,
                 probs=probs,
-                raw_probs=raw if meta.temperature != 1.0 else None,
+                raw_probs=raw,
                 model=predictor.classifier,
                 calibration=meta.metrics.get("calibration") or {},
             )
         )
-    out = Path(out)
     write_predictions(out / "predictions.csv", ev.ids, ev.y_true, probs, meta.class_names)
     write_json(out / "metrics.json", metrics)
     if page is not None:
         with atomic_open(out / "report.html", "w", encoding="utf-8") as f:
             f.write(page)
-    return metrics

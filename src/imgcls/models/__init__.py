@@ -2,8 +2,8 @@
 
 Every model takes float32 RGB pixels in 0..255 of the run's image size (scaling lives inside
 the model, so it travels with the saved file) and returns class probabilities (softmax, float32).
-A model's *recipe* holds the training settings it was tuned with; ``imgcls train`` uses them
-unless a config file or flag says otherwise.
+A model's *recipe* (:class:`~imgcls.models.recipe.Recipe`) holds the training settings it was
+tuned with; ``imgcls train`` uses them unless a config file or flag says otherwise.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imgcls.errors import ImgclsError
+from imgcls.models.recipe import Recipe
 
 # Modules that register models when imported; a new family adds its module here.
 _FAMILIES = ("imgcls.models.classic", "imgcls.models.fast", "imgcls.models.applications")
@@ -27,7 +28,7 @@ class ModelSpec:
     name: str
     build: Callable[..., Any]
     description: str
-    recipe: dict[str, Any] = field(default_factory=dict)
+    recipe: Recipe = field(default_factory=Recipe)
     min_side: int = 8  # smallest image side in pixels the architecture accepts
     pretrained: bool = False  # takes `weights` (imagenet, none or a file)
     space: dict[str, Any] = field(default_factory=dict)  # what `imgcls tune` searches
@@ -45,18 +46,21 @@ _REGISTRY: dict[str, ModelSpec] = {}
 def register_model(
     name: str,
     description: str,
-    recipe: dict[str, Any] | None = None,
+    recipe: Recipe | dict[str, Any] | None = None,
     min_side: int = 8,
     pretrained: bool = False,
     space: dict[str, Any] | None = None,
 ) -> Callable:
     """Decorator adding a builder ``fn(input_shape, num_classes, **kwargs) -> keras.Model``.
 
-    ``space`` is what ``imgcls tune`` searches, in the form :mod:`imgcls.tune.space` reads."""
+    ``recipe`` is a :class:`Recipe` (a dict is checked key by key); ``space`` is what
+    ``imgcls tune`` searches, in the form :mod:`imgcls.tune.space` reads."""
+    if not isinstance(recipe, Recipe):
+        recipe = Recipe.from_dict(recipe or {})
 
     def wrap(fn: Callable) -> Callable:
         _REGISTRY[name] = ModelSpec(
-            name, fn, description, dict(recipe or {}), min_side, pretrained, dict(space or {})
+            name, fn, description, recipe, min_side, pretrained, dict(space or {})
         )
         return fn
 

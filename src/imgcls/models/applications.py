@@ -20,24 +20,25 @@ from pathlib import Path
 
 from imgcls.errors import ImgclsError, check
 from imgcls.models import layer_seed, register_model
+from imgcls.models.recipe import Recipe
 
-TRANSFER_RECIPE = {
-    "epochs": 30,  # head epochs on cached features (a few ms each) + finetune_epochs
-    "batch_size": 32,
-    "lr": 1e-3,  # AdamW for the head; fine-tuning uses lr * finetune_lr_factor
-    "weight_decay": 1e-4,
-    "label_smoothing": 0.1,
-    "optimizer": "adamw",
-    "feature_views": 4,  # views per training image the frozen backbone computes features of
-    "finetune_epochs": 0,  # CPU default: head only; --finetune-epochs N adds fine-tuning
-    "finetune_time": 2.0,  # minutes the fine-tuning step may take (its rate decays by the clock)
-    "finetune_lr_factor": 0.1,
-    "finetune_fraction": 0.2,  # top share of the backbone's layers that fine-tuning trains
-    "tta": "flip",
+TRANSFER_RECIPE = Recipe(
+    epochs=30,  # head epochs on cached features (a few ms each) + finetune_epochs
+    batch_size=32,
+    lr=1e-3,  # AdamW for the head; fine-tuning uses lr * finetune_lr_factor
+    weight_decay=1e-4,
+    label_smoothing=0.1,
+    optimizer="adamw",
+    feature_views=4,  # views per training image the frozen backbone computes features of
+    finetune_epochs=0,  # CPU default: head only; --finetune-epochs N adds fine-tuning
+    finetune_time=2.0,  # minutes the fine-tuning step may take (its rate decays by the clock)
+    finetune_lr_factor=0.1,
+    finetune_fraction=0.2,  # top share of the backbone's layers that fine-tuning trains
+    tta="flip",
     # Depthwise convolutions run slower in bfloat16 on this CPU: the Lite0 feature pass took
     # 86 images/s in float32 and 66 in mixed_bfloat16 (bench/photos.py).
-    "cpu_bf16": False,
-}
+    cpu_bf16=False,
+)
 # What `imgcls tune` searches: the head's AdamW rate and regularisation, batch and epochs.
 TRANSFER_SPACE = {
     "lr": {"min": 1e-4, "max": 1e-2, "log": True},

@@ -5,6 +5,7 @@ and softmax over the classes."""
 from __future__ import annotations
 
 from imgcls.models import layer_seed, register_model
+from imgcls.models.recipe import Recipe
 
 BN_MOMENTUM = 0.9  # Keras' 0.99 lags badly on small data sets (a few hundred steps in all)
 # Above this side (pixels) the head pools globally: a flatten at 224x224 made a 26M-parameter
@@ -12,18 +13,18 @@ BN_MOMENTUM = 0.9  # Keras' 0.99 lags badly on small data sets (a few hundred st
 FLATTEN_MAX_SIDE = 64
 POOLS = ("flatten", "avg")
 
-CLASSIC_RECIPE = {
-    "epochs": 15,
-    "batch_size": 64,
-    "lr": 2e-3,  # AdamW peak, reached after a one-epoch warm-up, then cosine decay to 0
-    "weight_decay": 5e-4,
-    "label_smoothing": 0.0,
-    "optimizer": "adamw",
+CLASSIC_RECIPE = Recipe(
+    epochs=15,
+    batch_size=64,
+    lr=2e-3,  # AdamW peak, reached after a one-epoch warm-up, then cosine decay to 0
+    weight_decay=5e-4,
+    label_smoothing=0.0,
+    optimizer="adamw",
     # A few hundred photos make 5-10 steps an epoch: train at least this many steps in all
     # (320 photos: 60 epochs of 10; 15 epochs held out 0.57, 60 held out 0.73, bench/photos.py)
-    "min_total_steps": 600,
-    "min_steps_per_epoch": 10,  # smaller data sets get a smaller batch (down to 16)
-}
+    min_total_steps=600,
+    min_steps_per_epoch=10,  # smaller data sets get a smaller batch (down to 16)
+)
 
 # What `imgcls tune` searches (imgcls.tune.space): around the recipe, AdamW's usual ranges.
 CLASSIC_SPACE = {

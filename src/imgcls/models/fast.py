@@ -15,21 +15,22 @@ from __future__ import annotations
 import numpy as np
 
 from imgcls.models import register_model
+from imgcls.models.recipe import Recipe
 
-FAST_RECIPE = {
-    "epochs": 24,  # ~50 s each for 45,000 32x32 images on 2 cores: about 20 minutes
-    "batch_size": 512,
-    "lr": 0.4,  # SGD peak for 512 images a step (0.1 per 128, the usual ResNet setting)
-    "weight_decay": 1e-2,  # decoupled (x lr): +2.1 points over 5e-4 at 8 epochs (BENCHMARKS.md)
-    "label_smoothing": 0.2,  # airbench's value; also calibrates the softmax better
-    "optimizer": "sgd",
-    "schedule": "linear",  # warm-up, then linear decay to zero
-    "lookahead": (5, 0.95),  # every 5 steps, average toward the slow weights (airbench)
-    "alternate_flip": True,  # each image mirrored in every other epoch, not by chance
-    "translate_fraction": 1 / 16,  # shifts of up to 2 pixels at 32x32 (airbench), not 4
-    "tta": "flip_translate",  # predict on 6 views: +1.2 points at no training cost
-    "min_steps_per_epoch": 25,  # smaller data sets get a smaller batch (and lr scaled with it)
-}
+FAST_RECIPE = Recipe(
+    epochs=24,  # ~50 s each for 45,000 32x32 images on 2 cores: about 20 minutes
+    batch_size=512,
+    lr=0.4,  # SGD peak for 512 images a step (0.1 per 128, the usual ResNet setting)
+    weight_decay=1e-2,  # decoupled (x lr): +2.1 points over 5e-4 at 8 epochs (BENCHMARKS.md)
+    label_smoothing=0.2,  # airbench's value; also calibrates the softmax better
+    optimizer="sgd",
+    schedule="linear",  # warm-up, then linear decay to zero
+    lookahead=(5, 0.95),  # every 5 steps, average toward the slow weights (airbench)
+    alternate_flip=True,  # each image mirrored in every other epoch, not by chance
+    translate_fraction=1 / 16,  # shifts of up to 2 pixels at 32x32 (airbench), not 4
+    tta="flip_translate",  # predict on 6 views: +1.2 points at no training cost
+    min_steps_per_epoch=25,  # smaller data sets get a smaller batch (and lr scaled with it)
+)
 # What `imgcls tune` searches: SGD rates for batches of 256-1024 (the recipe's 0.4 per 512
 # in the middle), airbench's weight decay and smoothing ranges, and the length of the run.
 FAST_SPACE = {
@@ -50,7 +51,7 @@ LOGIT_SCALE = 1 / 9  # airbench: smaller logits train better with label smoothin
 
 @register_model(
     "fast",
-    "airbench-style: frozen patch whitening, 3 conv-pool-BN-GELU blocks, max pool",
+    "airbench-style: frozen patch whitening, 3 conv-pool-BN-ReLU blocks, max pool",
     recipe=FAST_RECIPE,
     space=FAST_SPACE,
     min_side=16,

@@ -21,15 +21,11 @@ def create_app(run: str | Path, config: ServeConfig | None = None):
 
 def serve(run: str | Path, config: ServeConfig | None = None) -> None:
     """Serve RUN until interrupted (loopback only unless ``config.host`` says otherwise)."""
-    import importlib.util
     import sys
 
-    from imgcls.errors import check
+    from imgcls.errors import require
 
-    missing = [
-        m for m in ("fastapi", "uvicorn", "multipart") if importlib.util.find_spec(m) is None
-    ]
-    check(not missing, f"`imgcls serve` needs {missing}: pip install 'imgcls[serve]'")
+    require("fastapi", "uvicorn", "multipart", why="`imgcls serve`", extra="serve")
     import uvicorn
 
     config = (config or ServeConfig()).validate()

@@ -1,5 +1,7 @@
-"""Training: :func:`train` runs a recipe end to end and writes a run folder."""
+"""Training: :func:`run_training` trains a recipe end to end and writes a run folder with its
+bundle (:func:`imgcls.train` also scores the test split through it)."""
 
-from imgcls.train.api import TrainResult, train
+from imgcls.train.api import run_training
+from imgcls.train.trainer import TrainedRun
 
-__all__ = ["TrainResult", "train"]
+__all__ = ["TrainedRun", "run_training"]

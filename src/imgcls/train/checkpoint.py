@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import re
 import sys
 import zipfile
 from pathlib import Path
@@ -19,16 +18,14 @@ from typing import Any
 
 import numpy as np
 
+from imgcls.bundle import RunFolder
 from imgcls.errors import ImgclsError
 from imgcls.io import TMP_PREFIX, atomic_path
 
-CKPT_DIR = "checkpoints"
-BEST_NAME = "best.npz"
-_CKPT_RE = re.compile(r"^ckpt-(\d{8})\.npz$")  # global step, zero-padded so names sort
-
 
 class CheckpointManager:
-    """Save and restore the full training state under ``RUN/checkpoints``.
+    """Save and restore the full training state under ``RUN/checkpoints``
+    (:class:`~imgcls.bundle.RunFolder` names the files).
 
     Args:
         run_dir: the run folder.
@@ -36,19 +33,20 @@ class CheckpointManager:
     """
 
     def __init__(self, run_dir: str | Path, keep: int = 2):
-        self.dir = Path(run_dir) / CKPT_DIR
+        self.folder = RunFolder(run_dir)
+        self.dir = self.folder.checkpoints
         self.keep = keep
 
     def save(self, model, optimizer, state: dict[str, Any], best: bool = False) -> Path:
         """Write a checkpoint for ``state["global_step"]``; prune old ones; optionally the best."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        path = self.dir / f"ckpt-{int(state['global_step']):08d}.npz"
+        path = self.folder.checkpoint(int(state["global_step"]))
         arrays = _collect(model, optimizer, state)
         try:
             with atomic_path(path) as tmp:
                 _write_npz(tmp, arrays)
             if best:
-                with atomic_path(self.dir / BEST_NAME) as tmp:
+                with atomic_path(self.folder.best_checkpoint) as tmp:
                     _write_npz(tmp, arrays)
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -62,9 +60,7 @@ class CheckpointManager:
 
     def checkpoints(self) -> list[Path]:
         """Checkpoints oldest first."""
-        if not self.dir.is_dir():
-            return []
-        return sorted(p for p in self.dir.iterdir() if _CKPT_RE.match(p.name))
+        return self.folder.checkpoint_files()
 
     def load_latest(self) -> tuple[Path, dict[str, np.ndarray]] | None:
         """The newest checkpoint that reads back whole; damaged ones are skipped with a warning."""

@@ -9,7 +9,6 @@ data is still what the run was trained on.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from imgcls.bundle import RunFolder, write_seen
-from imgcls.config import DataFacts, TrainConfig
+from imgcls.config import TrainConfig
 from imgcls.data.pipeline import decode_images
 from imgcls.data.sizes import typical_size
 from imgcls.data.sources import ImageSet, load_source
@@ -30,6 +29,7 @@ from imgcls.data.split import (
 )
 from imgcls.errors import check
 from imgcls.io import write_json
+from imgcls.train.resolve import DataFacts, resolve
 
 SPLITS = ("train", "val", "test")
 
@@ -80,7 +80,7 @@ class RunData:
 
 
 def data_facts(images: ImageSet, splits: np.ndarray, config: TrainConfig) -> DataFacts:
-    """What :meth:`TrainConfig.resolve` needs to know of the data."""
+    """What :func:`~imgcls.train.resolve.resolve` needs to know of the data."""
     typical = typical_size(images)
     return DataFacts(
         typical_size=tuple(config.image_size or typical),
@@ -114,7 +114,7 @@ def load_run_data(
         for name in carved_splits(images.splits, splits):
             share = config.test_split if name == "test" else config.val_split
             log(f"no {name}/ folder: a stratified {share:.0%} of train/ is the {name} split")
-    resolved = config.resolve(data_facts(images, splits, config))
+    resolved = resolve(config, data_facts(images, splits, config))
     for note in resolved.notes:
         log(note)
     config = resolved.config
@@ -139,7 +139,7 @@ def write_run_files(
     processes of a data-parallel job)."""
     record = {"config": config.to_dict(), "data": data.info()}
     if resume:
-        saved = json.loads(folder.run.read_text(encoding="utf-8"))
+        saved = folder.read_record("--resume")
         check(
             saved["data"]["fingerprint"] == record["data"]["fingerprint"],
             f"--resume: the data at {data.argument} differs from what run {folder.path} was "

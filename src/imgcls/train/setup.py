@@ -1,9 +1,10 @@
-"""Pieces the trainer sets up: the optimizer and its rate plan, class weights, callbacks, and
-the checks and messages of a run."""
+"""Pieces the trainer sets up: the model, each phase's optimizer and rate plan, class weights,
+and the checks and messages of a run."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +13,10 @@ import numpy as np
 from imgcls import backend
 from imgcls.bundle import RunFolder
 from imgcls.config import TrainConfig
-from imgcls.errors import ImgclsError, check
+from imgcls.errors import ImgclsError, check, require
+from imgcls.models import ModelSpec, create_model
+from imgcls.models.recipe import Recipe
+from imgcls.train.state import Phase
 
 WARMUP_EPOCHS = 1  # linear learning-rate warm-up before the decay
 # Share of a time budget a run may run ahead of its steps before the clock sets the rate. A run
@@ -102,7 +106,7 @@ def plan_in_graph(optimizer, plan: LrPlan) -> None:
 
 def build_optimizer(
     config: TrainConfig,
-    recipe: dict[str, Any],
+    recipe: Recipe,
     steps_per_epoch: int,
     epochs: int | None = None,
     lr: float | None = None,
@@ -119,19 +123,15 @@ def build_optimizer(
     lr = config.lr if lr is None else lr
     total = max(1, (config.epochs if epochs is None else epochs) * steps_per_epoch)
     warmup = min(WARMUP_EPOCHS * steps_per_epoch, total // 4)
-    linear = recipe.get("schedule") == "linear"
-    plan = LrPlan(lr, warmup, total, "linear" if linear else "cosine", 0.0 if linear else 0.01)
+    linear = recipe.schedule == "linear"
+    plan = LrPlan(lr, warmup, total, recipe.schedule, 0.0 if linear else 0.01)
     first = plan(0)
-    if recipe.get("optimizer") != "sgd":
+    if recipe.optimizer != "sgd":
         return keras.optimizers.AdamW(first, weight_decay=config.weight_decay or 0.0), plan
-    sgd = dict(
-        momentum=recipe.get("momentum", 0.9),
-        nesterov=True,
-        weight_decay=config.weight_decay or None,
-    )
-    if not recipe.get("lookahead"):
+    sgd = dict(momentum=recipe.momentum, nesterov=True, weight_decay=config.weight_decay or None)
+    if not recipe.lookahead:
         return keras.optimizers.SGD(first, **sgd), plan
-    every, decay = recipe["lookahead"]
+    every, decay = recipe.lookahead
     optimizer = __getattr__("LookaheadSGD")(
         first, lookahead_every=every, lookahead_decay=decay, **sgd
     )
@@ -214,6 +214,72 @@ def __getattr__(name: str) -> Any:  # Keras classes are built on first use: impo
     raise AttributeError(name)
 
 
+@dataclass
+class PhaseSetup:
+    """What one phase trains with: the model ``fit`` runs (the head alone in a head phase), a
+    fresh optimizer and its rate plan; ``host_rate``: the trainer sets the rate before each
+    step (else the optimizer sets it inside its compiled step, :func:`plan_in_graph`)."""
+
+    phase: Phase
+    fit_model: Any
+    optimizer: Any
+    plan: LrPlan
+    host_rate: bool
+
+
+def enter_phase(
+    model, phase: Phase, config: TrainConfig, spec: ModelSpec, steps: int, clocked: bool, log
+) -> PhaseSetup:
+    """Set ``model`` up for ``phase``: its trainable layers, what ``fit`` trains, a fresh
+    compiled optimizer. ``clocked``: a time budget binds the run (its rate needs the host)."""
+    import keras
+
+    from imgcls.models import applications as apps
+
+    fit_model = model
+    if phase.name == "head":  # the head alone, on features of the frozen backbone
+        model.get_layer("backbone").trainable = False
+        fit_model = apps.head_model(model)
+    elif phase.name == "finetune":
+        n = apps.set_finetune_layers(model, spec.recipe.finetune_fraction)
+        log(f"fine-tuning the top {n} layers of the backbone and the head")
+    optimizer, plan = build_optimizer(config, spec.recipe, steps, epochs=phase.epochs, lr=phase.lr)
+    fit_model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+    )
+    optimizer.build(fit_model.trainable_variables)
+    # JAX sets the rate inside its compiled step unless a clock steers it (see plan_in_graph)
+    host_rate = backend.name() != "jax" or clocked or bool(phase.budget_s)
+    if not host_rate:
+        plan_in_graph(optimizer, plan)
+    return PhaseSetup(phase, fit_model, optimizer, plan, host_rate)
+
+
+def build_model(
+    config: TrainConfig,
+    spec: ModelSpec,
+    n_classes: int,
+    x_train: np.ndarray,
+    init_from: str | None,
+    from_checkpoint: bool,
+    log: Callable[[str], None],
+):
+    """The run's model: built (pretrained weights only when no checkpoint or run gives every
+    weight), initialised from the training images where the family does that, then set to
+    ``init_from``'s weights if given."""
+    kwargs = dict(config.model_args)
+    if spec.pretrained:  # a checkpoint (or run) holds every weight: none to fetch
+        kwargs["weights"] = "none" if from_checkpoint or init_from else config.weights
+    model = create_model(config.model, (*config.image_size, 3), n_classes, **kwargs)
+    spec.init_from_data(model, x_train, config.seed)
+    if init_from:
+        load_initial_weights(model, init_from)
+        log(f"starting from the weights of {init_from}")
+    return model
+
+
 def check_data_parallel(config: TrainConfig, spec, devices: int) -> None:
     """What a data-parallel job (every batch spread over ``devices``) cannot do, in one line."""
     check(
@@ -279,14 +345,9 @@ def steps_of(n_images: int, batch_size: int) -> int:
 
 
 def tensorboard_callbacks(folder: RunFolder) -> list:
-    import importlib.util
-
     import keras
 
-    check(
-        importlib.util.find_spec("tensorboard") is not None,
-        "`--tensorboard` needs the tensorboard package: pip install 'imgcls[tensorboard]'",
-    )
+    require("tensorboard", why="`--tensorboard`", extra="tensorboard")
     return [keras.callbacks.TensorBoard(log_dir=str(folder.tensorboard))]
 
 

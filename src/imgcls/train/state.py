@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,7 +92,7 @@ class Phase:
         return self.end - self.start
 
 
-def plan_phases(config, pretrained: bool, recipe: dict[str, Any]) -> list[Phase]:
+def plan_phases(config, pretrained: bool, recipe) -> list[Phase]:
     """The phases of a run of a resolved ``config``: one ``train`` phase, or for a pretrained
     backbone a ``head`` phase and, with ``finetune_epochs``, a ``finetune`` phase at
     ``lr * finetune_lr_factor`` within ``finetune_time`` minutes."""
@@ -102,7 +103,7 @@ def plan_phases(config, pretrained: bool, recipe: dict[str, Any]) -> list[Phase]
     phases = [Phase("head", 0, epochs - tune, lr)] if tune < epochs else []
     if tune:
         budget = config.finetune_time * 60 if config.finetune_time else None
-        factor = recipe.get("finetune_lr_factor", 1.0)
+        factor = recipe.finetune_lr_factor
         phases.append(Phase("finetune", epochs - tune, epochs, lr * factor, budget))
     return phases
 
@@ -166,3 +167,24 @@ class StopRule:
         if phase.budget_s and elapsed_s - state.phase_started_s > phase.budget_s:
             return "finetune_time"
         return None
+
+
+class Clock:
+    """Seconds of training so far (a resumed run starts from what it had). In a data-parallel
+    job with a time budget (``agreed``), process 0's: one small broadcast per reading, so every
+    process stops at the same step."""
+
+    def __init__(self, agreed: bool = False):
+        self.agreed = agreed
+        self.t_start = time.perf_counter()
+
+    def start(self, already_s: float) -> None:
+        self.t_start = time.perf_counter() - already_s
+
+    def __call__(self) -> float:
+        seconds = time.perf_counter() - self.t_start
+        if not self.agreed:
+            return seconds
+        from imgcls import backend
+
+        return backend.agreed(seconds)

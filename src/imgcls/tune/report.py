@@ -66,23 +66,25 @@ def write_report(search) -> None:
     """Write ``report.html`` from ``trials.csv`` and ``tune.json`` of ``search``."""
     record = search.record
     with open(search.path("trials.csv"), newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+        reader = csv.DictReader(f)
+        rows, columns = list(reader), list(reader.fieldnames or [])
     done = [r for r in rows if r["status"] == "completed"]
     names = list(search.space)
-    settings = record["settings"]
-    test, best = record["test"], record["best"]
+    settings = record.settings
+    test, best = record.test, record.best
+    accuracy = test.accuracy if test.accuracy is not None else float("nan")
     parts = [
         f"<h1>Tuning {_e(settings['model'])} on {_e(settings['data'])}</h1>",
         '<section><div class="kpi">'
         f"<div>trials<b>{len(rows)}</b></div>"
-        f"<div>best validation accuracy<b>{best['val_accuracy']:.4f}</b></div>"
+        f"<div>best validation accuracy<b>{best.val_accuracy:.4f}</b></div>"
         f"<div>recipe's own (trial 1)<b>{_first_score(rows)}</b></div>"
-        f"<div>test accuracy (read {test.get('reads', 0)}x)<b>{test.get('accuracy', float('nan')):.4f}</b>"
-        f"<span class=muted>95% CI {test.get('ci95')} on {test.get('n_images')} images</span></div>"
+        f"<div>test accuracy (read {test.reads}x)<b>{accuracy:.4f}</b>"
+        f"<span class=muted>95% CI {test.ci95} on {test.n_images} images</span></div>"
         "</div>"
         f"<p class=muted>{_e(settings['algorithm'])} search, seed {settings['seed']}, final model: "
         f"{_e(settings['final'])} ({'best settings retrained on train+validation' if settings['final'] == 'retrain' else 'the best trial as it was'}). "
-        f"The test split was read once, at {_e(test.get('at'))}, after the search ended.</p></section>",
+        f"The test split was read once, at {_e(test.at)}, after the search ended.</p></section>",
     ]
     if len(done):
         parts.append(
@@ -95,8 +97,8 @@ def write_report(search) -> None:
     best_rows = [
         [
             n,
-            _fmt(best["values"].get(n)),
-            _fmt(record["defaults"].get(n)),
+            _fmt(best.values.get(n)),
+            _fmt(record.defaults.get(n)),
             search.space[n].describe(),
         ]
         for n in names
@@ -104,16 +106,15 @@ def write_report(search) -> None:
     parts.append(
         "<section><h2>Best settings</h2>"
         + _table(
-            ["parameter", f"best (trial {best['trial']})", "recipe", "searched"],
+            ["parameter", f"best (trial {best.trial})", "recipe", "searched"],
             best_rows,
             9,
         )
-        + f"<p class=muted>epochs run by the best trial: {best['epochs_run']}</p></section>"
+        + f"<p class=muted>epochs run by the best trial: {best.epochs_run}</p></section>"
     )
-    header = ["trial", "status", "val_accuracy", "seconds", "peak_rss_mb", *names]
     parts.append(
         "<section><h2>All trials</h2>"
-        + _table(header, [[_cell(r.get(h, "")) for h in header] for r in rows], 2)
+        + _table(columns, [[_cell(r.get(h, "")) for h in columns] for r in rows], 2)
         + "</section>"
     )
     page = (

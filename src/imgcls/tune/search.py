@@ -35,8 +35,9 @@ from imgcls.errors import ImgclsError, check
 from imgcls.io import write_json
 from imgcls.tune import space as spaces
 from imgcls.tune.final import finish
+from imgcls.tune.record import RECORD_FILE, TuneRecord, WorkerInfo
 from imgcls.tune.report import write_trials_csv
-from imgcls.tune.settings import TuneSettings, read_record
+from imgcls.tune.settings import TuneSettings
 from imgcls.tune.trials import (
     MAX_FAILED_IN_A_ROW,
     OBJECTIVE,
@@ -94,54 +95,71 @@ def tune(
         check(host and port.isdigit(), f"`--{name}` must be HOST:PORT. Received: {address!r}")
     folder = Path(out)
     if resume:
-        record = read_record(folder)
-        config = TuneSettings(**record["settings"])
         check(
             not settings and data is None,
             "--resume takes the search's folder (and --chief or --worker) and nothing else",
         )
-        was = record.get("worker")
-        check(
-            bool(worker) == bool(was),
-            f"--resume {folder}: "
-            + (
-                f"this is worker {was['id']}'s folder; continue it with --worker {was['chief']}"
-                if was
-                else "this is a search's folder, not a worker's; drop --worker"
-            ),
-        )
-        worker_id = worker_id or (was or {}).get("id")
+        record = _resumed_record(folder, worker)
+        config = TuneSettings(**record.settings)
+        worker_id = worker_id or (record.worker.id if record.worker else None)
     else:
-        check(data is not None, "DATA is required (or --resume DIR)")
-        unknown = set(settings) - set(TuneSettings.__dataclass_fields__)
-        if unknown:
-            raise ImgclsError(f"unknown tune setting {sorted(unknown)[0]!r}")
-        config = TuneSettings(data=_absolute(data), **settings)
-        config.space = _absolute(config.space) if config.space else None
-        config.validate()
-        check(
-            not (chief and config.final == "keep"),
-            "`--final keep` needs the trials' folders, which a chief's workers hold: retrain instead",
-        )
-        check(
-            not folder.exists() or not any(folder.iterdir()),
-            f"`--out` {folder} is not empty; continue that search with --resume {folder} "
-            "or choose a new folder",
-        )
-        record = None
+        record, config = None, _new_settings(folder, data, settings, chief)
     search = _Search(folder, config, record, verbose)
     if worker:
         return search.work(worker, worker_id or f"{socket.gethostname()}-{os.getpid()}")
     return search.run(chief)
 
 
+def _resumed_record(folder: Path, worker: str | None) -> TuneRecord:
+    """The record of the search in ``folder``, checked to be a worker's exactly when
+    ``worker`` is given."""
+    record = TuneRecord.read(folder)
+    was = record.worker
+    check(
+        bool(worker) == bool(was),
+        f"--resume {folder}: "
+        + (
+            f"this is worker {was.id}'s folder; continue it with --worker {was.chief}"
+            if was
+            else "this is a search's folder, not a worker's; drop --worker"
+        ),
+    )
+    return record
+
+
+def _new_settings(
+    folder: Path, data: str | None, settings: dict, chief: str | None
+) -> TuneSettings:
+    """The checked settings of a new search into the empty folder ``folder``."""
+    check(data is not None, "DATA is required (or --resume DIR)")
+    unknown = set(settings) - set(TuneSettings.__dataclass_fields__)
+    if unknown:
+        raise ImgclsError(f"unknown tune setting {sorted(unknown)[0]!r}")
+    config = TuneSettings(data=_absolute(data), **settings)
+    config.space = _absolute(config.space) if config.space else None
+    config.validate()
+    check(
+        not (chief and config.final == "keep"),
+        "`--final keep` needs the trials' folders, which a chief's workers hold: retrain instead",
+    )
+    check(
+        not folder.exists() or not any(folder.iterdir()),
+        f"`--out` {folder} is not empty; continue that search with --resume {folder} "
+        "or choose a new folder",
+    )
+    return config
+
+
 class _Search:
     """One search: its folder, settings, split, space and oracle; driven by :meth:`run`."""
 
-    def __init__(self, folder: Path, config: TuneSettings, record: dict | None, verbose: bool):
+    def __init__(
+        self, folder: Path, config: TuneSettings, record: TuneRecord | None, verbose: bool
+    ):
         from imgcls.config import TrainConfig
         from imgcls.data.sources import load_source
         from imgcls.data.split import assign_splits, read_split_csv
+        from imgcls.train.resolve import resolve
         from imgcls.train.rundata import data_facts
 
         self.folder, self.config, self.verbose = folder, config, verbose
@@ -158,22 +176,19 @@ class _Search:
         train = TrainConfig(
             model=c.model, seed=c.seed, val_split=c.val_split, test_split=c.test_split
         )
-        resolved = train.resolve(data_facts(self.images, splits, train)).config
+        resolved = resolve(train, data_facts(self.images, splits, train)).config
         self.model = resolved.model
         self.space = spaces.model_space(self.model, c.space)
         epochs = self.space.pop("epochs") if c.algorithm == "hyperband" else None
         self.max_epochs = int(epochs.high) if epochs else resolved.epochs  # Hyperband's most
         self.space, self.defaults = spaces.first_trial(self.model, self.space, asdict(resolved))
-        self.record = record or {
-            "kind": "imgcls-tune",
-            "settings": {**asdict(c), "model": self.model},
-            "started_at": now(),
-            "space": {name: p.describe() for name, p in self.space.items()},
-            "defaults": self.defaults,
-            "best": None,
-            "test": {"reads": 0},
-        }
-        self.t0 = time.perf_counter() - self.record.get("elapsed_s", 0.0)
+        self.record = record or TuneRecord(
+            settings={**asdict(c), "model": self.model},
+            started_at=now(),
+            space={name: p.describe() for name, p in self.space.items()},
+            defaults=self.defaults,
+        )
+        self.t0 = time.perf_counter() - self.record.elapsed_s
         self.oracle: Any = None
         self.tuner_id, self.worker, self.done = TUNER_ID, False, 0
 
@@ -182,8 +197,8 @@ class _Search:
         return self.folder.joinpath(*parts)
 
     def save_record(self) -> None:
-        self.record["elapsed_s"] = round(time.perf_counter() - self.t0, 1)
-        write_json(self.path("tune.json"), self.record)
+        self.record.elapsed_s = round(time.perf_counter() - self.t0, 1)
+        self.record.save(self.folder)
 
     def write_splits(self) -> None:
         from imgcls.data.split import write_split_csv
@@ -203,7 +218,7 @@ class _Search:
         self.start()
         self.oracle = make_oracle(self)
         if chief:
-            self.record["chief"] = chief
+            self.record.chief = chief
             self.save_record()
             self.log(f"serving the oracle at {chief}; start workers with --worker {chief}")
             serve_oracle(self.oracle, chief)
@@ -211,7 +226,7 @@ class _Search:
         else:
             self.search()
         finish(self)
-        return self.record
+        return self.record.to_dict()
 
     def work(self, address: str, worker_id: str) -> dict[str, Any]:
         """Run trials that the chief at ``address`` proposes until it has no more."""
@@ -224,7 +239,7 @@ class _Search:
         )
         self.tuner_id, self.worker = worker_id, True
         self.oracle = OracleClient(make_oracle(self))
-        self.record["worker"] = {"chief": address, "id": worker_id}
+        self.record.worker = WorkerInfo(address, worker_id)
         self.save_record()
         import grpc
 
@@ -237,10 +252,10 @@ class _Search:
                 f"with: imgcls tune --resume {self.folder} --worker {address}"
             ) from None
         self.save_record()
-        return self.record
+        return self.record.to_dict()
 
     def start(self) -> None:
-        if not self.path("tune.json").is_file():
+        if not self.path(RECORD_FILE).is_file():
             self.write_splits()
             self.save_record()
 
@@ -307,14 +322,11 @@ class _Search:
             "peak_rss_mb": peak_mb,
             "values": values,
         }
-        history = RunFolder(run).history
-        if code == 0 and history.is_file():
-            import csv
-
-            with open(history, newline="") as f:
-                rows = list(csv.DictReader(f))
-            score = float(rows[-1].get(OBJECTIVE) or "nan") if rows else float("nan")
-            meta = read_json(RunFolder(run).meta)["metrics"]
+        folder = RunFolder(run)
+        if code == 0 and folder.history.is_file():
+            rows = folder.read_history()
+            score = rows[-1].get(OBJECTIVE, float("nan")) if rows else float("nan")
+            meta = folder.read_meta().metrics
             # A trial the search's budget cut short says nothing fair about its settings: the
             # oracle is told it failed (measured: one cut to 37 s scored 0.46 against 0.82).
             why = "cut short by --max-time" if meta["stopped"] == "max_time" else None
@@ -334,7 +346,7 @@ class _Search:
         """``imgcls train`` into ``run`` in a subprocess, or ``--resume`` if it has checkpoints;
         its exit status, peak resident memory in MB and its last error line."""
         c = self.config
-        if any((run / "checkpoints").glob("ckpt-*.npz")):
+        if RunFolder(run).checkpoint_files():
             cmd = ["train", "--resume", str(run)]
         else:
             shutil.rmtree(run, ignore_errors=True)  # killed before its first checkpoint

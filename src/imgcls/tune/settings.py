@@ -1,35 +1,47 @@
-"""The settings of a search (``tune.json``'s ``settings``) and reading them back."""
+"""The settings of a search (``tune.json``'s ``settings``)."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
-from imgcls.config import check_minutes, check_positive_int, check_splits
-from imgcls.errors import ImgclsError, check
+from imgcls.config import (
+    BACKENDS,
+    PRECISIONS,
+    SplitSettings,
+    check_minutes,
+    check_positive_int,
+)
+from imgcls.errors import check
 
 ALGORITHMS = ("bayesian", "hyperband", "random")
 FINALS = ("retrain", "keep")
 
 
-@dataclass
-class TuneSettings:
-    """What a search was asked to do; stored in ``tune.json`` so ``--resume`` repeats it."""
+def _setting(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
 
-    data: str
-    model: str | None = None
-    algorithm: str = "bayesian"
-    trials: int = 10
-    max_time: float | None = None  # minutes for the trials (the final run comes on top)
-    space: str | None = None
-    seed: int = 0
-    final: str = "retrain"
-    val_split: float = 0.1
-    test_split: float = 0.1
-    precision: str | None = None
-    backend: str | None = None
+
+@dataclass(kw_only=True)
+class TuneSettings(SplitSettings):
+    """What a search was asked to do; stored in ``tune.json`` so ``--resume`` repeats it. The
+    ``imgcls tune`` flags are generated from these fields."""
+
+    data: str = field(metadata={"cli": False})  # DATA, the positional argument
+    model: str | None = _setting(None, "registered model (default: as `imgcls train` picks)")
+    algorithm: str = _setting("bayesian", "KerasTuner oracle", choices=ALGORITHMS)
+    trials: int = _setting(10, "trials to run")
+    max_time: float | None = _setting(
+        None, "minutes for the trials (the final run comes on top)", metavar="MIN"
+    )
+    space: str | None = _setting(
+        None, "JSON/TOML ranges narrowing the model's space", metavar="FILE"
+    )
+    final: str = _setting(
+        "retrain", "retrain the best settings on train+val, or keep the best trial", choices=FINALS
+    )
+    precision: str | None = _setting(None, "numeric precision of every trial", choices=PRECISIONS)
+    backend: str | None = _setting(None, "Keras backend of every trial", choices=BACKENDS)
 
     def validate(self) -> TuneSettings:
         check(
@@ -41,24 +53,9 @@ class TuneSettings:
         check(
             self.final in FINALS, f"`final` must be one of {list(FINALS)}. Received: {self.final!r}"
         )
-        check_splits(self.val_split, self.test_split)
+        self.validate_split()
         check(
             self.val_split > 0,
             "`val_split` must be above 0: the search scores trials on the validation split",
         )
         return self
-
-
-def read_record(folder: Path) -> dict[str, Any]:
-    """The record (`tune.json`) of the search in ``folder``, checked to be one."""
-    path = folder / "tune.json"
-    check(path.is_file(), f"--resume {folder}: not a tuning run (no {path.name})")
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ImgclsError(f"--resume {folder}: {path.name} is unreadable ({e})") from None
-    check(
-        isinstance(record, dict) and record.get("kind") == "imgcls-tune" and "settings" in record,
-        f"--resume {folder}: {path.name} is not an imgcls tuning record",
-    )
-    return record

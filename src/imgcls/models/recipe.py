@@ -1,0 +1,104 @@
+"""A model's recipe: the training settings it was tuned with, as one frozen dataclass.
+
+The first fields (epochs to finetune_time) fill the :class:`~imgcls.config.TrainConfig` fields
+a user left unset; the rest say how to train the family (optimizer, schedule, augmentation
+details, the head phase of a pretrained backbone) and have no flag. Every default lives here
+once: a family states only what it changes, and reading a setting is an attribute, so a
+mistyped name fails at once instead of falling back to some default.
+
+Example:
+    >>> Recipe(epochs=24, optimizer="sgd").batch_size
+    64
+    >>> Recipe.from_dict({"epoch": 3})  # doctest: +SKIP
+    ImgclsError: Unknown recipe key(s) ['epoch']; a recipe takes ['epochs', 'batch_size', ...]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from imgcls.errors import ImgclsError, check
+
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "linear")  # after the warm-up: cosine or linear decay to zero
+# The recipe fields that fill a TrainConfig's unset fields of the same names.
+CONFIG_FIELDS = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "label_smoothing",
+    "weight_decay",
+    "tta",
+    "finetune_epochs",
+    "finetune_time",
+)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a model family trains best; :func:`~imgcls.models.register_model` stores one.
+
+    Attributes:
+        epochs, batch_size, lr, label_smoothing, weight_decay, tta, finetune_epochs,
+            finetune_time: the defaults of the :class:`~imgcls.config.TrainConfig` fields of
+            the same names.
+        optimizer: ``adamw``, or ``sgd`` (Nesterov, ``momentum``).
+        schedule: the decay after the one-epoch warm-up, ``cosine`` or ``linear``.
+        lookahead: ``(every, decay)``: SGD with lookahead weight averaging (airbench).
+        alternate_flip: each image mirrored in every other epoch instead of by chance.
+        translate_fraction: largest shift as a share of the image side (default: an eighth).
+        min_steps_per_epoch: on smaller data sets the batch shrinks (to a power of two, at
+            least 16) until an epoch has this many steps.
+        min_total_steps: on smaller data sets the run trains more epochs, to this many steps.
+        feature_views: views per training image a frozen backbone computes features of.
+        finetune_lr_factor: the fine-tuning phase's rate as a share of ``lr``.
+        finetune_fraction: the top share of the backbone's layers fine-tuning trains.
+        cpu_bf16: ``--precision auto`` may pick bfloat16 on a CPU that computes it natively.
+    """
+
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    label_smoothing: float = 0.0
+    weight_decay: float = 0.0
+    tta: str = "none"
+    finetune_epochs: int = 0
+    finetune_time: float | None = None
+    optimizer: str = "adamw"
+    schedule: str = "cosine"
+    momentum: float = 0.9
+    lookahead: tuple[int, float] | None = None
+    alternate_flip: bool = False
+    translate_fraction: float | None = None
+    min_steps_per_epoch: int | None = None
+    min_total_steps: int | None = None
+    feature_views: int = 1
+    finetune_lr_factor: float = 1.0
+    finetune_fraction: float = 0.2
+    cpu_bf16: bool = True
+
+    def __post_init__(self) -> None:
+        check(
+            self.optimizer in OPTIMIZERS,
+            f"recipe `optimizer` must be one of {set(OPTIMIZERS)}. Received: optimizer={self.optimizer!r}",
+        )
+        check(
+            self.schedule in SCHEDULES,
+            f"recipe `schedule` must be one of {set(SCHEDULES)}. Received: schedule={self.schedule!r}",
+        )
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Recipe:
+        """A recipe from a dict, refusing keys a recipe does not have (naming them and the
+        allowed ones)."""
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ImgclsError(f"Unknown recipe key(s) {unknown}; a recipe takes {known}")
+        return cls(**values)
+
+    def config_defaults(self) -> dict[str, Any]:
+        """The values that fill a config's unset fields (``None`` ones left out)."""
+        return {k: getattr(self, k) for k in CONFIG_FIELDS if getattr(self, k) is not None}

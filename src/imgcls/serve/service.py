@@ -1,0 +1,134 @@
+"""What every route of ``imgcls serve`` shares: the loaded model, the limits, the batcher and
+the metrics (:class:`Service`), the JSON error (:class:`ApiError`) and the request parsing both
+APIs use."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import Depends, Request
+
+from imgcls.serve.limits import ServeConfig
+
+DECODE_STATUS = {"not_an_image": 415, "too_large": 413, "unreadable": 400}  # DecodeError kinds
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error": message}`` with ``status``."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+@dataclass
+class Service:
+    """One served run: its predictor, name, limits, metrics and micro-batcher."""
+
+    predictor: Any
+    name: str
+    config: ServeConfig
+    metrics: Any
+    batcher: Any
+
+    @classmethod
+    def load(cls, run: str | Path, config: ServeConfig) -> Service:
+        """Load RUN's model now (and export it, for ONNX), not on the first request."""
+        from imgcls.predict import Predictor
+        from imgcls.serve.batcher import MicroBatcher
+        from imgcls.serve.metrics import Metrics
+
+        predictor = Predictor(run, engine=config.engine)
+        predictor.runner()
+        metrics = Metrics()
+        batcher = MicroBatcher(
+            predictor.predict_pixels, config.max_batch, config.max_wait_ms,
+            metrics.batch_size.observe,
+        )  # fmt: skip
+        return cls(predictor, Path(run).resolve().name, config, metrics, batcher)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.predictor.classes_
+
+    def info(self) -> dict[str, Any]:
+        """``GET /v1/info``: the model, its classes and the server's limits."""
+        meta, config = self.predictor.meta, self.config
+        return {
+            "name": self.name,
+            "model": meta.config.get("model"),
+            "classes": self.classes,
+            "image_size": list(self.predictor.image_size),
+            "test_accuracy": meta.metrics.get("test_accuracy"),
+            "tta": meta.tta,
+            "temperature": meta.temperature,
+            "engine": config.engine,
+            "max_files": config.max_files,
+            "max_body_bytes": config.max_body_bytes,
+            "top_k": config.top_k,
+        }
+
+    async def classify(self, uploads: list[tuple[str, bytes]], top_k: int) -> list[dict]:
+        """Decode each ``(filename, bytes)`` (a bad one gets an ``error``) and predict the rest
+        in the shared batches; results as ``imgcls predict --format json`` prints them."""
+        from imgcls.predict import Prediction, fill_prediction
+
+        results = [Prediction(filename) for filename, _ in uploads]
+        decoded = await asyncio.gather(*(asyncio.to_thread(self.decode, d) for _, d in uploads))
+        ok = [i for i, (pixels, _) in enumerate(decoded) if pixels is not None]
+        for i, (_, error) in enumerate(decoded):
+            results[i].error = error
+        if ok:
+            probs = await self.batcher.predict(np.stack([decoded[i][0] for i in ok]))
+            for row, i in zip(probs, ok, strict=True):
+                fill_prediction(results[i], row, self.classes, top_k)
+        return [r.to_dict() for r in results]
+
+    def decode(self, data: bytes) -> tuple[np.ndarray | None, str | None]:
+        from imgcls.data.decode import DecodeError, load_image
+
+        try:
+            return load_image(data, self.predictor.image_size, self.config.max_pixels), None
+        except DecodeError as e:
+            return None, f"{e.kind}: {e.detail}"
+
+    def check_count(self, n: int) -> None:
+        """413 for more images in one request than ``max_files``."""
+        if n > self.config.max_files:
+            raise ApiError(413, f"{n} images in one request; the limit is {self.config.max_files}")
+
+
+def decode_status(error: str) -> int:
+    """The HTTP status of a decode error (``"kind: detail"``)."""
+    return DECODE_STATUS.get(error.split(":")[0], 400)
+
+
+def json_body(raw: bytes) -> dict:
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ApiError(400, f"body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise ApiError(422, "body must be a JSON object")
+    return body
+
+
+def b64(text: str, where: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, f"{where} is not valid base64") from None
+
+
+def _service(request: Request) -> Service:
+    return request.app.state.service
+
+
+ServiceDep = Annotated[Service, Depends(_service)]  # a route's argument: the app's Service
