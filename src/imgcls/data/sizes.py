@@ -18,7 +18,7 @@ SMALL_MAX_SIDE = (
     64  # pixels: up to this the data counts as small images (fast model), above as photos
 )
 MIN_SIDE = 16  # pixels: small sources (8x8 digits) are upsampled to at least this
-PRETRAINED_SIDE = 224  # pixels: the native input of every pretrained backbone imgcls ships
+PRETRAINED_SIDE = 224  # pixels: the native input of the default pretrained backbone
 # pixels: photos trained from scratch. 224 ran at 6-7 images/s on 2 cores; on 320 photos (CIFAR
 # pairs upscaled, bench/photos.py) 60 epochs took 175 s at 64, 340 s at 112, and 96 is the
 # smallest size that keeps the detail of real photos.
@@ -51,12 +51,12 @@ def is_photo_size(size: tuple[int, int]) -> bool:
     return max(size) > SMALL_MAX_SIDE
 
 
-def default_image_size(typical: tuple[int, int], pretrained: bool) -> tuple[int, int]:
-    """The training size for data of ``typical`` size: a backbone's native size when
-    ``pretrained``, the images' own size for small images (at least :data:`MIN_SIDE`), and
+def default_image_size(typical: tuple[int, int], native_side: int | None) -> tuple[int, int]:
+    """The training size for data of ``typical`` size: a pretrained backbone's native size
+    (``native_side``), the images' own size for small images (at least :data:`MIN_SIDE`), and
     :data:`SCRATCH_PHOTO_SIDE` square for photos trained from scratch."""
-    if pretrained:
-        return PRETRAINED_SIDE, PRETRAINED_SIDE
+    if native_side:
+        return native_side, native_side
     if is_photo_size(typical):
         return SCRATCH_PHOTO_SIDE, SCRATCH_PHOTO_SIDE
     return tuple(max(int(s), MIN_SIDE) for s in typical)
@@ -66,4 +66,4 @@ def default_cache_size(images: ImageSet) -> tuple[int, int]:
     """The size ``imgcls prepare`` caches pixels at: what ``imgcls train`` picks by default
     (photos at the pretrained backbones' native size)."""
     typical = typical_size(images)
-    return default_image_size(typical, pretrained=is_photo_size(typical))
+    return default_image_size(typical, PRETRAINED_SIDE if is_photo_size(typical) else None)

@@ -31,6 +31,7 @@ class ModelSpec:
     recipe: Recipe = field(default_factory=Recipe)
     min_side: int = 8  # smallest image side in pixels the architecture accepts
     pretrained: bool = False  # takes `weights` (imagenet, none or a file)
+    native_side: int | None = None  # pixels a side a pretrained backbone's weights were trained at
     space: dict[str, Any] = field(default_factory=dict)  # what `imgcls tune` searches
 
     def init_from_data(self, model: Any, images: Any, seed: int) -> None:
@@ -50,6 +51,7 @@ def register_model(
     min_side: int = 8,
     pretrained: bool = False,
     space: dict[str, Any] | None = None,
+    native_side: int | None = None,
 ) -> Callable:
     """Decorator adding a builder ``fn(input_shape, num_classes, **kwargs) -> keras.Model``.
 
@@ -60,8 +62,9 @@ def register_model(
 
     def wrap(fn: Callable) -> Callable:
         _REGISTRY[name] = ModelSpec(
-            name, fn, description, recipe, min_side, pretrained, dict(space or {})
-        )
+            name, fn, description, recipe, min_side=min_side, pretrained=pretrained,
+            native_side=native_side, space=dict(space or {}),
+        )  # fmt: skip
         return fn
 
     return wrap

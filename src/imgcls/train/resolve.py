@@ -18,9 +18,9 @@ from typing import Any
 from imgcls import backend
 from imgcls.config import TrainConfig
 from imgcls.data.augment import PHOTO_AUGMENT
-from imgcls.data.sizes import default_image_size, is_photo_size
+from imgcls.data.sizes import PRETRAINED_SIDE, default_image_size, is_photo_size
 from imgcls.errors import check
-from imgcls.models import get_spec
+from imgcls.models import ModelSpec, get_spec
 from imgcls.models.choice import choose_model
 from imgcls.models.recipe import Recipe
 
@@ -74,7 +74,7 @@ def resolve(config: TrainConfig, data: DataFacts) -> Resolved:
         f"`weights` applies only to pretrained backbones, not model '{config.model}'. "
         f"Received: weights={config.weights}",
     )
-    fills = _data_fills(config, data, spec.pretrained)
+    fills = _data_fills(config, data, spec)
     recipe = spec.recipe
     for key, value in recipe.config_defaults().items():
         if getattr(config, key) is None:
@@ -87,11 +87,13 @@ def resolve(config: TrainConfig, data: DataFacts) -> Resolved:
     return Resolved(config.updated(**fills), notes)
 
 
-def _data_fills(config: TrainConfig, data: DataFacts, pretrained: bool) -> dict[str, Any]:
+def _data_fills(config: TrainConfig, data: DataFacts, spec: ModelSpec) -> dict[str, Any]:
     """Image size, backend, augmentation and weights, where the config leaves them open."""
     fills: dict[str, Any] = {}
+    pretrained = spec.pretrained
     if config.image_size is None:
-        size = data.cache_size or default_image_size(data.typical_size, pretrained)
+        native = (spec.native_side or PRETRAINED_SIDE) if pretrained else None
+        size = data.cache_size or default_image_size(data.typical_size, native)
         fills["image_size"] = tuple(int(s) for s in size)
     if config.backend is None:
         fills["backend"] = backend.name()
