@@ -101,6 +101,12 @@ class RunFolder:
         return self.path / "tensorboard"
 
     @property
+    def activations(self) -> Path:
+        """``activations/``: the frozen bottom's activations a head phase trains on (deleted
+        when the run finishes)."""
+        return self.path / "activations"
+
+    @property
     def onnx_cache(self) -> Path:
         """``onnx/``: exports made for ``--engine onnx``, one per graph variant."""
         return self.path / "onnx"
@@ -123,6 +129,10 @@ class RunFolder:
             return json.loads(self.run.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise ImgclsError(f"{why}: {self.run} is damaged ({e})") from None
+
+    def update_record(self, **fields: Any) -> None:
+        """Add ``fields`` to ``run.json`` (rewritten whole, atomically)."""
+        write_json(self.run, {**self.read_record(), **fields})
 
     def read_history(self) -> list[dict[str, float]]:
         """``history.csv``: one row per finished epoch (an empty cell is NaN)."""

@@ -83,8 +83,11 @@ class OnnxEngine:
         self.input = self.session.get_inputs()[0].name
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        out = self.session.run(None, {self.input: np.asarray(x, np.float32)})[0]
-        return np.asarray(out, np.float64)
+        return np.asarray(self.raw(x), np.float64)
+
+    def raw(self, x: np.ndarray) -> np.ndarray:
+        """The graph's first output as ONNX Runtime gives it (float32)."""
+        return self.session.run(None, {self.input: np.asarray(x, np.float32)})[0]
 
 
 def cached_onnx(run: str | Path, tta: str, temperature: float) -> Path:

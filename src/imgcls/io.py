@@ -123,3 +123,22 @@ def read_table_file(path: str | os.PathLike, option: str, what: str) -> dict[str
         raise ImgclsError(f"`{option}` file {path} is not valid {kind}: {e}") from None
     check(isinstance(data, dict), f"`{option}` file {path} must hold a table/object of {what}")
     return data
+
+
+def cache_root() -> Path:
+    """Where imgcls keeps what it can recompute (converted weights, decoded pixels, exported
+    frozen networks): ``$IMGCLS_CACHE``, else ``~/.cache/imgcls``."""
+    return Path(os.path.expanduser(os.environ.get("IMGCLS_CACHE") or "~/.cache/imgcls"))
+
+
+def peak_rss_bytes() -> int | None:
+    """The most resident memory this process has held so far (its high-water mark); ``None``
+    where the platform does not say (Windows)."""
+    import sys
+
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)  # macOS counts bytes, Linux KiB

@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imgcls.bundle import write_meta
+from imgcls.bundle import RunFolder, write_meta
 from imgcls.config import TrainConfig
+from imgcls.data.pipeline import decode_images
 from imgcls.evaluate.metrics import compute_metrics
+from imgcls.io import peak_rss_bytes
 from imgcls.predict import Predictor
 from imgcls.train import TrainedRun, run_training
 
@@ -28,6 +30,7 @@ class TrainResult:
     stopped: str  # one of imgcls.train.state.STOP_REASONS
     test_metrics: dict[str, Any] | None = None
     left_out: list[dict] = field(default_factory=list)
+    peak_rss_bytes: int | None = None  # this process's memory high-water mark
 
 
 def train(
@@ -59,7 +62,7 @@ def train(
     """
     run = run_training(data, out, config, resume=resume, verbose=verbose, **overrides)
     metrics = None
-    if run.meta is not None and len(run.test[0]):
+    if run.meta is not None and len(run.test_images):
         metrics = score_test(run)
         if verbose:
             tta = "" if run.meta.tta == "none" else f", test-time augmentation {run.meta.tta}"
@@ -68,15 +71,21 @@ def train(
                 file=sys.stderr,
                 flush=True,
             )
-    return TrainResult(run.run_dir, run.history, run.stopped, metrics, run.left_out)
+    peak = peak_rss_bytes()
+    if run.meta is not None and peak:  # the writing process's figure, in run.json
+        RunFolder(run.run_dir).update_record(peak_rss_mb=round(peak / 2**20))
+        if verbose:
+            print(f"peak memory: {peak / 2**30:.2f} GB", file=sys.stderr, flush=True)
+    return TrainResult(run.run_dir, run.history, run.stopped, metrics, run.left_out, peak)
 
 
 def score_test(run: TrainedRun) -> dict[str, Any]:
-    """The test split's metrics through the run's saved bundle; its accuracy is recorded in
-    ``bundle.json``."""
-    x, y = run.test
-    probs = Predictor(run.run_dir, meta=run.meta).predict_pixels(x)
-    metrics = compute_metrics(y, probs, run.class_names)
+    """The test split's metrics through the run's saved bundle, its images decoded at the
+    bundle's size (the decoded-pixel cache has them when that is the training size); the
+    accuracy is recorded in ``bundle.json``."""
+    pixels, ok, _ = decode_images(run.test_images, tuple(run.meta.image_size))
+    probs = Predictor(run.run_dir, meta=run.meta).predict_pixels(pixels)
+    metrics = compute_metrics(run.test_images.labels[ok], probs, run.class_names)
     run.meta.metrics["test_accuracy"] = metrics["accuracy"]
     write_meta(run.run_dir, run.meta)
     return metrics

@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import functools
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from imgcls.data.augment import apply_params, draw_params
-from imgcls.data.decode import DecodeError, load_image, resize_array
+from imgcls.data.cache import cached_pixels
+from imgcls.data.decode import resize_array
 from imgcls.data.sources import ImageSet
 
-DECODE_CHUNK = 256  # images per decode task: large enough to amortise scheduling
 # Batches gathered in parallel and held ready ahead of the model. Fixed instead of AUTOTUNE:
 # with tf.data's autotuning on (TF 2.21), deleting a used-up iterator waits for the tuning
 # thread's next wake-up, which stalled the end of an 80-second CIFAR-10 epoch by ~34 s.
@@ -31,19 +30,22 @@ PARALLEL_BATCHES = 2
 def decode_images(
     images: ImageSet, size: tuple[int, int], workers: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, list[dict]]:
-    """Decode and resize every image with the shared decoder.
+    """Decode and resize every image with the shared decoder, once per folder and size.
 
     Images from a folder written by ``imgcls prepare`` whose pixel cache holds ``size`` are
-    read from the cache instead: nothing is decoded.
+    read from that cache; built-in sets are resized in memory; files are decoded on every core
+    into the disk cache of :mod:`imgcls.data.cache`, which the next run on the same files and
+    size reads instead of decoding.
 
     Args:
         images: the set to decode.
         size: ``(height, width)``.
-        workers: decode threads (Pillow releases the GIL while decoding); default: CPU count.
+        workers: decoding processes; default: every core.
 
     Returns:
-        ``(pixels, ok, issues)``: uint8 ``(n_ok, H, W, 3)``, a boolean mask over ``images``
-        of those that decoded, and one ``{"path", "kind", "detail"}`` per file left out.
+        ``(pixels, ok, issues)``: uint8 ``(n_ok, H, W, 3)`` (an array, or for sets too large
+        for memory :class:`~imgcls.data.cache.DiskRows`), a boolean mask over ``images`` of
+        those that decoded, and one ``{"path", "kind", "detail"}`` per file left out.
     """
     cached = _from_cache(images, size)
     if cached is not None:
@@ -53,25 +55,7 @@ def decode_images(
         if pixels.shape[1:3] != tuple(size) or pixels.shape[-1] != 3:
             pixels = resize_array(pixels, size)
         return pixels, np.ones(len(images), dtype=bool), []
-    n = len(images)
-    out = np.empty((n, size[0], size[1], 3), dtype=np.uint8)
-    ok = np.ones(n, dtype=bool)
-    issues: list[dict] = []
-
-    def work(start: int) -> list[dict]:
-        found = []
-        for i in range(start, min(start + DECODE_CHUNK, n)):
-            try:
-                out[i] = load_image(images.paths[i], size)
-            except DecodeError as e:
-                ok[i] = False
-                found.append({"path": images.paths[i], "kind": e.kind, "detail": e.detail})
-        return found
-
-    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        for found in pool.map(work, range(0, n, DECODE_CHUNK)):
-            issues += found
-    return (out if ok.all() else out[ok]), ok, issues
+    return cached_pixels(images.paths, tuple(size), workers)
 
 
 def _from_cache(images: ImageSet, size: tuple[int, int]) -> np.ndarray | None:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from imgcls.errors import ImgclsError, check
-from imgcls.io import atomic_path, write_json
+from imgcls.io import atomic_path, cache_root, write_json
 from imgcls.models.efficientnet_lite import Variant, build_efficientnet_lite, variant
 from imgcls.models.torch_weights import read_state_dict
 
@@ -240,8 +240,7 @@ def _cache_problem(path: Path, v: Variant) -> str | None:
 def cache_folder(cache_dir: str | os.PathLike | None = None) -> Path:
     """Where converted weights live: ``cache_dir``, else ``$IMGCLS_CACHE``, else
     ``~/.cache/imgcls``."""
-    folder = cache_dir if cache_dir is not None else os.environ.get("IMGCLS_CACHE")
-    return Path(os.path.expanduser(folder or "~/.cache/imgcls"))
+    return Path(os.path.expanduser(cache_dir)) if cache_dir is not None else cache_root()
 
 
 def available(variant_name: str) -> str | None:

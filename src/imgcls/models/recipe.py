@@ -52,7 +52,12 @@ class Recipe:
         min_steps_per_epoch: on smaller data sets the batch shrinks (to a power of two, at
             least 16) until an epoch has this many steps.
         min_total_steps: on smaller data sets the run trains more epochs, to this many steps.
-        feature_views: views per training image a frozen backbone computes features of.
+        feature_views: views per training image the frozen bottom of a backbone computes
+            activations of (:mod:`imgcls.train.features`).
+        top_blocks: the backbone's last blocks that train with the head on those activations
+            (0: the head alone, on the pooled features).
+        test_scale: the bundle predicts at this multiple of the training side (the "FixRes"
+            effect: training crops enlarge objects, so a larger test image matches them).
         finetune_lr_factor: the fine-tuning phase's rate as a share of ``lr``.
         finetune_fraction: the top share of the backbone's layers fine-tuning trains.
         cpu_bf16: ``--precision auto`` may pick bfloat16 on a CPU that computes it natively.
@@ -75,6 +80,8 @@ class Recipe:
     min_steps_per_epoch: int | None = None
     min_total_steps: int | None = None
     feature_views: int = 1
+    top_blocks: int = 0
+    test_scale: float = 1.0
     finetune_lr_factor: float = 1.0
     finetune_fraction: float = 0.2
     cpu_bf16: bool = True

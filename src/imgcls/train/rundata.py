@@ -17,6 +17,7 @@ import numpy as np
 
 from imgcls.bundle import RunFolder, write_seen
 from imgcls.config import TrainConfig
+from imgcls.data.cache import take_rows
 from imgcls.data.pipeline import decode_images
 from imgcls.data.sizes import typical_size
 from imgcls.data.sources import ImageSet, load_source
@@ -42,15 +43,22 @@ class RunData:
         argument: DATA as given.
         images: the source's images (before decoding).
         splits: the split of each image in ``images``.
-        arrays: ``{"train": (x, y), "val": ..., "test": ...}``, uint8 pixels and int32 labels.
+        arrays: ``{"train": (x, y), "val": ..., "test": ...}``, uint8 pixels (an array or
+            rows read from disk) and int32 labels.
+        decoded: which of ``images`` decoded.
         left_out: one ``{"path", "kind", "detail"}`` per file that did not decode.
     """
 
     argument: str
     images: ImageSet
     splits: np.ndarray
-    arrays: dict[str, tuple[np.ndarray, np.ndarray]]
+    arrays: dict[str, tuple[Any, np.ndarray]]
+    decoded: np.ndarray
     left_out: list[dict] = field(default_factory=list)
+
+    def split_images(self, name: str) -> ImageSet:
+        """The images of split ``name`` that decoded, in the order of ``arrays[name]``."""
+        return self.images.subset(self.decoded & (self.splits == name))
 
     @property
     def class_names(self) -> list[str]:
@@ -120,8 +128,11 @@ def load_run_data(
     config = resolved.config
     pixels, ok, left_out = decode_images(images, config.image_size)
     labels, kept = images.labels[ok], splits[ok]
-    arrays = {s: (pixels[kept == s], labels[kept == s].astype(np.int32)) for s in SPLITS}
-    data = RunData(argument, images, splits, arrays, left_out)
+    arrays = {
+        s: (take_rows(pixels, np.flatnonzero(kept == s)), labels[kept == s].astype(np.int32))
+        for s in SPLITS
+    }
+    data = RunData(argument, images, splits, arrays, ok, left_out)
     for issue in left_out:
         log(f"imgcls: left out {issue['path']}: {issue['kind']}: {issue['detail']}")
     counts = data.counts()

@@ -228,18 +228,25 @@ class PhaseSetup:
 
 
 def enter_phase(
-    model, phase: Phase, config: TrainConfig, spec: ModelSpec, steps: int, clocked: bool, log
-) -> PhaseSetup:
+    model, phase: Phase, config: TrainConfig, spec: ModelSpec, steps: int, clocked: bool, log,
+    cut: str | None = None,
+) -> PhaseSetup:  # fmt: skip
     """Set ``model`` up for ``phase``: its trainable layers, what ``fit`` trains, a fresh
-    compiled optimizer. ``clocked``: a time budget binds the run (its rate needs the host)."""
+    compiled optimizer. ``clocked``: a time budget binds the run (its rate needs the host);
+    ``cut``: the backbone layer whose cached activations a head phase trains on (``None``:
+    the pooled features)."""
     import keras
 
     from imgcls.models import applications as apps
 
     fit_model = model
-    if phase.name == "head":  # the head alone, on features of the frozen backbone
-        model.get_layer("backbone").trainable = False
-        fit_model = apps.head_model(model)
+    if phase.name == "head":  # the head (and the blocks above `cut`) on cached activations
+        n = apps.set_top_layers(model, cut)
+        fit_model = apps.split_at(model, cut)[1]
+        if n:
+            log(
+                f"training the backbone's last {spec.recipe.top_blocks} blocks ({n} layers) and the head"
+            )
     elif phase.name == "finetune":
         n = apps.set_finetune_layers(model, spec.recipe.finetune_fraction)
         log(f"fine-tuning the top {n} layers of the backbone and the head")
@@ -307,11 +314,11 @@ def check_init_from(run: str, config: TrainConfig, class_names: list[str]) -> No
         theirs == config.model,
         f"--init-from {run} trained {theirs}; this run trains {config.model} (pass --model {theirs})",
     )
+    size = tuple(meta.config.get("image_size") or meta.image_size)  # trained at, not predicts at
     check(
-        tuple(meta.image_size) == tuple(config.image_size),
-        f"--init-from {run} trained at {meta.image_size[0]}x{meta.image_size[1]}; this run at "
-        f"{config.image_size[0]}x{config.image_size[1]} (pass --image-size "
-        f"{meta.image_size[0]} {meta.image_size[1]})",
+        size == tuple(config.image_size),
+        f"--init-from {run} trained at {size[0]}x{size[1]}; this run at "
+        f"{config.image_size[0]}x{config.image_size[1]} (pass --image-size {size[0]} {size[1]})",
     )
     check(
         list(meta.class_names) == list(class_names),

@@ -10,17 +10,16 @@ split handed back, for the caller to score through the bundle as ``evaluate`` wo
 
 from __future__ import annotations
 
+import shutil
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from imgcls import backend
 from imgcls.bundle import BundleMeta, RunFolder
 from imgcls.config import TrainConfig
+from imgcls.data.sources import ImageSet
 from imgcls.models import get_spec
 from imgcls.train.checkpoint import CheckpointManager, peek_state, restore
 from imgcls.train.rundata import RunData
@@ -47,7 +46,7 @@ class TrainedRun:
         stopped: one of :data:`~.state.STOP_REASONS`.
         meta: the bundle's :class:`~imgcls.bundle.BundleMeta` (``None`` on the other
             processes of a data-parallel job, which write nothing).
-        test: the decoded test split ``(pixels, labels)``, to score through the bundle.
+        test_images: the test split's images (those that decoded), to score through the bundle.
         class_names: the classes, in the model's order.
         left_out: one ``{"path", "kind", "detail"}`` per file that did not decode.
     """
@@ -56,7 +55,7 @@ class TrainedRun:
     history: list[dict[str, float]]
     stopped: str
     meta: BundleMeta | None
-    test: tuple[np.ndarray, np.ndarray]
+    test_images: ImageSet
     class_names: list[str]
     left_out: list[dict] = field(default_factory=list)
 
@@ -101,8 +100,13 @@ class Trainer:
         self.ckpt = CheckpointManager(folder.path, keep=config.keep_checkpoints)
         self.setup: PhaseSetup | None = None
         self.callbacks: list = []
-        self.features: dict[str, np.ndarray] = {}  # "train": (views, N, D), "val": (N, D)
-        self.feature_pass: dict[str, float] | None = None  # images, seconds, images/s
+        self.cut = None  # the backbone layer whose activations a head phase caches
+        if self.spec.pretrained:
+            from imgcls.models.applications import cut_layer
+
+            self.cut = cut_layer(self.model, self.spec.recipe.top_blocks)
+        self.activations: Any = None  # train/features.Activations, once computed
+        self.feature_pass: dict[str, float] | None = None  # images, seconds, images/s, engine
 
     @property
     def chief(self) -> bool:
@@ -169,7 +173,7 @@ class Trainer:
 
         c = self.config
         self.setup = enter_phase(self.model, phase, c, self.spec, self.steps,
-                                 bool(self.stop.max_time_s), self.log)  # fmt: skip
+                                 bool(self.stop.max_time_s), self.log, self.cut)  # fmt: skip
         run = (state, self.setup, self.steps, self.clock)
         history = self.folder.history if self.chief else None
         self.callbacks = [
@@ -189,8 +193,8 @@ class Trainer:
         phase = self.phase_at(state.epoch)
         if self.setup is None or phase != self.setup.phase:
             self.enter(phase, state)
-        if phase.name == "head" and not self.features:
-            self.compute_features()
+        if phase.name == "head" and self.activations is None:
+            self.compute_activations()
         if state.phase != phase.name:  # a phase's time budget counts from its start
             state.phase, state.phase_started_s = phase.name, self.clock()
         ds, val = self.datasets(state.epoch, state.step_in_epoch)
@@ -203,37 +207,35 @@ class Trainer:
             raise_resource_error(e, self.config.batch_size)
             raise
 
-    def compute_features(self) -> None:
-        """Run the frozen backbone once over every training view and validation image."""
-        from imgcls.train.features import PassProgress, compute_features, feature_extractor
+    def compute_activations(self) -> None:
+        """Run the frozen bottom once over every training view and validation image (or read
+        what a run interrupted earlier stored)."""
+        from imgcls.models.applications import split_at
+        from imgcls.train.features import PassProgress, compute_activations
+        from imgcls.train.frozen import weights_digest
 
         c, views = self.config, self.spec.recipe.feature_views
         x, xv = self.data.arrays["train"][0], self.data.arrays["val"][0]
+        bottom = split_at(self.model, self.cut)[0]
+        key = f"{weights_digest(bottom)}|{views}|{c.augment}|{c.seed}|{self.record['data']['fingerprint']}"
         progress = PassProgress("features", views * len(x) + len(xv), enabled=self.verbose)
-        extractor = feature_extractor(self.model, (*c.image_size, 3))
-        self.features["train"] = compute_features(extractor, x, views, c.augment, c.seed, progress)
-        if len(xv):
-            self.features["val"] = compute_features(extractor, xv, 1, (), c.seed, progress)[0]
-        progress.close()
-        seconds = time.perf_counter() - progress.t0
-        self.feature_pass = {
-            "images": progress.done,
-            "seconds": round(seconds, 2),
-            "images_per_s": round(progress.done / max(seconds, 1e-9), 1),
-        }
+        self.activations, self.feature_pass = compute_activations(
+            bottom, x, xv, views, c.augment or (), c.seed, self.folder.activations, key, progress
+        )
+        if self.feature_pass is not None:
+            progress.close()
 
     def datasets(self, epoch: int, skip: int):
         """The epoch's training batches and the validation batches, in the phase's form."""
         from imgcls.data.pipeline import EpochPlan, eval_dataset, train_dataset
-        from imgcls.train.features import epoch_features
 
         c, recipe = self.config, self.spec.recipe
         (x, y), (xv, yv) = self.data.arrays["train"], self.data.arrays["val"]
         n_classes = len(self.data.class_names)
         augment: tuple[str, ...] = c.augment or ()
         if self.setup.phase.name == "head":
-            x, augment = epoch_features(self.features["train"], c.seed, epoch), ()
-            xv = self.features.get("val", xv[:0])
+            x, augment = self.activations.epoch(c.seed, epoch), ()
+            xv = self.activations.val if self.activations.val is not None else xv[:0]
         weights = class_weights(y, n_classes) if c.class_weight == "balanced" else None
         fraction = recipe.translate_fraction
         shard = (self.process, self.processes)
@@ -285,10 +287,12 @@ class Trainer:
         stopped = state.stopped or "completed"
         backend.data_parallel(False)  # the bundle and its test score are process 0's alone
         data = self.data
-        done = TrainedRun(self.folder.path, state.history, stopped, None, data.arrays["test"],
+        done = TrainedRun(self.folder.path, state.history, stopped, None, data.split_images("test"),
                           data.class_names, data.left_out)  # fmt: skip
         if not self.chief:
             return done
+        shutil.rmtree(self.folder.activations, ignore_errors=True)
+        size = self.test_size()
         metrics: dict[str, Any] = {
             "test_accuracy": None,
             "epochs_run": state.epoch,
@@ -300,10 +304,30 @@ class Trainer:
             **({"feature_pass": self.feature_pass} if self.feature_pass else {}),
         }
         done.meta = BundleMeta(
-            class_names=data.class_names, image_size=tuple(c.image_size),
+            class_names=data.class_names, image_size=size,
             preprocessing=dict(PREPROCESSING), tta=c.tta, config=c.to_dict(),
             data=self.record["data"], versions=library_versions(), metrics=metrics,
         )  # fmt: skip
-        save_bundle(self.folder.path, self.float32_classifier(), done.meta)
-        self.log(f"saved {self.folder.model}")
+        save_bundle(self.folder.path, self.at_size(self.float32_classifier(), size), done.meta)
+        at = "" if size == tuple(c.image_size) else f" (predicting at {size[0]}x{size[1]})"
+        self.log(f"saved {self.folder.model}{at}")
         return done
+
+    def test_size(self) -> tuple[int, int]:
+        """The size the bundle predicts at: the training size times the recipe's test scale."""
+        scale = self.spec.recipe.test_scale
+        return tuple(
+            int(round(s * scale / 8) * 8) if scale != 1 else int(s) for s in self.config.image_size
+        )
+
+    def at_size(self, model, size: tuple[int, int]):
+        """``model`` rebuilt for ``size`` inputs with the same weights (a backbone pooled
+        globally takes any size), or ``model`` itself at its own size."""
+        if tuple(model.input_shape[1:3]) == size:
+            return model
+        from imgcls.models import create_model
+
+        kwargs = dict(self.config.model_args, weights="none")
+        resized = create_model(self.config.model, (*size, 3), len(self.data.class_names), **kwargs)
+        resized.set_weights(model.get_weights())
+        return resized
