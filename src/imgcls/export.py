@@ -30,7 +30,7 @@ from imgcls.bundle import (
     load_model,
     read_meta,
 )
-from imgcls.engine import keras_export
+from imgcls.engine import keras_export, quantize_onnx
 from imgcls.errors import ImgclsError, check
 from imgcls.io import TMP_PREFIX, write_json
 
@@ -191,32 +191,3 @@ def calibration_images(run, meta, data: str | None = None) -> np.ndarray:
     pixels, _, _ = decode_images(images.subset(pick), tuple(meta.image_size))
     check(len(pixels) > 0, f"--calibration {source}: none of its images decoded")
     return pixels
-
-
-def quantize_onnx(src: Path, dst: Path, pixels: np.ndarray, batch: int = 32) -> None:
-    """ONNX Runtime's static quantization of ``src`` into ``dst`` (QDQ format: the input and
-    output stay float32, so clients are unchanged), ranges calibrated on ``pixels``."""
-    import onnx
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    prepared = dst.with_name(f"prepared-{dst.name}")
-    quant_pre_process(str(src), str(prepared))
-    name = onnx.load(str(prepared), load_external_data=False).graph.input[0].name
-    feeds = iter(
-        {name: pixels[i : i + batch].astype(np.float32)} for i in range(0, len(pixels), batch)
-    )
-
-    class Feeds(CalibrationDataReader):
-        def get_next(self):
-            return next(feeds, None)
-
-    quantize_static(
-        str(prepared), str(dst), Feeds(), quant_format=QuantFormat.QDQ, per_channel=True,
-        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-    )  # fmt: skip

@@ -52,6 +52,8 @@ class Recipe:
         min_steps_per_epoch: on smaller data sets the batch shrinks (to a power of two, at
             least 16) until an epoch has this many steps.
         min_total_steps: on smaller data sets the run trains more epochs, to this many steps.
+        max_total_steps: on larger data sets the run trains fewer epochs, to about this many
+            steps (at least one epoch).
         feature_views: views per training image the frozen bottom of a backbone computes
             activations of (:mod:`imgcls.train.features`).
         top_blocks: the backbone's last blocks that train with the head on those activations
@@ -79,6 +81,7 @@ class Recipe:
     translate_fraction: float | None = None
     min_steps_per_epoch: int | None = None
     min_total_steps: int | None = None
+    max_total_steps: int | None = None
     feature_views: int = 1
     top_blocks: int = 0
     test_scale: float = 1.0

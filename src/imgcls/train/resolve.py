@@ -57,7 +57,8 @@ def resolve(config: TrainConfig, data: DataFacts) -> Resolved:
 
     A recipe with ``min_steps_per_epoch`` shrinks its batch on small data sets (to a power of
     two, at least 16; an SGD recipe scales its learning rate with it, the linear scaling
-    rule), and one with ``min_total_steps`` trains more epochs on them, unless these were
+    rule), and one with ``min_total_steps`` trains more epochs on them (``max_total_steps``:
+    fewer on large ones), unless these were
     given. Test-time augmentation only uses what training showed the model.
 
     Returns:
@@ -84,6 +85,12 @@ def resolve(config: TrainConfig, data: DataFacts) -> Resolved:
         parts = [a for a in ("flip", "translate") if a in fills["tta"] and a in augment]
         fills["tta"] = "_".join(parts) or "none"
     _adapt_to_small_data(fills, config, recipe, data.n_train)
+    if notes and spec.pretrained:  # the first line says at what size and what trains
+        h, w = fills.get("image_size") or config.image_size
+        trains = (
+            f"its last {recipe.top_blocks} blocks and a head" if recipe.top_blocks else "a head"
+        )
+        notes[0] += f"; at {h}x{w}, {trains} fine-tuned on the frozen rest's cached activations"
     return Resolved(config.updated(**fills), notes)
 
 
@@ -120,3 +127,7 @@ def _adapt_to_small_data(
         batch = fills.get("batch_size", config.batch_size)
         per_epoch = max(1, n_train // max(1, min(batch, n_train)))
         fills["epochs"] = max(fills["epochs"], math.ceil(recipe.min_total_steps / per_epoch))
+    if recipe.max_total_steps and "epochs" in fills and not recipe.finetune_epochs:
+        batch = fills.get("batch_size", config.batch_size)
+        per_epoch = max(1, n_train // max(1, min(batch, n_train)))
+        fills["epochs"] = min(fills["epochs"], max(1, round(recipe.max_total_steps / per_epoch)))

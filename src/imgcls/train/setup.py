@@ -241,12 +241,8 @@ def enter_phase(
 
     fit_model = model
     if phase.name == "head":  # the head (and the blocks above `cut`) on cached activations
-        n = apps.set_top_layers(model, cut)
+        apps.set_top_layers(model, cut)  # the trainer's plan says which
         fit_model = apps.split_at(model, cut)[1]
-        if n:
-            log(
-                f"training the backbone's last {spec.recipe.top_blocks} blocks ({n} layers) and the head"
-            )
     elif phase.name == "finetune":
         n = apps.set_finetune_layers(model, spec.recipe.finetune_fraction)
         log(f"fine-tuning the top {n} layers of the backbone and the head")

@@ -146,11 +146,27 @@ class Trainer:
             weights = f", {weights_source(c.model, c.weights)}"
         plan = " then ".join(f"{p.epochs} {p.name}" for p in self.phases)
         devices = f" over {self.devices} devices in {self.processes} processes"
+        size = self.test_size()
+        at = "" if size == tuple(c.image_size) else f", predicting at {size[0]}x{size[1]}"
         self.log(
             f"model {c.model}{weights}: {self.model.count_params():,} parameters, precision "
-            f"{self.precision}, epochs: {plan}, {self.steps} steps of "
+            f"{self.precision}{at}, epochs: {plan}, {self.steps} steps of "
             f"{min(c.batch_size, counts['train'])}" + (devices if self.devices > 1 else "")
         )
+        if any(p.name == "head" for p in self.phases):
+            recipe = self.spec.recipe
+            tuned = (
+                f"its last {recipe.top_blocks} blocks and the head"
+                if recipe.top_blocks
+                else "the head"
+            )
+            finetune = "" if c.finetune_epochs else (
+                "; the rest stays frozen (fine-tuning all of it recomputes the backbone every "
+                "step: --finetune-epochs N)")  # fmt: skip
+            self.log(
+                f"fine-tuning: the frozen bottom runs once over {recipe.feature_views} views of "
+                f"each training image, then {tuned} train on its stored activations{finetune}"
+            )
 
     def initial_state(self) -> TrainState:
         if self.found is None:
