@@ -26,7 +26,8 @@ test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow" tests
 	@command -v chromium >/dev/null 2>&1 || echo "make test: the browser test was skipped: no chromium here (apt-get install chromium; .ci/run does)"
 
-# The tests marked slow (a SIGKILLed search resumed, a tuning chief with two workers): ~4 min.
+# The tests marked slow (a SIGKILLed search resumed, a tuning chief with two workers,
+# hyperband continuing its trials): ~5 min.
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -n 2 -m slow tests
 

@@ -147,7 +147,8 @@ def main() -> None:
     p.add_argument("--base", help="a commit: today's default, from a git worktree")
     p.add_argument("--variant", action="append", default=[], help="NAME=JSON recipe changes")
     p.add_argument("--scale", type=Path, nargs="*", default=[])
-    p.add_argument("--pass-images", type=int, default=256)
+    p.add_argument("--label", default="five", help="the name of --data's rows")
+    p.add_argument("--pass-images", type=int, default=256, help="0: no side-by-side pass")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-photo-folder")
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
@@ -160,21 +161,22 @@ def main() -> None:
                        check=True, capture_output=True)  # fmt: skip
     result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
               "load_before": os.getloadavg(), "rows": []}  # fmt: skip
-    sets = [("five", a.data, a.held)] + ([("two", *a.two)] if a.two else [])
+    sets = [(a.label, a.data, a.held)] + ([("two", *a.two)] if a.two else [])
     for label, data, held in sets:
         if base:
             result["rows"].append(train_row(f"{label}-base", data, held, a.out, "base", str(base)))
         result["rows"].append(train_row(f"{label}-default", data, held, a.out, "tree", ""))
-        if label == "five":
+        if label == a.label:
             for v in a.variant:
                 name, changes = v.split("=", 1)
-                row = train_row(f"five-{name}", data, held, a.out, "variant", changes)
+                row = train_row(f"{label}-{name}", data, held, a.out, "variant", changes)
                 result["rows"].append(row)
     for folder in a.scale:
         result["rows"].append(train_row(f"scale-{folder.name}", folder, None, a.out, "tree", ""))
-    result["feature_pass"] = feature_pass(a.data, a.pass_images)
+    if a.pass_images:
+        result["feature_pass"] = feature_pass(a.data, a.pass_images)
     result["load_after"] = os.getloadavg()
-    print(write_result("photo_folder", result))
+    print(write_result(f"photo_folder-{a.label}", result))
 
 
 if __name__ == "__main__":

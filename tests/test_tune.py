@@ -90,6 +90,7 @@ def test_a_search_ends_with_a_best_run_that_evaluate_takes(search, tmp_path):
     assert lo < record["test"]["accuracy"] < hi
 
 
+@pytest.mark.slow  # make test-slow: ~70 s of subprocesses (room in make test for photos' tests)
 def test_hyperband_continues_the_trials_it_promotes(space_file, tmp_path):
     """Hyperband (max 3 epochs, factor 3): three 1-epoch trials, then the best of them goes on
     from its own model for the 2 epochs left instead of training 3 from scratch."""
