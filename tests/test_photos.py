@@ -34,6 +34,7 @@ from imgcls.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
+
 def run_cli(*args: str, block_torch: bool = False, **env: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-c", NO_TORCH] if block_torch else IMGCLS
     return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=600,
