@@ -37,6 +37,8 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             f"{result.test_metrics['n_images']} images"
         )
     print(f"run saved to {result.run_dir}")
+    if result.peak_rss_bytes:
+        print(f"peak memory {result.peak_rss_bytes / 2**30:.2f} GB")
     return 0
 
 
