@@ -47,6 +47,14 @@ def test_train_evaluate_predict_end_to_end(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "test accuracy" in r.stdout
     assert "broken.jpg" in r.stderr  # a bad file is named and left out, training goes on
+    # Where the time went and the peak memory: printed, and kept in run.json.
+    record = json.loads((run / "run.json").read_text())
+    stages = ["start-up", "data", "model", "first epoch", "other epochs", "bundle", "test"]
+    assert [s for s in record["timeline"] if s in stages] == stages
+    assert all(seconds >= 0 for seconds in record["timeline"].values())
+    assert record["timeline"]["start-up"] > 0.5  # the interpreter and its imports count
+    assert f"time: start-up {record['timeline']['start-up']:.1f} s" in r.stdout
+    assert record["peak_rss_mb"] > 100 and "peak memory" in r.stdout
     for name in ("model.keras", "bundle.json", "split.csv", "history.csv", "run.json"):
         assert (run / name).is_file(), name
     # The bundle is the inference model alone: plain Keras loads it, with no optimizer state.

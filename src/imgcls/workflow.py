@@ -16,7 +16,7 @@ from imgcls.bundle import RunFolder, write_meta
 from imgcls.config import TrainConfig
 from imgcls.data.pipeline import decode_images
 from imgcls.evaluate.metrics import compute_metrics
-from imgcls.io import peak_rss_bytes
+from imgcls.io import Timeline, peak_rss_bytes
 from imgcls.predict import Predictor
 from imgcls.train import TrainedRun, run_training
 
@@ -31,6 +31,7 @@ class TrainResult:
     test_metrics: dict[str, Any] | None = None
     left_out: list[dict] = field(default_factory=list)
     peak_rss_bytes: int | None = None  # this process's memory high-water mark
+    timeline: Timeline = field(default_factory=Timeline)  # where the time went, stage by stage
 
 
 def train(
@@ -40,6 +41,7 @@ def train(
     *,
     resume: bool = False,
     verbose: bool = True,
+    timeline: Timeline | None = None,
     **overrides: Any,
 ) -> TrainResult:
     """Train a model on DATA, write the run folder ``out`` and score its test split.
@@ -51,6 +53,8 @@ def train(
         config: a :class:`TrainConfig`; ``overrides`` replace its fields (``epochs=3``).
         resume: continue the run in ``out`` from its newest good checkpoint.
         verbose: print progress and results to stderr.
+        timeline: where the stages' times go (default: a new one, started now; the command
+            line starts its own when the process starts).
 
     Returns:
         A :class:`TrainResult`.
@@ -60,10 +64,13 @@ def train(
         >>> result.test_metrics["accuracy"] > 0.9                         # doctest: +SKIP
         True
     """
-    run = run_training(data, out, config, resume=resume, verbose=verbose, **overrides)
+    timeline = timeline or Timeline()
+    run = run_training(data, out, config, resume=resume, verbose=verbose, timeline=timeline,
+                       **overrides)  # fmt: skip
     metrics = None
     if run.meta is not None and len(run.test_images):
         metrics = score_test(run)
+        timeline.mark("test")
         if verbose:
             tta = "" if run.meta.tta == "none" else f", test-time augmentation {run.meta.tta}"
             print(
@@ -72,11 +79,12 @@ def train(
                 flush=True,
             )
     peak = peak_rss_bytes()
-    if run.meta is not None and peak:  # the writing process's figure, in run.json
-        RunFolder(run.run_dir).update_record(peak_rss_mb=round(peak / 2**20))
-        if verbose:
-            print(f"peak memory: {peak / 2**30:.2f} GB", file=sys.stderr, flush=True)
-    return TrainResult(run.run_dir, run.history, run.stopped, metrics, run.left_out, peak)
+    if run.meta is not None:  # the writing process's figures, in run.json
+        RunFolder(run.run_dir).update_record(
+            peak_rss_mb=round(peak / 2**20) if peak else None, timeline=timeline.stages
+        )
+    return TrainResult(run.run_dir, run.history, run.stopped, metrics, run.left_out, peak,
+                       timeline)  # fmt: skip
 
 
 def score_test(run: TrainedRun) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from imgcls.cli.flags import given
 
 def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from imgcls.config import TrainConfig, load_config_file
+    from imgcls.io import Timeline
     from imgcls.workflow import train
 
     if args.resume and args.out and Path(args.out) != Path(args.resume):
@@ -29,6 +30,7 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         config=None if args.resume else base,
         resume=bool(args.resume),
         verbose=not args.quiet,
+        timeline=Timeline(since_process_start=True),  # interpreter start-up and imports count
         **given(args, TrainConfig),
     )
     if result.test_metrics:
@@ -37,6 +39,7 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             f"{result.test_metrics['n_images']} images"
         )
     print(f"run saved to {result.run_dir}")
+    print(f"time: {result.timeline.line()}")
     if result.peak_rss_bytes:
         print(f"peak memory {result.peak_rss_bytes / 2**30:.2f} GB")
     return 0

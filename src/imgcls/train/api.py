@@ -18,6 +18,7 @@ from imgcls import backend
 from imgcls.bundle import RunFolder, read_meta
 from imgcls.config import TrainConfig
 from imgcls.errors import ImgclsError, check
+from imgcls.io import Timeline
 from imgcls.models import get_spec
 from imgcls.train.checkpoint import CheckpointManager, RunLock
 from imgcls.train.rundata import load_run_data, write_run_files
@@ -34,14 +35,18 @@ def run_training(
     *,
     resume: bool = False,
     verbose: bool = True,
+    timeline: Timeline | None = None,
     **overrides: Any,
 ) -> TrainedRun:
     """Train a model on DATA into the run folder ``out`` (see :func:`imgcls.train`, which
     also scores the test split).
 
+    ``timeline`` gets the stages' times (start-up, data, model, features, epochs, bundle).
+
     Returns:
         A :class:`~.trainer.TrainedRun`.
     """
+    timeline = timeline or Timeline()
     folder = RunFolder(Path(out))
     chief = backend.process_info()[0] == 0  # in a data-parallel job only process 0 writes
     if resume:
@@ -52,6 +57,7 @@ def run_training(
     import keras
 
     policy = keras.config.dtype_policy()
+    timeline.mark("start-up")
     log = (lambda m: print(m, file=sys.stderr, flush=True)) if verbose and chief else _quiet
     try:
         with RunLock(folder.path) if chief else contextlib.nullcontext():
@@ -65,7 +71,9 @@ def run_training(
             found = ckpt.load_latest() if resume else None
             if resume and found is None:  # killed before the first checkpoint: start over
                 log(f"no readable checkpoint in {ckpt.dir}; starting from the first step")
-            return Trainer(run_data, folder, config, record, found, verbose and chief).run()
+            timeline.mark("data")
+            trainer = Trainer(run_data, folder, config, record, found, verbose and chief, timeline)
+            return trainer.run()
     finally:
         keras.config.set_dtype_policy(policy)  # the run's precision does not leak to the caller
 

@@ -20,6 +20,7 @@ from imgcls import backend
 from imgcls.bundle import BundleMeta, RunFolder
 from imgcls.config import TrainConfig
 from imgcls.data.sources import ImageSet
+from imgcls.io import Timeline
 from imgcls.models import get_spec
 from imgcls.train.checkpoint import CheckpointManager, peek_state, restore
 from imgcls.train.rundata import RunData
@@ -49,6 +50,7 @@ class TrainedRun:
         test_images: the test split's images (those that decoded), to score through the bundle.
         class_names: the classes, in the model's order.
         left_out: one ``{"path", "kind", "detail"}`` per file that did not decode.
+        timeline: where the run's time went, stage by stage.
     """
 
     run_dir: Path
@@ -58,6 +60,7 @@ class TrainedRun:
     test_images: ImageSet
     class_names: list[str]
     left_out: list[dict] = field(default_factory=list)
+    timeline: Timeline = field(default_factory=Timeline)
 
 
 class Trainer:
@@ -70,10 +73,12 @@ class Trainer:
         record: ``run.json``'s content (the bundle's ``data`` comes from it).
         found: the checkpoint to resume from, ``(path, arrays)``, or ``None``.
         verbose: print progress to stderr.
+        timeline: where the stages' times go (``model``, ``features``, ``first epoch``,
+            ``other epochs``, ``batchnorm``, ``bundle``).
     """
 
     def __init__(self, data: RunData, folder: RunFolder, config: TrainConfig, record: dict,
-                 found: tuple | None, verbose: bool):  # fmt: skip
+                 found: tuple | None, verbose: bool, timeline: Timeline | None = None):  # fmt: skip
         from imgcls.train.precision import resolve_precision
 
         self.data, self.folder, self.config, self.record = data, folder, config, record
@@ -107,6 +112,7 @@ class Trainer:
             self.cut = cut_layer(self.model, self.spec.recipe.top_blocks)
         self.activations: Any = None  # train/features.Activations, once computed
         self.feature_pass: dict[str, float] | None = None  # images, seconds, images/s, engine
+        self.timeline = timeline or Timeline()
 
     @property
     def chief(self) -> bool:
@@ -124,9 +130,12 @@ class Trainer:
         """Train every phase (from the checkpoint, if resuming), then write the bundle."""
         self.log_plan()
         state = self.initial_state()
+        self.timeline.mark("model")
         self.clock.start(state.elapsed_s)
         while state.epoch < self.config.epochs and not state.stopped:
             self.fit_epoch(state)
+            epochs = "other epochs" if "first epoch" in self.timeline.stages else "first epoch"
+            self.timeline.mark(epochs)  # the first pays for tracing and compiling
         if state.stopped:
             self.log_stop(state)
         return self.finish(state)
@@ -210,7 +219,9 @@ class Trainer:
         if self.setup is None or phase != self.setup.phase:
             self.enter(phase, state)
         if phase.name == "head" and self.activations is None:
+            self.timeline.mark("model")  # entering the phase builds its training graph
             self.compute_activations()
+            self.timeline.mark("features")
         if state.phase != phase.name:  # a phase's time budget counts from its start
             state.phase, state.phase_started_s = phase.name, self.clock()
         ds, val = self.datasets(state.epoch, state.step_in_epoch)
@@ -288,7 +299,9 @@ class Trainer:
 
         model = float32_copy(self.model)
         if model is not self.model:
+            self.timeline.mark("bundle")
             n = recalibrate_batchnorm(model, self.data.arrays["train"][0], self.config.seed)
+            self.timeline.mark("batchnorm")
             if n:
                 self.log(f"recomputed {n} BatchNorm layers' statistics in float32")
         return model
@@ -304,7 +317,7 @@ class Trainer:
         backend.data_parallel(False)  # the bundle and its test score are process 0's alone
         data = self.data
         done = TrainedRun(self.folder.path, state.history, stopped, None, data.split_images("test"),
-                          data.class_names, data.left_out)  # fmt: skip
+                          data.class_names, data.left_out, self.timeline)  # fmt: skip
         if not self.chief:
             return done
         shutil.rmtree(self.folder.activations, ignore_errors=True)
@@ -325,6 +338,7 @@ class Trainer:
             data=self.record["data"], versions=library_versions(), metrics=metrics,
         )  # fmt: skip
         save_bundle(self.folder.path, self.at_size(self.float32_classifier(), size), done.meta)
+        self.timeline.mark("bundle")
         at = "" if size == tuple(c.image_size) else f" (predicting at {size[0]}x{size[1]})"
         self.log(f"saved {self.folder.model}{at}")
         return done
