@@ -7,6 +7,7 @@ every limit is crossed once; 16 concurrent clients get the same probabilities as
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -157,6 +158,160 @@ def test_v2_bad_input(server, trained_run):
     bad = {"inputs": [{"name": "image", "shape": [1], "datatype": "FP32", "data": [1.0]}]}
     assert httpx.post(f"{server.url}/v2/models/{name}/infer", json=bad).status_code == 422
     good_request(server.url)
+
+
+V2_OK = {"name": "image", "shape": [1], "datatype": "BYTES", "data": ["aGk="]}
+DEEP = b"[" * 100_000 + b"]" * 100_000  # past any JSON parser's recursion limit
+AS_JSON = {"content-type": "application/json"}
+
+
+def v2_body(**tensor) -> dict:
+    return {"json": {"inputs": [{**V2_OK, **tensor}]}}
+
+
+@pytest.mark.parametrize(
+    "method, path, request_kw, status, says",
+    [
+        ("GET", "/nope", {}, 404, "Not Found"),
+        ("GET", "/v1/predict", {}, 405, "Method Not Allowed"),
+        ("POST", "/v1/predict?top_k=abc", {"files": {"file": ("a.png", b"x")}}, 422,
+         "`top_k` must be a valid integer"),
+        ("POST", "/v1/predict", {"content": DEEP, "headers": AS_JSON}, 400, "nested too deeply"),
+        ("POST", "infer", {"content": DEEP, "headers": AS_JSON}, 400, "nested too deeply"),
+        ("POST", "infer", {"json": {"inputs": [V2_OK], "parameters": [1]}}, 422, "`parameters`"),
+        ("POST", "infer", {"json": {"inputs": [V2_OK], "outputs": 5}}, 422, "`outputs`"),
+        ("POST", "infer", {"json": {"inputs": [V2_OK], "id": {}}}, 422, "`id`"),
+        ("POST", "infer", {"json": {"inputs": V2_OK}}, 422, "`inputs` must be a list"),
+        ("POST", "infer", v2_body(parameters=[1]), 422, "`inputs[0].parameters`"),
+        ("POST", "infer", v2_body(parameters={"binary_data_size": "x"}), 422, "binary_data_size"),
+        ("POST", "infer", v2_body(parameters={"binary_data_size": 1.5}), 422, "binary_data_size"),
+        ("POST", "infer", v2_body(shape="x"), 422, "`inputs[0].shape`"),
+        ("POST", "infer", v2_body(shape=[1.5]), 422, "`inputs[0].shape`"),
+        ("POST", "infer", v2_body(shape=[3]), 422, "`inputs[0].shape`"),  # 1 image, not 3
+        ("POST", "infer", v2_body(data="aGk="), 422, "`inputs[0].data`"),
+        ("POST", "infer", {"content": b"{}", "headers": {"inference-header-content-length":
+                                                         b"\xb2"}}, 400, "Content-Length"),
+    ],
+)  # fmt: skip
+def test_hostile_requests_get_a_json_4xx_and_the_server_keeps_answering(
+    server, trained_run, method, path, request_kw, status, says
+):
+    path = f"/v2/models/{trained_run[0].name}/infer" if path == "infer" else path
+    r = httpx.request(method, server.url + path, **request_kw)
+    assert r.status_code == status and says in r.json()["error"], r.text
+    if "`" in says and status == 422:  # the field and what came, in the Keras wording
+        assert "Received: " in r.json()["error"], r.text
+    good_request(server.url)
+
+
+def chunks(body: bytes):
+    """``body`` as a generator: httpx sends it chunked, without Content-Length."""
+    for i in range(0, len(body), 16_384):
+        yield body[i : i + 16_384]
+
+
+def multipart(files) -> tuple[bytes, str]:
+    request = httpx.Request("POST", "http://x/", files=files)
+    return request.read(), request.headers["content-type"]
+
+
+@pytest.mark.parametrize("form", ["json", "infer", "multipart"])
+def test_a_chunked_body_over_the_cap_gets_413(strict, trained_run, form):
+    auth = {"Authorization": "Bearer s3cret"}
+    path = f"/v2/models/{trained_run[0].name}/infer" if form == "infer" else "/v1/predict"
+    if form == "multipart":
+        body, kind = multipart({"file": ("big.png", b"x" * 100_000)})  # over --max-body-bytes
+    else:
+        body, kind = json.dumps({"images": ["A" * 100_000]}).encode(), "application/json"
+    r = httpx.post(strict.url + path, content=chunks(body), headers={"content-type": kind, **auth})
+    assert r.status_code == 413 and "limit" in r.json()["error"], r.text
+    assert r.headers["connection"] == "close"  # the rest of the body is never read
+    good_request(strict.url, headers=auth)
+
+
+def test_too_many_images_in_json_gets_413_like_multipart(strict, trained_run):
+    auth = {"Authorization": "Bearer s3cret"}
+    three = [base64.b64encode(png(seed=i)).decode() for i in range(3)]  # over --max-files 2
+    r = httpx.post(strict.url + "/v1/predict", json={"images": three}, headers=auth)
+    assert r.status_code == 413 and "the limit is 2" in r.json()["error"], r.text
+    tensor = {"name": "image", "shape": [3], "datatype": "BYTES", "data": three}
+    infer = f"{strict.url}/v2/models/{trained_run[0].name}/infer"
+    r = httpx.post(infer, json={"inputs": [tensor]}, headers=auth)
+    assert r.status_code == 413 and "the limit is 2" in r.json()["error"], r.text
+    good_request(strict.url, headers=auth)
+
+
+def test_metrics_need_the_token(strict):
+    r = httpx.get(strict.url + "/metrics")
+    assert r.status_code == 401 and "token" in r.json()["error"]
+    latin = {"Authorization": b"Bearer s3cr\xe9t"}  # not ASCII: still a plain 401
+    assert httpx.get(strict.url + "/metrics", headers=latin).status_code == 401
+    r = httpx.get(strict.url + "/metrics", headers={"Authorization": "Bearer s3cret"})
+    assert (
+        r.status_code == 200 and 'imgcls_requests_total{endpoint="/metrics",status="401"}' in r.text
+    )
+
+
+def guarded(config, route):
+    """A bare FastAPI app with ``route`` at POST /v1/predict and GET /metrics behind the
+    server's guard and error handlers (no model, no TensorFlow), and its metrics."""
+    from types import SimpleNamespace
+
+    from fastapi import FastAPI
+
+    from imgcls.serve.errors import add_error_handlers
+    from imgcls.serve.guard import Guard
+    from imgcls.serve.metrics import Metrics
+
+    app = FastAPI()
+    app.post("/v1/predict")(route)
+    app.get("/metrics")(route)
+    add_error_handlers(app, config)
+    service = SimpleNamespace(config=config, metrics=Metrics())
+    app.add_middleware(Guard, service=service)
+    return app, service.metrics
+
+
+def call(app, method: str, path: str) -> httpx.Response:
+    """One request to ``app`` in this process."""
+
+    async def go():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.request(method, path)
+
+    return asyncio.run(go())
+
+
+def test_an_unexpected_error_is_a_logged_counted_json_500(caplog):
+    from imgcls.serve import ServeConfig
+
+    async def broken():
+        raise KeyError("a bug")
+
+    app, metrics = guarded(ServeConfig(), broken)
+    with caplog.at_level("ERROR", logger="imgcls.serve"):
+        r = call(app, "POST", "/v1/predict")
+    assert r.status_code == 500 and r.json()["error"] == "internal error"
+    assert r.headers["connection"] == "close"
+    request_id = r.json()["request_id"]
+    [record] = [x for x in caplog.records if request_id in x.getMessage()]
+    assert record.exc_info[0] is KeyError  # the traceback is in the log, not the answer
+    text = metrics.render().decode()
+    assert 'imgcls_requests_total{endpoint="/v1/predict",status="500"} 1.0' in text
+    assert 'imgcls_errors_total{endpoint="/v1/predict"} 1.0' in text
+
+
+def test_open_metrics_serves_metrics_without_the_token():
+    from imgcls.serve import ServeConfig
+
+    async def ok():
+        return {"ok": True}
+
+    for open_metrics, status in ((False, 401), (True, 200)):
+        app, _ = guarded(ServeConfig(token="t", open_metrics=open_metrics), ok)
+        assert call(app, "GET", "/metrics").status_code == status
+        assert call(app, "POST", "/v1/predict").status_code == 401  # the API stays closed
 
 
 def test_a_huge_image_is_refused_from_its_header(server):

@@ -30,6 +30,9 @@ class ServeConfig:
     token: str | None = _setting(
         None, "require `Authorization: Bearer TOKEN` on the API (default: $IMGCLS_TOKEN if set)"
     )
+    open_metrics: bool = _setting(
+        False, "serve /metrics without the token (with --token it needs the token otherwise)"
+    )
     engine: str = _setting(
         "keras", "keras, keras-bf16 (bfloat16: faster on AMX CPUs) or onnx", choices=ENGINES
     )
@@ -103,8 +106,12 @@ class BodyLimit:
                 await too_large(send, self.max_bytes)
 
 
+def too_large_message(max_bytes: int) -> str:
+    return f"request body is over the limit of {max_bytes:,} bytes"
+
+
 async def too_large(send, max_bytes: int) -> None:
-    body = json.dumps({"error": f"request body is over the limit of {max_bytes:,} bytes"}).encode()
+    body = json.dumps({"error": too_large_message(max_bytes)}).encode()
     await send(
         {
             "type": "http.response.start",

@@ -8,6 +8,7 @@ import asyncio
 import base64
 import binascii
 import json
+import reprlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,6 +19,8 @@ from fastapi import Depends, Request
 from imgcls.serve.limits import ServeConfig
 
 DECODE_STATUS = {"not_an_image": 415, "too_large": 413, "unreadable": 400}  # DecodeError kinds
+_SHOWN = reprlib.Repr()  # a received value in an error message: short, however big or deep
+_SHOWN.maxlevel, _SHOWN.maxstring, _SHOWN.maxother = 3, 60, 60
 
 
 class ApiError(Exception):
@@ -111,13 +114,22 @@ def decode_status(error: str) -> int:
 
 
 def json_body(raw: bytes) -> dict:
+    """A request's JSON object: 400 for a body that does not parse (nested too deep for the
+    parser included), 422 for JSON that is not an object."""
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise ApiError(400, f"body is not valid JSON: {e}") from None
+    except RecursionError:  # e.g. 100,000 `[`: the parser gives up at Python's recursion limit
+        raise ApiError(400, "body is not valid JSON: nested too deeply") from None
     if not isinstance(body, dict):
-        raise ApiError(422, "body must be a JSON object")
+        raise ApiError(422, f"body must be a JSON object. Received: {shown(body)}")
     return body
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` cut short, for the ``Received: x=...`` of an error message."""
+    return _SHOWN.repr(value)
 
 
 def b64(text: str, where: str) -> bytes:

@@ -7,7 +7,15 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from imgcls.serve.limits import BodyTooLarge
-from imgcls.serve.service import ApiError, Service, ServiceDep, b64, decode_status, json_body
+from imgcls.serve.service import (
+    ApiError,
+    Service,
+    ServiceDep,
+    b64,
+    decode_status,
+    json_body,
+    shown,
+)
 
 router = APIRouter()
 
@@ -41,7 +49,11 @@ async def uploads_of(request: Request, s: Service) -> list[tuple[str, bytes]]:
     elif kind == "application/json":
         images = json_body(await request.body()).get("images")
         if not isinstance(images, list) or not all(isinstance(x, str) for x in images):
-            raise ApiError(422, '`images` must be a list of base64 strings: {"images": ["..."]}')
+            raise ApiError(
+                422,
+                '`images` must be a list of base64 strings: {"images": ["..."]}. '
+                f"Received: images={shown(images)}",
+            )
         uploads = [(f"image{i}", b64(x, f"images[{i}]")) for i, x in enumerate(images)]
     else:
         raise ApiError(
