@@ -131,6 +131,77 @@ def test_open_inference_protocol_v2(server, trained_run, images):
     ]
 
 
+def test_tritons_own_client_speaks_to_the_server(server, trained_run, images):
+    """Open Inference Protocol conformance as Triton's HTTP client sees it: server and model
+    metadata, health, versions, config, repository index, and infer with the input and the
+    outputs binary or JSON, giving the v1 API's probabilities."""
+    triton = pytest.importorskip("tritonclient.http")
+    from tritonclient.utils import InferenceServerException
+
+    name = trained_run[0].name
+    client = triton.InferenceServerClient(url=f"127.0.0.1:{server.port}")
+    meta = client.get_server_metadata()
+    assert meta["name"] == "imgcls" and "binary_tensor_data" in meta["extensions"]
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready(name) and client.is_model_ready(name, "1")
+    assert client.get_model_metadata(name) == client.get_model_metadata(name, "1")
+    assert client.get_model_metadata(name)["versions"] == ["1"]
+    config = client.get_model_config(name, "1")
+    assert config["name"] == name and [i["name"] for i in config["input"]] == ["image"]
+    assert client.get_model_repository_index() == [{"name": name, "version": "1", "state": "READY"}]
+    blobs = [p.read_bytes() for p in images[:2]]
+    files = [("file", (p.name, b)) for p, b in zip(images[:2], blobs, strict=True)]
+    v1 = httpx.post(server.url + "/v1/predict?top_k=3", files=files).json()
+    classes = client.get_model_metadata(name)["parameters"]["classes"]
+    want = [[{t["label"]: t["probability"] for t in r["top_k"]}[c] for c in classes] for r in v1]
+    sent_binary = triton.InferInput("image", [2], "BYTES")
+    sent_binary.set_data_from_numpy(np.array(blobs, dtype=np.object_), binary_data=True)
+    sent_json = triton.InferInput("image", [2], "BYTES")  # JSON strings: base64, as in v1
+    encoded = [base64.b64encode(b) for b in blobs]
+    sent_json.set_data_from_numpy(np.array(encoded, dtype=np.object_), binary_data=False)
+    for sent, binary_out, version in [(sent_binary, True, ""), (sent_json, False, "1"),
+                                      (sent_binary, False, "1"), (sent_json, True, "")]:  # fmt: skip
+        outputs = [triton.InferRequestedOutput(n, binary_data=binary_out)
+                   for n in ("probabilities", "label")]  # fmt: skip
+        result = client.infer(name, [sent], model_version=version, outputs=outputs,
+                              request_id="req-9")  # fmt: skip
+        response = result.get_response()
+        assert response["id"] == "req-9" and response["model_version"] == "1"
+        assert ("binary_data_size" in response["outputs"][0].get("parameters", {})) == binary_out
+        probs = result.as_numpy("probabilities")
+        assert probs.shape == (2, 3) and np.allclose(probs, want, atol=1e-6)
+        labels = [x.decode() if isinstance(x, bytes) else x for x in result.as_numpy("label")]
+        assert labels == [r["label"] for r in v1]
+    result = client.infer(name, [sent_binary])  # no outputs named: all, binary (the default)
+    assert np.allclose(result.as_numpy("probabilities"), want, atol=1e-6)
+    for call_ in (lambda: client.infer(name, [sent_json], model_version="2"),
+                  lambda: client.get_model_metadata(name, "2"),
+                  lambda: client.get_model_config(name, "0")):  # fmt: skip
+        with pytest.raises(InferenceServerException, match="unknown version"):
+            call_()
+    assert not client.is_model_ready(name, "2")
+    client.close()
+
+
+def test_v2_binary_outputs_over_plain_http(server, trained_run):
+    """The binary output extension from the wire: the JSON header, then the raw bytes."""
+    url = f"{server.url}/v2/models/{trained_run[0].name}/versions/1/infer"
+    body = {"id": "x1", "inputs": [{**V2_OK, "data": [base64.b64encode(png()).decode()]}],
+            "parameters": {"binary_data_output": True},
+            "outputs": [{"name": "label", "parameters": {"binary_data": False}},
+                        {"name": "probabilities"}]}  # fmt: skip
+    r = httpx.post(url, json=body)
+    n = int(r.headers["inference-header-content-length"])
+    head = json.loads(r.content[:n])
+    assert r.status_code == 200 and head["id"] == "x1"
+    assert [o["name"] for o in head["outputs"]] == ["label", "probabilities"]
+    assert head["outputs"][1]["parameters"]["binary_data_size"] == 12 == len(r.content) - n
+    probs = np.frombuffer(r.content[n:], "<f4")
+    assert abs(probs.sum() - 1) < 1e-5 and head["outputs"][0]["data"][0]
+    del body["parameters"], body["outputs"]  # JSON by default
+    assert "inference-header-content-length" not in httpx.post(url, json=body).headers
+
+
 @pytest.mark.parametrize(
     "request_kw, status",
     [
@@ -189,6 +260,20 @@ def v2_body(**tensor) -> dict:
         ("POST", "infer", v2_body(shape=[1.5]), 422, "`inputs[0].shape`"),
         ("POST", "infer", v2_body(shape=[3]), 422, "`inputs[0].shape`"),  # 1 image, not 3
         ("POST", "infer", v2_body(data="aGk="), 422, "`inputs[0].data`"),
+        ("POST", "infer", v2_body(name="pixels"), 422, "`inputs[0].name` must be 'image'"),
+        ("POST", "infer", v2_body(datatype="UINT8"), 422, "`inputs[0].datatype`"),
+        ("POST", "infer", v2_body(shape=[1, 1]), 422, "`inputs[0].shape` must be [1]"),
+        ("POST", "infer", {"json": {"inputs": [V2_OK], "outputs": [{"name": "logits"}]}}, 422,
+         "`outputs[0].name` must be one of"),
+        ("POST", "infer", {"json": {"inputs": [V2_OK], "outputs": [
+            {"name": "label", "parameters": {"binary_data": 1}}]}}, 422,
+         "`outputs[0].parameters.binary_data`"),
+        ("POST", "infer", {"json": {"inputs": [V2_OK], "parameters": {
+            "binary_data_output": "yes"}}}, 422, "`parameters.binary_data_output`"),
+        ("POST", "/v2/models/{name}/versions/2/infer", v2_body(), 404, "unknown version"),
+        ("GET", "/v2/models/{name}/versions/2/ready", {}, 404, "unknown version"),
+        ("POST", "/v2/repository/index", {"json": {"ready": 1}}, 422, "`ready`"),
+        ("POST", "/v2/repository/index", {"json": [1]}, 422, "a JSON object"),
         ("POST", "infer", {"content": b"{}", "headers": {"inference-header-content-length":
                                                          b"\xb2"}}, 400, "Content-Length"),
     ],
@@ -196,8 +281,8 @@ def v2_body(**tensor) -> dict:
 def test_hostile_requests_get_a_json_4xx_and_the_server_keeps_answering(
     server, trained_run, method, path, request_kw, status, says
 ):
-    path = f"/v2/models/{trained_run[0].name}/infer" if path == "infer" else path
-    r = httpx.request(method, server.url + path, **request_kw)
+    path = "/v2/models/{name}/infer" if path == "infer" else path
+    r = httpx.request(method, server.url + path.format(name=trained_run[0].name), **request_kw)
     assert r.status_code == status and says in r.json()["error"], r.text
     if "`" in says and status == 422:  # the field and what came, in the Keras wording
         assert "Received: " in r.json()["error"], r.text

@@ -5,10 +5,13 @@ Routes:
     ``GET /v1/info``                   model name, classes, image size, test accuracy
     ``POST /v1/predict``               multipart ``file`` parts or JSON ``{"images": [base64]}``;
                                        answers what ``imgcls predict --format json`` prints
+    ``GET /v2``                        server metadata (name, version, extensions)
     ``GET /v2/health/live|ready``      liveness and readiness
-    ``GET /v2/models/{name}[/ready]``  model metadata (KServe / Triton clients)
-    ``POST /v2/models/{name}/infer``   encoded images as a BYTES input (JSON with base64
-                                       strings, or the binary tensor extension)
+    ``GET /v2/models/{name}[/versions/1][/ready|/config]``  model metadata, readiness, config
+    ``POST /v2/models/{name}[/versions/1]/infer``  encoded images as a BYTES input (JSON with
+                                       base64 strings, or the binary tensor extension); JSON or
+                                       binary outputs
+    ``POST /v2/repository/index``      the one model (Triton's repository extension)
     ``GET /metrics``                   Prometheus: requests, errors, latency, batch sizes
 
 Nothing is unpickled; uploads are decoded by the one shared decoder after their header passed

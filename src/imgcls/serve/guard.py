@@ -19,7 +19,8 @@ from imgcls.serve.errors import error, internal_error
 
 OPEN_PATHS = ("/", "/v2/health/live", "/v2/health/ready")  # no token needed
 TIMED = ("/v1/predict", "/v2/models/infer")  # endpoints answered within `timeout_s`
-ENDPOINTS = ("/", "/v1/info", "/v1/predict", "/metrics", "/v2/health/live", "/v2/health/ready")
+ENDPOINTS = ("/", "/v1/info", "/v1/predict", "/metrics", "/v2", "/v2/health/live",
+             "/v2/health/ready", "/v2/repository/index")  # fmt: skip
 UNAUTHORIZED = "missing or wrong token: send `Authorization: Bearer <token>`"
 
 
