@@ -13,6 +13,7 @@ Routes:
                                        binary outputs
     ``POST /v2/repository/index``      the one model (Triton's repository extension)
     ``GET /metrics``                   Prometheus: requests, errors, latency, batch sizes
+    ``GET /openapi.json``              every route's body, statuses and content types (:mod:`.docs`)
 
 Nothing is unpickled; uploads are decoded by the one shared decoder after their header passed
 the pixel cap. Every error is JSON ``{"error": "..."}`` with a fitting status (:mod:`.errors`).
@@ -25,9 +26,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 
-from imgcls.serve import v1, v2
+from imgcls.serve import docs, v1, v2
 from imgcls.serve.errors import add_error_handlers
 from imgcls.serve.guard import Guard
 from imgcls.serve.limits import BodyLimit, ServeConfig
@@ -71,7 +72,7 @@ def page_router() -> APIRouter:
     router = APIRouter()
     page = (STATIC / "index.html").read_text(encoding="utf-8")
 
-    @router.get("/", response_class=HTMLResponse)
+    @router.get("/", response_class=HTMLResponse, responses=docs.errors())
     async def index():
         return HTMLResponse(page)
 
@@ -82,7 +83,7 @@ def metrics_router() -> APIRouter:
     """``GET /metrics``: Prometheus text (requests, errors, latency, batch sizes)."""
     router = APIRouter()
 
-    @router.get("/metrics")
+    @router.get("/metrics", response_class=PlainTextResponse, responses=docs.errors(401))
     async def prometheus(request: Request):
         metrics = request.app.state.service.metrics
         return Response(metrics.render(), media_type=metrics.content_type)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from imgcls.serve import docs
 from imgcls.serve.limits import BodyTooLarge
 from imgcls.serve.service import (
     ApiError,
@@ -20,12 +21,16 @@ from imgcls.serve.service import (
 router = APIRouter()
 
 
-@router.get("/v1/info")
+@router.get("/v1/info", responses=docs.ok(docs.INFO, 401))
 async def info(s: ServiceDep):
     return s.info()
 
 
-@router.post("/v1/predict")
+@router.post(
+    "/v1/predict",
+    responses=docs.ok({"type": "array", "items": docs.PREDICTION}, 400, 401, 413, 415, 422, 503),
+    openapi_extra=docs.PREDICT_BODY,
+)
 async def predict(request: Request, s: ServiceDep, top_k: int | None = None):
     k = s.config.top_k if top_k is None else top_k
     if k < 1:

@@ -6,9 +6,11 @@ or the binary tensor extension; outputs in JSON or binary). The tensors: :mod:`.
 from __future__ import annotations
 
 from importlib import metadata as package_metadata
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 
+from imgcls.serve import docs
 from imgcls.serve.service import ApiError, Service, ServiceDep, decode_status, json_body, shown
 from imgcls.serve.v2_tensors import V2_INPUT, infer_response, read_infer
 
@@ -18,7 +20,17 @@ EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository"]
 router = APIRouter()
 
 
-@router.get("/v2")
+def _path_version(request: Request) -> str | None:
+    """The ``{version}`` of a versioned route; None on the others. A dependency, not a
+    ``version`` argument with a default: on the routes without ``{version}`` that was a query
+    parameter, so ``/v2/models/m?version=2`` answered 404 (found by schemathesis)."""
+    return request.path_params.get("version")
+
+
+PathVersion = Annotated[str | None, Depends(_path_version)]
+
+
+@router.get("/v2", responses=docs.ok(docs.OBJECT, 401))
 async def server_metadata():
     try:
         version = package_metadata.version("imgcls")
@@ -27,19 +39,23 @@ async def server_metadata():
     return {"name": "imgcls", "version": version, "extensions": EXTENSIONS}
 
 
-@router.get("/v2/health/live")
+@router.get("/v2/health/live", responses=docs.ok(docs.OBJECT))
 async def live():
     return {"live": True}
 
 
-@router.get("/v2/health/ready")
+@router.get("/v2/health/ready", responses=docs.ok(docs.OBJECT))
 async def ready():
     return {"ready": True}
 
 
-@router.get("/v2/models/{model}")
-@router.get("/v2/models/{model}/versions/{version}")
-async def metadata(model: str, s: ServiceDep, version: str | None = None):
+@router.get("/v2/models/{model}", responses=docs.MODEL)
+@router.get(
+    "/v2/models/{model}/versions/{version}",
+    responses=docs.MODEL,
+    openapi_extra=docs.VERSIONED,
+)
+async def metadata(model: str, s: ServiceDep, version: PathVersion):
     _check_model(model, s, version)
     return {
         "name": s.name,
@@ -54,16 +70,24 @@ async def metadata(model: str, s: ServiceDep, version: str | None = None):
     }
 
 
-@router.get("/v2/models/{model}/ready")
-@router.get("/v2/models/{model}/versions/{version}/ready")
-async def model_ready(model: str, s: ServiceDep, version: str | None = None):
+@router.get("/v2/models/{model}/ready", responses=docs.MODEL)
+@router.get(
+    "/v2/models/{model}/versions/{version}/ready",
+    responses=docs.MODEL,
+    openapi_extra=docs.VERSIONED,
+)
+async def model_ready(model: str, s: ServiceDep, version: PathVersion):
     _check_model(model, s, version)
     return {"name": s.name, "ready": True}
 
 
-@router.get("/v2/models/{model}/config")
-@router.get("/v2/models/{model}/versions/{version}/config")
-async def model_config(model: str, s: ServiceDep, version: str | None = None):
+@router.get("/v2/models/{model}/config", responses=docs.MODEL)
+@router.get(
+    "/v2/models/{model}/versions/{version}/config",
+    responses=docs.MODEL,
+    openapi_extra=docs.VERSIONED,
+)
+async def model_config(model: str, s: ServiceDep, version: PathVersion):
     """The model configuration extension, in Triton's JSON form: shapes with the batch
     dimension (``max_batch_size`` 0), as the metadata has them."""
     _check_model(model, s, version)
@@ -83,7 +107,7 @@ async def model_config(model: str, s: ServiceDep, version: str | None = None):
     }  # fmt: skip
 
 
-@router.post("/v2/repository/index")
+@router.post("/v2/repository/index", responses=docs.INDEX_OK, openapi_extra=docs.INDEX_BODY)
 async def repository_index(request: Request, s: ServiceDep):
     """The model repository extension's index: the one model, loaded and ready. An optional
     body ``{"ready": bool}`` filters by readiness (this model is always ready)."""
@@ -97,9 +121,13 @@ async def repository_index(request: Request, s: ServiceDep):
     return [{"name": s.name, "version": VERSION, "state": "READY"}]
 
 
-@router.post("/v2/models/{model}/infer")
-@router.post("/v2/models/{model}/versions/{version}/infer")
-async def infer(model: str, request: Request, s: ServiceDep, version: str | None = None):
+@router.post("/v2/models/{model}/infer", responses=docs.INFER_OK, openapi_extra=docs.INFER)
+@router.post(
+    "/v2/models/{model}/versions/{version}/infer",
+    responses=docs.INFER_OK,
+    openapi_extra=docs.VERSIONED_INFER,
+)
+async def infer(model: str, request: Request, s: ServiceDep, version: PathVersion):
     _check_model(model, s, version)
     req = await read_infer(request, s)
     uploads = [(f"{i}", data) for i, data in enumerate(req.images)]
