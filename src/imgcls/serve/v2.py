@@ -49,12 +49,19 @@ async def ready():
     return {"ready": True}
 
 
-@router.get("/v2/models/{model}", responses=docs.MODEL)
-@router.get(
-    "/v2/models/{model}/versions/{version}",
-    responses=docs.MODEL,
-    openapi_extra=docs.VERSIONED,
-)
+def model_get(suffix: str = ""):
+    """Register a GET route at ``/v2/models/{model}<suffix>`` and at its
+    ``/versions/{version}`` twin."""
+
+    def register(route):
+        versioned = f"/v2/models/{{model}}/versions/{{version}}{suffix}"
+        router.get(versioned, responses=docs.MODEL, openapi_extra=docs.VERSIONED)(route)
+        return router.get(f"/v2/models/{{model}}{suffix}", responses=docs.MODEL)(route)
+
+    return register
+
+
+@model_get("")
 async def metadata(model: str, s: ServiceDep, version: PathVersion):
     _check_model(model, s, version)
     return {
@@ -70,23 +77,13 @@ async def metadata(model: str, s: ServiceDep, version: PathVersion):
     }
 
 
-@router.get("/v2/models/{model}/ready", responses=docs.MODEL)
-@router.get(
-    "/v2/models/{model}/versions/{version}/ready",
-    responses=docs.MODEL,
-    openapi_extra=docs.VERSIONED,
-)
+@model_get("/ready")
 async def model_ready(model: str, s: ServiceDep, version: PathVersion):
     _check_model(model, s, version)
     return {"name": s.name, "ready": True}
 
 
-@router.get("/v2/models/{model}/config", responses=docs.MODEL)
-@router.get(
-    "/v2/models/{model}/versions/{version}/config",
-    responses=docs.MODEL,
-    openapi_extra=docs.VERSIONED,
-)
+@model_get("/config")
 async def model_config(model: str, s: ServiceDep, version: PathVersion):
     """The model configuration extension, in Triton's JSON form: shapes with the batch
     dimension (``max_batch_size`` 0), as the metadata has them."""
