@@ -142,19 +142,22 @@ def quantize_onnx(src: Path, dst: Path, pixels: np.ndarray, batch: int = 32) -> 
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    prepared = dst.with_name(f"prepared-{dst.name}")
-    # ONNX's own shape inference: the symbolic one needs sympy, which a default install lacks
-    quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
-    name = onnx.load(str(prepared), load_external_data=False).graph.input[0].name
-    feeds = iter(
-        {name: pixels[i : i + batch].astype(np.float32)} for i in range(0, len(pixels), batch)
-    )
+    prepared = dst.with_name(f"prepared-{dst.name}")  # an intermediate, deleted when done
+    try:
+        # ONNX's own shape inference: the symbolic one needs sympy, which a default install lacks
+        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
+        name = onnx.load(str(prepared), load_external_data=False).graph.input[0].name
+        feeds = iter(
+            {name: pixels[i : i + batch].astype(np.float32)} for i in range(0, len(pixels), batch)
+        )
 
-    class Feeds(CalibrationDataReader):
-        def get_next(self):
-            return next(feeds, None)
+        class Feeds(CalibrationDataReader):
+            def get_next(self):
+                return next(feeds, None)
 
-    quantize_static(
-        str(prepared), str(dst), Feeds(), quant_format=QuantFormat.QDQ, per_channel=True,
-        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-    )  # fmt: skip
+        quantize_static(
+            str(prepared), str(dst), Feeds(), quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+        )  # fmt: skip
+    finally:
+        prepared.unlink(missing_ok=True)

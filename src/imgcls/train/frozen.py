@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import numpy as np
 
 from imgcls import backend
 from imgcls.engine import OnnxEngine, keras_export, quantize_onnx
-from imgcls.io import TMP_PREFIX, cache_root
+from imgcls.io import atomic_path, cache_root
 
 CALIBRATION_IMAGES = 32  # ONNX Runtime's calibrator holds every activation of these: ~1 GB
 
@@ -68,28 +67,16 @@ def quantized(path: Path, calibration: np.ndarray) -> Path:
     (cached beside it under the digest of the calibration images)."""
     digest = hashlib.sha256(np.ascontiguousarray(calibration).tobytes()).hexdigest()[:16]
     out = path.with_name(f"{path.stem}-int8-{digest}.onnx")
-    if out.is_file():
-        return out
-    tmp = out.with_name(f"{TMP_PREFIX}{os.getpid()}-{out.name}")
-    try:
-        quantize_onnx(path, tmp, calibration)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-        tmp.with_name(f"prepared-{tmp.name}").unlink(missing_ok=True)
+    if not out.is_file():
+        with atomic_path(out) as tmp:
+            quantize_onnx(path, tmp, calibration)
     return out
 
 
 def exported(model) -> Path:
     """``model`` as ONNX in the cache, exported on first use (renamed into place whole)."""
     path = cache_root() / "frozen" / f"{weights_digest(model)}.onnx"
-    if path.is_file():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}-{path.name}")
-    try:
-        keras_export(model, tmp, "onnx")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    if not path.is_file():
+        with atomic_path(path) as tmp:
+            keras_export(model, tmp, "onnx")
     return path
