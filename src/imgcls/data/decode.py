@@ -98,7 +98,10 @@ def read_image(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow's EXIF/palette warnings are not actionable
-            img = ImageOps.exif_transpose(img) or img
+            if isinstance(source, Image.Image):  # the caller's image: never changed
+                img = ImageOps.exif_transpose(img) or img
+            else:  # in place: without an orientation the default copies (119 MB at 40 MP)
+                ImageOps.exif_transpose(img, in_place=True)
             rgb, info.conversion = _to_rgb(img)
             if size is not None and rgb.size != (size[1], size[0]):
                 rgb = rgb.resize((size[1], size[0]), RESIZE_FILTER)

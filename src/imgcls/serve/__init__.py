@@ -32,4 +32,10 @@ def serve(run: str | Path, config: ServeConfig | None = None) -> None:
     app = create_app(run, config)
     where = f"http://{config.host}:{config.port}/"
     print(f"serving {run} on {where} (engine {config.engine}); Ctrl-C stops", file=sys.stderr)
-    uvicorn.run(app, host=config.host, port=config.port, log_level="warning", access_log=False)
+    from imgcls.serve.connections import protocol_with_read_timeout
+
+    uvicorn.run(
+        app, host=config.host, port=config.port, log_level="warning", access_log=False,
+        http=protocol_with_read_timeout(config.read_timeout_s),
+        limit_concurrency=config.max_connections,
+    )  # fmt: skip

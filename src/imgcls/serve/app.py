@@ -53,6 +53,7 @@ def create_app(run: str | Path, config: ServeConfig | None = None):
         await service.batcher.start()
         yield
         await service.batcher.stop()
+        service.decoder.shutdown()
 
     app = FastAPI(title="imgcls", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.service = service

@@ -22,7 +22,7 @@ WHY = {
     400: "the body does not parse (JSON, base64, multipart or binary framing)",
     401: "missing or wrong token (only when the server has one)",
     404: "no such model or version",
-    413: "the body, an image or the number of images is over a limit",
+    413: "the body, an image, the number of images or their pixels together is over a limit",
     415: "a content type or an image format the server does not read",
     422: "the request parsed, but a field is wrong",
     503: "no answer within the time limit",

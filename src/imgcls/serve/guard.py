@@ -14,6 +14,7 @@ import hmac
 import time
 
 from starlette.datastructures import Headers
+from starlette.requests import ClientDisconnect
 
 from imgcls.serve.errors import error, internal_error
 
@@ -21,6 +22,7 @@ OPEN_PATHS = ("/", "/v2/health/live", "/v2/health/ready")  # no token needed
 TIMED = ("/v1/predict", "/v2/models/infer")  # endpoints answered within `timeout_s`
 ENDPOINTS = ("/", "/v1/info", "/v1/predict", "/metrics", "/v2", "/v2/health/live",
              "/v2/health/ready", "/v2/repository/index")  # fmt: skip
+CLIENT_GONE = 499  # nginx's status for a client that left before its answer (never sent)
 UNAUTHORIZED = "missing or wrong token: send `Authorization: Bearer <token>`"
 
 
@@ -49,6 +51,8 @@ class Guard:
         try:
             await self._answer(scope, receive, counting_send, endpoint, sent)
             status = sent["status"] or 500
+        except ClientDisconnect:  # gone before its body was in (or dropped as too slow)
+            status = sent["status"] or CLIENT_GONE
         except Exception as e:  # noqa: BLE001 - whatever no handler knew: JSON 500, logged
             response = internal_error(scope, e)
             if sent["status"] is None:

@@ -47,11 +47,29 @@ class ServeConfig:
     max_pixels: int = _setting(  # any phone photo fits; a 100 MP PNG is refused unread
         40_000_000, "width x height above which an upload is refused from its header"
     )
+    max_request_pixels: int = _setting(  # five images at --max-pixels; more than a 32 MB body
+        200_000_000,  # of ordinary photos holds. 0.5 s of a core per 40 MP PNG (decoding.py)
+        "decoded pixels (width x height) of all images of one request together; past it the "
+        "request gets 413 before anything is decoded",
+    )
+    decode_workers: int = _setting(
+        0, "threads decoding uploads, requests taking turns (0: one per CPU core)"
+    )
     timeout_s: float = _setting(30.0, "seconds before an unanswered request gets 503")
+    read_timeout_s: float = _setting(
+        10.0, "seconds a client has to send a whole request (headers and body); a slower one "
+        "gets 408 and is disconnected",
+    )  # fmt: skip
+    max_connections: int = _setting(
+        1000, "open connections at most; past it a new request gets 503 (uvicorn's "
+        "limit_concurrency)",
+    )  # fmt: skip
     top_k: int = _setting(5, "classes returned per image unless the request says ?top_k=")
 
     def validate(self) -> ServeConfig:
-        for name in ("port", "max_batch", "max_body_bytes", "max_files", "max_pixels", "top_k"):
+        positive = ("port", "max_batch", "max_body_bytes", "max_files", "max_pixels", "top_k",
+                    "max_request_pixels", "max_connections")  # fmt: skip
+        for name in positive:
             value = getattr(self, name)
             check(
                 isinstance(value, int) and value > 0,
@@ -62,7 +80,13 @@ class ServeConfig:
             self.max_wait_ms >= 0,
             f"`max_wait_ms` must be >= 0. Received: max_wait_ms={self.max_wait_ms}",
         )
-        check(self.timeout_s > 0, f"`timeout_s` must be positive. Received: {self.timeout_s}")
+        check(
+            isinstance(self.decode_workers, int) and self.decode_workers >= 0,
+            f"`decode_workers` must be an integer >= 0. Received: {self.decode_workers!r}",
+        )
+        for name in ("timeout_s", "read_timeout_s"):
+            value = getattr(self, name)
+            check(value > 0, f"`{name}` must be positive. Received: {name}={value}")
         return self
 
 

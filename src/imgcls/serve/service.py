@@ -4,7 +4,6 @@ APIs use."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import json
@@ -40,12 +39,14 @@ class Service:
     config: ServeConfig
     metrics: Any
     batcher: Any
+    decoder: Any  # a DecodePool
 
     @classmethod
     def load(cls, run: str | Path, config: ServeConfig) -> Service:
         """Load RUN's model now (and export it, for ONNX), not on the first request."""
         from imgcls.predict import Predictor
         from imgcls.serve.batcher import MicroBatcher
+        from imgcls.serve.decoding import DecodePool
         from imgcls.serve.metrics import Metrics
 
         predictor = Predictor(run, engine=config.engine)
@@ -55,7 +56,8 @@ class Service:
             predictor.predict_pixels, config.max_batch, config.max_wait_ms,
             metrics.batch_size.observe,
         )  # fmt: skip
-        return cls(predictor, Path(run).resolve().name, config, metrics, batcher)
+        decoder = DecodePool(predictor.image_size, config.max_pixels, config.decode_workers)
+        return cls(predictor, Path(run).resolve().name, config, metrics, batcher, decoder)
 
     @property
     def classes(self) -> list[str]:
@@ -80,12 +82,21 @@ class Service:
 
     async def classify(self, uploads: list[tuple[str, bytes]], top_k: int) -> list[dict]:
         """Decode each ``(filename, bytes)`` (a bad one gets an ``error``) and predict the rest
-        in the shared batches; results as ``imgcls predict --format json`` prints them."""
+        in the shared batches; results as ``imgcls predict --format json`` prints them.
+        413 before anything is decoded when the images add up to over ``max_request_pixels``."""
         from imgcls.predict import Prediction, fill_prediction
 
+        data = [d for _, d in uploads]
+        pixels = sum(await self.decoder.pixels(data))
+        if pixels > self.config.max_request_pixels:
+            raise ApiError(
+                413,
+                f"the images of this request add up to {pixels:,} pixels; the limit per request "
+                f"is {self.config.max_request_pixels:,} (send fewer or smaller images)",
+            )
+        decoded = await self.decoder.decode(data, pixels)
         results = [Prediction(filename) for filename, _ in uploads]
-        decoded = await asyncio.gather(*(asyncio.to_thread(self.decode, d) for _, d in uploads))
-        ok = [i for i, (pixels, _) in enumerate(decoded) if pixels is not None]
+        ok = [i for i, (image, _) in enumerate(decoded) if image is not None]
         for i, (_, error) in enumerate(decoded):
             results[i].error = error
         if ok:
@@ -93,14 +104,6 @@ class Service:
             for row, i in zip(probs, ok, strict=True):
                 fill_prediction(results[i], row, self.classes, top_k)
         return [r.to_dict() for r in results]
-
-    def decode(self, data: bytes) -> tuple[np.ndarray | None, str | None]:
-        from imgcls.data.decode import DecodeError, load_image
-
-        try:
-            return load_image(data, self.predictor.image_size, self.config.max_pixels), None
-        except DecodeError as e:
-            return None, f"{e.kind}: {e.detail}"
 
     def check_count(self, n: int) -> None:
         """413 for more images in one request than ``max_files``."""
