@@ -6,7 +6,8 @@ Decoding is where a request's cost lives: a 115 KB PNG of 6000x6600 takes 0.5 s 
 - measures every upload from its header first (nothing decoded) and lets :class:`Service`
   refuse a request whose images add up to more than ``max_request_pixels``;
 - decodes on its own pool of ``workers`` threads (one per core by default; Pillow releases the
-  GIL while it decodes), never on the event loop or asyncio's shared default pool;
+  GIL while it decodes), never on asyncio's shared default pool, and on the event loop only a
+  request of thumbnails that takes less than the hops to a thread would;
 - lets each request have at most ``workers`` images in the pool at once: when one of a
   64-image request's decodes ends, its next one queues *behind* whatever other requests
   submitted meanwhile, so a one-image request waits for at most one decode, not 64;
@@ -26,6 +27,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+# A request this small (e.g. 64 thumbnails of 32x32: both bounds) is read and decoded on the
+# event loop, in under a millisecond: less than the thread hops it saves, which had cut the
+# throughput at 64 clients below that at 8 (bench/serve_load.py). Bytes bound the header parse,
+# pixels the decode (a 115 KB PNG can hold 40 MP).
+INLINE_BYTES = 256 * 1024
+INLINE_PIXELS = 65_536
 # A request that decoded more than this many pixels returns its freed memory to the OS once
 # no request is decoding (malloc_trim takes ~1 ms; below this the arenas are small anyway).
 TRIM_AFTER_PIXELS = 8_000_000
@@ -49,12 +56,16 @@ class DecodePool:
     async def pixels(self, uploads: list[bytes]) -> list[int]:
         """Width x height of each upload from its header (0 for one that will be refused
         anyway: not an image, or over ``max_pixels``)."""
+        if sum(map(len, uploads)) <= INLINE_BYTES:
+            return self._header_pixels(uploads)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, self._header_pixels, uploads)
 
     async def decode(self, uploads: list[bytes], pixels: int = 0) -> list[tuple]:
         """``(pixels, None)`` or ``(None, "kind: detail")`` for each upload, in order;
         ``pixels`` is the request's total from :meth:`pixels` (to decide on trimming)."""
+        if pixels <= INLINE_PIXELS and sum(map(len, uploads)) <= INLINE_BYTES:
+            return [self._decode(data) for data in uploads]
         loop = asyncio.get_running_loop()
         turn = asyncio.Semaphore(self.workers)
 

@@ -142,7 +142,7 @@ def b64(text: str, where: str) -> bytes:
         raise ApiError(400, f"{where} is not valid base64") from None
 
 
-def _service(request: Request) -> Service:
+async def _service(request: Request) -> Service:  # async: FastAPI runs a plain def on a thread
     return request.app.state.service
 
 

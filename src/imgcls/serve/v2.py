@@ -20,7 +20,7 @@ EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository"]
 router = APIRouter()
 
 
-def _path_version(request: Request) -> str | None:
+async def _path_version(request: Request) -> str | None:
     """The ``{version}`` of a versioned route; None on the others. A dependency, not a
     ``version`` argument with a default: on the routes without ``{version}`` that was a query
     parameter, so ``/v2/models/m?version=2`` answered 404 (found by schemathesis)."""
