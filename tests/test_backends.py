@@ -41,8 +41,10 @@ TINY = ["--model", "classic", "--image-size", "16", "16", "--batch-size", "8",
         "--model-arg", "filters=[8,16]", "--model-arg", "dense_units=16"]  # fmt: skip
 
 
-def imgcls_cli(backend: str, *args: str, block_tf: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ, KERAS_BACKEND=backend)
+def imgcls_cli(
+    backend: str, *args: str, block_tf: bool = True, **more_env: str
+) -> subprocess.CompletedProcess:
+    env = dict(os.environ, KERAS_BACKEND=backend, **more_env)
     code = NO_TF if block_tf else "import sys; from imgcls.cli import main; sys.exit(main())"
     return subprocess.run(
         [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=600
@@ -168,3 +170,30 @@ def test_an_unknown_or_missing_backend_is_one_line(trained_run, tmp_path):
     r = imgcls_cli("mxnet", "predict", str(trained_run[0]), str(tmp_path), block_tf=False)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith("imgcls: error: `backend` must be one of")
+
+
+@pytest.mark.slow  # three JAX processes, ~40 s
+@pytest.mark.skipif(not importlib.util.find_spec("jax"), reason="no jax")
+def test_jax_reuses_its_compiled_steps_from_the_cache_and_the_flag_turns_it_off(tmp_path):
+    """The first JAX run compiles its training step into $IMGCLS_CACHE/jax; an identical second
+    run loads it from there (JAX's own log says so), writes nothing new and learns the
+    same weights; --no-compile-cache neither reads nor writes a cache."""
+    data = write_folder(tmp_path / "data", per_class=10)
+    args = [str(data), *TINY, "--epochs", "1", "--quiet"]
+
+    def run(out: str, cache: Path, *extra: str) -> tuple[str, set[str]]:
+        r = ok(imgcls_cli("jax", "train", *args, "--out", str(tmp_path / out), *extra,
+                          IMGCLS_CACHE=str(cache), JAX_LOG_COMPILES="1"))  # fmt: skip
+        files = {p.name for p in (cache / "jax").glob("*")} if (cache / "jax").is_dir() else set()
+        return r.stderr, files
+
+    hit = "Persistent compilation cache hit for 'jit_train_step'"  # JAX's own log line
+    log, first = run("a", tmp_path / "cache")
+    assert hit not in log and any(name.startswith("jit_train_step") for name in first)
+    log, again = run("b", tmp_path / "cache")
+    assert hit in log
+    assert again == first  # nothing new was compiled
+    for a, b in zip(final_weights(tmp_path / "a"), final_weights(tmp_path / "b"), strict=True):
+        np.testing.assert_array_equal(a, b)
+    log, files = run("c", tmp_path / "other", "--no-compile-cache")
+    assert files == set() and hit not in log

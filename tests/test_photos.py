@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 
+from imgcls.cli import main
 from imgcls.errors import ImgclsError
 from tests.conftest import write_photos
 
@@ -196,18 +197,20 @@ def test_weights_imagenet_on_a_model_without_them_is_one_line(tmp_path):
     assert "`weights` applies only to pretrained backbones" in one_line_error(r)
 
 
-def test_a_weights_file_of_another_architecture_is_one_line(tmp_path):
+def test_a_weights_file_of_another_architecture_is_one_line(tmp_path, capsys):
     import keras
 
     other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     path = tmp_path / "other.weights.h5"
     other.save_weights(path)
     data = write_photos(tmp_path / "p", per_class=6, splits=())
-    for model in ("efficientnet_lite0", "mobilenetv3small"):
-        r = run_cli("train", str(data), "--out", str(tmp_path / model), "--model", model,
-                    "--weights", str(path))  # fmt: skip
-        line = one_line_error(r)
-        assert f"`weights` file {path} does not hold" in line, line
+    for model in ("efficientnet_lite0", "mobilenetv3small"):  # in this process: the CLI's main
+        code = main(["train", str(data), "--out", str(tmp_path / model), "--model", model,
+                     "--weights", str(path), "--quiet"])  # fmt: skip
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.startswith("imgcls: error:")]
+        assert code == 2 and len(lines) == 1, err
+        assert f"`weights` file {path} does not hold" in lines[0], lines[0]
 
 
 # What a run on generated photos at 96x96 may hold at its peak (TensorFlow, the backbone, its

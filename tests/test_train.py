@@ -236,3 +236,32 @@ def test_init_from_starts_where_another_run_ended(data, tmp_path, capsys):
     err = [line for line in capsys.readouterr().err.splitlines() if "warning" not in line]
     assert len(err) == 1 and "--image-size 16 16" in err[0]
     assert not any((tmp_path / run / "run.json").exists() for run in "cde")  # nothing written
+
+
+def test_a_second_run_on_the_same_data_decodes_nothing(data, tmp_path, monkeypatch):
+    """The second run of a folder at the same size reads the decoded pixels from the disk cache
+    (no image is opened) and learns exactly what the first did; another image size, or a
+    changed file, decodes again (each a new cache entry)."""
+    from imgcls.data import scan
+    from tests.test_resume import assert_same, weights
+
+    monkeypatch.setenv("IMGCLS_CACHE", str(tmp_path / "cache"))
+    decoded = []
+    real = scan.scan_files
+    monkeypatch.setattr(scan, "scan_files", lambda *a, **k: decoded.append(1) or real(*a, **k))
+    entries = lambda: len(list((tmp_path / "cache" / "pixels").glob("*.u8")))  # noqa: E731
+    first = imgcls.train(str(data), out=tmp_path / "a", epochs=1, **TINY)
+    assert len(decoded) == 1 and entries() == 1
+    second = imgcls.train(str(data), out=tmp_path / "b", epochs=1, **TINY)
+    assert len(decoded) == 1 and entries() == 1
+    assert_same(weights(first.run_dir), weights(second.run_dir))
+    assert first.test_metrics == second.test_metrics
+    timeline = json.loads((tmp_path / "b" / "run.json").read_text())["timeline"]
+    assert "data" in timeline
+    imgcls.train(str(data), out=tmp_path / "c", epochs=1, **{**TINY, "image_size": (12, 12)})
+    assert len(decoded) == 2 and entries() == 2
+    from PIL import Image
+
+    Image.fromarray(np.zeros((24, 24, 3), np.uint8)).save(data / "dogs" / "000.png")
+    imgcls.train(str(data), out=tmp_path / "d", epochs=1, **TINY)
+    assert len(decoded) == 3 and entries() == 3

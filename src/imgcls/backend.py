@@ -25,6 +25,7 @@ EXTRAS = {
     "jax": "pip install 'imgcls[jax]' (CPU) or 'imgcls[jax-cuda]'",
     "torch": "pip install 'imgcls[torch]'",
 }
+COMPILE_CACHE_ENV = "IMGCLS_COMPILE_CACHE"  # "0": JAX compiles every run afresh
 LIBRARIES = ("imgcls", "keras", "tensorflow", "tensorflow-cpu", "jax", "jaxlib", "torch", "numpy",
              "pillow")  # fmt: skip
 
@@ -74,7 +75,28 @@ def select(name: str | None) -> str:
         f"backend {name} is not installed: {EXTRAS[name]}",
     )
     os.environ["KERAS_BACKEND"] = name
+    if name == "jax":
+        use_compilation_cache()
     return name
+
+
+def use_compilation_cache() -> Path | None:
+    """JAX: keep compiled XLA programs in ``cache_root()/jax``, so the next run of the same
+    step (same shapes, devices and versions: JAX keys each entry by all of them) loads it
+    instead of compiling again (13.6 s of an H200 run's first epoch). On unless
+    ``$IMGCLS_COMPILE_CACHE`` is ``0`` (``--no-compile-cache``). Returns the folder, or None."""
+    if os.environ.get(COMPILE_CACHE_ENV, "1") == "0":
+        return None
+    import jax
+
+    from imgcls.io import cache_root
+
+    folder = cache_root() / "jax"
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    # Every program (JAX's default keeps those that took over 1 s): a run compiles a few dozen,
+    # small ones included, and a second run of classic on digits then compiles none (19 -> 13 s).
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    return folder
 
 
 def name() -> str:

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from imgcls.bundle import RunFolder, write_meta
 from imgcls.config import TrainConfig
 from imgcls.data.pipeline import decode_images
@@ -88,10 +90,14 @@ def train(
 
 
 def score_test(run: TrainedRun) -> dict[str, Any]:
-    """The test split's metrics through the run's saved bundle, its images decoded at the
-    bundle's size (the decoded-pixel cache has them when that is the training size); the
-    accuracy is recorded in ``bundle.json``."""
-    pixels, ok, _ = decode_images(run.test_images, tuple(run.meta.image_size))
+    """The test split's metrics through the run's saved bundle: the pixels training decoded
+    when the bundle predicts at the training size, else its images decoded at the bundle's
+    size (a larger test size, FixRes); the accuracy is recorded in ``bundle.json``."""
+    trained = run.test_pixels
+    if trained is not None and tuple(trained.shape[1:3]) == tuple(run.meta.image_size):
+        pixels, ok = trained, np.ones(len(run.test_images), dtype=bool)
+    else:
+        pixels, ok, _ = decode_images(run.test_images, tuple(run.meta.image_size))
     probs = Predictor(run.run_dir, meta=run.meta).predict_pixels(pixels)
     metrics = compute_metrics(run.test_images.labels[ok], probs, run.class_names)
     run.meta.metrics["test_accuracy"] = metrics["accuracy"]

@@ -80,6 +80,10 @@ def _train(sub) -> None:
     )
     flags.add_flags(p, TrainConfig)
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument(
+        "--no-compile-cache", action="store_true",
+        help="JAX: compile every step afresh instead of reusing $IMGCLS_CACHE/jax",
+    )  # fmt: skip
     job = p.add_argument_group("data-parallel job over several processes (JAX backend)")
     job.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address")
     job.add_argument("--num-processes", type=int, metavar="N", help="processes in the job")
@@ -270,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "keras", True):
             from imgcls import backend
 
+            if getattr(args, "no_compile_cache", False):
+                os.environ[backend.COMPILE_CACHE_ENV] = "0"
             backend.select(_backend_asked(args))
             if not _onnx_only(args):  # ONNX Runtime on a cached export: no Keras (3 s) at all
                 backend.import_keras_quietly()

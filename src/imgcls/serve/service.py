@@ -77,6 +77,8 @@ class Service:
             "engine": config.engine,
             "max_files": config.max_files,
             "max_body_bytes": config.max_body_bytes,
+            "max_pixels": config.max_pixels,
+            "max_request_pixels": config.max_request_pixels,
             "top_k": config.top_k,
         }
 

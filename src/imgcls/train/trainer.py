@@ -51,6 +51,8 @@ class TrainedRun:
         class_names: the classes, in the model's order.
         left_out: one ``{"path", "kind", "detail"}`` per file that did not decode.
         timeline: where the run's time went, stage by stage.
+        test_pixels: the test split decoded at the training size (scored without decoding
+            again when the bundle predicts at that size).
     """
 
     run_dir: Path
@@ -61,6 +63,7 @@ class TrainedRun:
     class_names: list[str]
     left_out: list[dict] = field(default_factory=list)
     timeline: Timeline = field(default_factory=Timeline)
+    test_pixels: Any = None
 
 
 class Trainer:
@@ -317,7 +320,8 @@ class Trainer:
         backend.data_parallel(False)  # the bundle and its test score are process 0's alone
         data = self.data
         done = TrainedRun(self.folder.path, state.history, stopped, None, data.split_images("test"),
-                          data.class_names, data.left_out, self.timeline)  # fmt: skip
+                          data.class_names, data.left_out, self.timeline,
+                          data.arrays["test"][0])  # fmt: skip
         if not self.chief:
             return done
         shutil.rmtree(self.folder.activations, ignore_errors=True)
