@@ -1,33 +1,66 @@
-"""Accuracy and wall time of `fast` and `classic` on CIFAR-10 JPEGs under the same time budget.
+"""Time to a trained model on CIFAR-10: `imgcls train` with no flags beside airbench94.
 
-The 50,000 training JPEGs are split once (seeded, stratified) into 45,000 for training and
-5,000 held-out test images that no run tunes on. Each model trains through the real CLI with
-its recipe and ``--max-time`` set to the budget less a set-up allowance, so the whole command
-(start-up, decoding, first epoch, compilation, final test pass) fits in the budget's wall
-time; under a binding budget the learning-rate schedule decays by the clock. Then `imgcls evaluate` scores it on the held-out images, with the test-time
-augmentation its recipe saved in the bundle (`fast`: flips and 1-pixel shifts) and without.
+The 50,000 shared training JPEGs are split once (seeded, stratified) into 45,000 for training
+and 5,000 held out; both systems train on the 45,000 and are scored on the 5,000.
 
-Usage: python bench/cifar10_time_to_accuracy.py [--budget-min 20] [--models fast classic]
+- **imgcls**: ``imgcls train MANIFEST`` (the default `fast` recipe, no flags) from the JPEGs,
+  with an empty cache (it decodes them), timed as a whole command; its test score is the held-out
+  accuracy (with the recipe's test-time augmentation). Then a **second run** on the same data
+  (``--epochs 1``) shows the fixed costs with the decoded-pixel cache warm: start-up, data and
+  model build, the time before its first step.
+- **airbench94** (``legacy/airbench94.py`` of github:KellerJordan/cifar10-airbench, given with
+  ``--airbench``), patched only to run on the CPU in bfloat16 (no torchvision: its one use,
+  ``Normalize``, is three lines; CUDA events become a wall clock; one run instead of 25), fed the
+  same split as ``train.pt``/``test.pt`` decoded beforehand with Pillow. Timed as a whole
+  process (start-up, loading its tensors, training, its own TTA evaluation).
+
+Nothing else should run meanwhile; the load before and after is recorded.
+
+    python bench/cifar10_time_to_accuracy.py --airbench path/to/airbench94.py
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
+import re
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
-from _common import CIFAR, IMGCLS, ROOT, timed, write_result
+from _common import CIFAR, IMGCLS, ROOT, write_result
 
-TEST_PER_CLASS = 500  # 5,000 held-out test images in all
-# --max-time counts training only; start-up, decoding 50,000 JPEGs and the final test pass
-# (~40 s together) must fit in the same wall-clock budget, so training gets this much less.
-SETUP_ALLOWANCE_MIN = 0.75
+TEST_PER_CLASS = 500  # 5,000 held-out images in all
+
+SHIM = """import time
+class _Normalize:  # torchvision.transforms.Normalize on (N, C, H, W), in the tensor's dtype
+    def __init__(self, mean, std):
+        self.mean, self.std = mean.view(-1, 1, 1), std.view(-1, 1, 1)
+    def __call__(self, x):
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+class T:
+    Normalize = _Normalize
+class _Timer:  # torch.cuda.Event(enable_timing=True) on the CPU
+    def record(self):
+        self.t = time.perf_counter()
+    def elapsed_time(self, end):
+        return (end.t - self.t) * 1000
+"""
+PATCHES = [  # (upstream text, replacement): each must be found, so an upstream change is loud
+    ("import torchvision\nimport torchvision.transforms as T\n", SHIM),
+    ("gpu=0):", "gpu='cpu'):"),
+    ("self.images.half()", "self.images.bfloat16()"),
+    ("net = net.half().cuda()", "net = net.bfloat16()"),
+    ("(torch.half, torch.float)", "(torch.bfloat16, torch.float)"),
+    ("torch.cuda.Event(enable_timing=True)", "_Timer()"),
+    ("torch.cuda.synchronize()", "None"),
+    ("for run in range(25)", "for run in range(1)"),
+]
 
 
 def write_manifest(out: Path, seed: int = 0) -> Path:
@@ -43,93 +76,91 @@ def write_manifest(out: Path, seed: int = 0) -> Path:
     return path
 
 
+def run_imgcls(manifest: Path, out: Path, cache: Path, *flags: str) -> dict:
+    """The whole ``imgcls train`` command, timed; its bundle's metrics and timeline."""
+    env = dict(os.environ, IMGCLS_CACHE=str(cache), TF_CPP_MIN_LOG_LEVEL="3")
+    t0 = time.perf_counter()
+    proc = subprocess.run([*IMGCLS, "train", str(manifest), "--out", str(out), *flags],
+                          env=env, capture_output=True, text=True)  # fmt: skip
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.exit(f"imgcls train failed:\n{proc.stderr[-3000:]}")
+    meta = json.loads((out / "bundle.json").read_text())
+    timeline = json.loads((out / "run.json").read_text()).get("timeline", {})
+    return {"wall_s": round(wall, 1), "held_out_accuracy": meta["metrics"]["test_accuracy"],
+            "epochs": meta["metrics"].get("epochs_run"), "timeline": timeline,
+            "summary": proc.stderr.strip().splitlines()[-3:]}  # fmt: skip
+
+
+def airbench_data(manifest: Path, folder: Path) -> None:
+    """``folder/cifar10/{train,test}.pt`` as airbench's loader reads them, decoded by Pillow."""
+    import torch
+    from PIL import Image
+
+    rows = [line.split(",") for line in manifest.read_text().splitlines()[1:]]
+    classes = sorted({r[1] for r in rows})
+    (folder / "cifar10").mkdir(parents=True, exist_ok=True)
+    for split in ("train", "test"):
+        picked = [r for r in rows if r[2] == split]
+        images = np.stack([np.asarray(Image.open(r[0]).convert("RGB")) for r in picked])
+        labels = [classes.index(r[1]) for r in picked]
+        torch.save({"images": torch.tensor(images), "labels": torch.tensor(labels),
+                    "classes": classes}, folder / "cifar10" / f"{split}.pt")  # fmt: skip
+
+
+def run_airbench(source: Path, folder: Path) -> dict:
+    """The patched airbench94 in ``folder`` (which holds its data), timed as a whole process."""
+    code = source.read_text()
+    for old, new in PATCHES:
+        if old not in code:
+            sys.exit(f"{source}: expected {old!r}; is it legacy/airbench94.py?")
+        code = code.replace(old, new)
+    script = folder / "airbench94_cpu.py"
+    script.write_text(code)
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, script.name], cwd=folder, capture_output=True,
+                          text=True)  # fmt: skip
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.exit(f"airbench94 failed:\n{proc.stderr[-3000:]}")
+    mean = re.search(r"Mean: ([0-9.]+)", proc.stdout)
+    times = re.findall(r"\|\s+eval\s+\|.*", proc.stdout)
+    return {"wall_s": round(wall, 1), "held_out_accuracy": float(mean.group(1)) if mean else None,
+            "final_row": times[-1] if times else None}  # fmt: skip
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--budget-min", type=float, default=20.0)
-    parser.add_argument("--models", nargs="+", default=["fast", "classic"])
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
-    args = parser.parse_args()
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--airbench", type=Path, help="legacy/airbench94.py of cifar10-airbench")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "time_to_accuracy")
+    p.add_argument("--skip", choices=["imgcls", "airbench"], action="append", default=[])
+    a = p.parse_args()
     if not CIFAR.is_dir():
         sys.exit(f"skipped: {CIFAR} not found")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    manifest = write_manifest(out)
-    imgcls = IMGCLS
-    results = []
-    for model in args.models:
-        run_dir = out / f"tta-{model}"
-        subprocess.run(["rm", "-rf", str(run_dir)], check=True)
-        wall, log = timed(
-            [
-                *imgcls,
-                "train",
-                str(manifest),
-                "--out",
-                str(run_dir),
-                "--model",
-                model,
-                "--val-split",
-                "0",
-                "--max-time",
-                str(args.budget_min - SETUP_ALLOWANCE_MIN),
-                "--quiet",
-            ]
+    if "airbench" not in a.skip and (a.airbench is None or not a.airbench.is_file()):
+        sys.exit("--airbench must name legacy/airbench94.py (or pass --skip airbench)")
+    shutil.rmtree(a.out, ignore_errors=True)
+    a.out.mkdir(parents=True)
+    manifest = write_manifest(a.out)
+    record = {"machine": f"{platform.machine()} {os.cpu_count()} cores",
+              "load_before": os.getloadavg(), "split": "45,000 train / 5,000 held out"}  # fmt: skip
+    if "airbench" not in a.skip:
+        airbench_data(manifest, a.out / "airbench")
+        record["airbench94"] = run_airbench(a.airbench, a.out / "airbench")
+        print("airbench94:", record["airbench94"], flush=True)
+    if "imgcls" not in a.skip:
+        cache = a.out / "cache"  # empty: the first run decodes the JPEGs
+        record["imgcls"] = run_imgcls(manifest, a.out / "run", cache)
+        print("imgcls:", record["imgcls"], flush=True)
+        second = run_imgcls(manifest, a.out / "again", cache, "--epochs", "1")
+        t = second["timeline"]
+        second["to_first_step_s"] = round(
+            sum(t.get(k, 0) for k in ("start-up", "data", "model")), 1
         )
-        meta = json.loads((run_dir / "bundle.json").read_text())
-        scores = {}
-        for tta in ("recipe", "none"):  # the test-time augmentation the bundle asks for, and none
-            eval_dir = Path(f"{run_dir}-eval-{tta}")
-            subprocess.run(["rm", "-rf", str(eval_dir)], check=True)
-            extra = [] if tta == "recipe" else ["--tta", "none"]
-            timed(
-                [*imgcls, "evaluate", str(run_dir), str(manifest), "--out", str(eval_dir), *extra]
-            )
-            scores[tta] = json.loads((eval_dir / "metrics.json").read_text())
-        epoch_s = _epoch_seconds(run_dir / "history.csv")
-        results.append(
-            {
-                "model": model,
-                "test_accuracy": scores["recipe"]["accuracy"],
-                "tta": scores["recipe"]["tta"],
-                "test_accuracy_no_tta": scores["none"]["accuracy"],
-                "n_test": scores["recipe"]["n_images"],
-                "wall_s": round(wall, 1),
-                "train_s": meta["metrics"]["train_seconds"],
-                "epochs_run": meta["metrics"]["epochs_run"],
-                "epochs_planned": meta["config"]["epochs"],
-                "stopped": meta["metrics"]["stopped"],
-                "precision": meta["metrics"]["precision"],
-                # A max far above the median flags stalls (it caught a 34-s tf.data teardown).
-                "epoch_s_median": round(float(np.median(epoch_s)), 1),
-                "epoch_s_max": round(float(np.max(epoch_s)), 1),
-            }
-        )
-        print(f"{model}: {results[-1]}", flush=True)
-    base = next((r for r in results if r["model"] == "classic"), results[0])
-    print(
-        f"\n{'model':<8} {'test acc':>8} {'TTA':>15} {'no TTA':>7} {'wall min':>9} {'epochs':>7} "
-        f"{'epoch s (median/max)':>21} {'acc vs classic':>15}"
-    )
-    for r in results:
-        print(
-            f"{r['model']:<8} {r['test_accuracy']:>8.4f} {r['tta']:>15} {r['test_accuracy_no_tta']:>7.4f} "
-            f"{r['wall_s'] / 60:>9.1f} {r['epochs_run']:>3}/{r['epochs_planned']:<3} "
-            f"{r['epoch_s_median']:>13.1f}/{r['epoch_s_max']:<7.1f} "
-            f"{r['test_accuracy'] / base['test_accuracy']:>14.3f}x"
-        )
-    record = {
-        "budget_min": args.budget_min,
-        "machine": f"{platform.machine()} {os.cpu_count()} cores",
-        "results": results,
-    }
-    write_result("cifar10_time_to_accuracy", record, out)
-
-
-def _epoch_seconds(history: Path) -> np.ndarray:
-    """Wall seconds of each epoch, from the cumulative ``elapsed_s`` column of history.csv."""
-    with open(history) as f:
-        elapsed = [float(row["elapsed_s"]) for row in csv.DictReader(f)]
-    return np.diff([0.0, *elapsed])
+        record["imgcls_second_run"] = second
+        print("imgcls, second run:", second, flush=True)
+    record["load_after"] = os.getloadavg()
+    print(f"results: {write_result('cifar10_time_to_accuracy', record)}")
 
 
 if __name__ == "__main__":

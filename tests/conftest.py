@@ -113,17 +113,19 @@ SERVE_READY_S = 120  # the server imports TensorFlow and loads the model before 
 
 
 class Server:
-    """``imgcls serve RUN FLAGS`` on a free loopback port in a subprocess; ``url`` answers
-    ``/v2/health/ready`` once the constructor returns. ``$IMGCLS_TOKEN`` is not passed on."""
+    """``imgcls COMMAND RUN FLAGS`` (``serve`` by default) on a free loopback port in a
+    subprocess; ``url`` answers ``ready`` once the constructor returns. ``$IMGCLS_TOKEN`` is not
+    passed on."""
 
-    def __init__(self, run: Path, *flags: str, log: Path | None = None):
+    def __init__(self, run: Path, *flags: str, log: Path | None = None, command: str = "serve",
+                 ready: str = "/v2/health/ready"):  # fmt: skip
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log or Path(tempfile.mkstemp(prefix="imgcls-serve-", suffix=".log")[1])
         env = {k: v for k, v in os.environ.items() if k != "IMGCLS_TOKEN"}
-        cmd = [sys.executable, "-m", "imgcls", "serve", str(run), "--port", str(self.port), *flags]
+        cmd = [sys.executable, "-m", "imgcls", command, str(run), "--port", str(self.port), *flags]
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + SERVE_READY_S
@@ -131,7 +133,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise AssertionError(f"imgcls serve exited: {self.log.read_text()}")
             try:
-                with urllib.request.urlopen(f"{self.url}/v2/health/ready", timeout=2) as r:
+                with urllib.request.urlopen(f"{self.url}{ready}", timeout=2) as r:
                     if r.status == 200:
                         return
             except (urllib.error.URLError, OSError):

@@ -28,7 +28,7 @@ STAGES = [
     ["imgcls.engine"],
     ["imgcls.train"],
     ["imgcls.predict"],
-    ["imgcls.evaluate"],
+    ["imgcls.evaluate", "imgcls.suggest"],
     ["imgcls.export"],
     ["imgcls.batch"],
     ["imgcls.serve"],

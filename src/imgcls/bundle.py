@@ -35,6 +35,7 @@ META_FILE = "bundle.json"
 # Digests of the decoded train and validation images, so that evaluation can tell when its
 # "new" data holds images the model already saw (a copied folder, a re-exported manifest).
 SEEN_FILE = "seen_digests.npy"
+SEEN_DHASH_FILE = "seen_dhash.npy"
 CHECKPOINT_RE = re.compile(r"^ckpt-(\d{8})\.npz$")  # global step, zero-padded so names sort
 
 
@@ -358,12 +359,16 @@ def load_model(run_dir: str | Path):
 
 
 def write_seen(run_dir: str | Path, pixels: list[np.ndarray]) -> None:
-    """Store the digests of every image the run trains or validates on (``RUN/seen_digests.npy``)."""
-    from imgcls.data.hashing import pixel_digests
+    """Store the digests of every image the run trains or validates on (``RUN/seen_digests.npy``)
+    and their difference hashes (``RUN/seen_dhash.npy``, for near copies: ``imgcls suggest``)."""
+    from imgcls.data.hashing import dhash, pixel_digests
 
     digests = np.unique(np.concatenate([pixel_digests(p) for p in pixels]))
     with atomic_path(Path(run_dir) / SEEN_FILE) as tmp:
         np.save(tmp, digests)
+    hashes = np.unique(np.array([dhash(np.asarray(x)) for p in pixels for x in p], np.uint64))
+    with atomic_path(Path(run_dir) / SEEN_DHASH_FILE) as tmp:
+        np.save(tmp, hashes)
 
 
 def seen_in_training(run_dir: str | Path, pixels: np.ndarray) -> np.ndarray | None:

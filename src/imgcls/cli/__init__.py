@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"imgcls {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_prepare, _train, _evaluate, _explain, _calibrate, _predict, _export, _serve,
-                _tune, _models):  # fmt: skip
+                _tune, _suggest, _review, _models):  # fmt: skip
         add(sub)
     return parser
 
@@ -115,6 +115,31 @@ def _explain(sub) -> None:
     p.add_argument("--out", required=True, help="folder for the PNGs and explain.json")
     p.add_argument("--top-k", type=int, default=5, help="classes shown (default 5)")
     p.set_defaults(func=commands.cmd_explain)
+
+
+def _suggest(sub) -> None:
+    p = sub.add_parser(
+        "suggest", help="rank unlabeled images by how much labeling them should help a run"
+    )
+    p.add_argument("run", help="run folder written by `imgcls train`")
+    p.add_argument("pool", nargs="+", help="unlabeled images: files, folders, globs or a CSV")
+    p.add_argument("--n", type=int, required=True, help="how many images to suggest")
+    p.add_argument("--out", default="suggest.csv", help="the ranked list (default suggest.csv)")
+    p.set_defaults(func=commands.cmd_suggest)
+
+
+def _review(sub) -> None:
+    p = sub.add_parser(
+        "review", help="a local page to decide on what prepare (and a run) found in DATA"
+    )
+    p.add_argument("data", help="the folder per class to review (it is never changed)")
+    p.add_argument("--run", help="also show this run's suspected wrong labels")
+    p.add_argument("--corrections", help="decisions file (default DATA/.imgcls/corrections.csv)")
+    p.add_argument("--export", metavar="DIR", help="write a corrected copy of DATA (hard links)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    p.add_argument("--token", help="require `Authorization: Bearer TOKEN`")
+    p.set_defaults(func=commands.cmd_review)
 
 
 def _calibrate(sub) -> None:

@@ -78,6 +78,41 @@ def cmd_explain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     return 0
 
 
+def cmd_suggest(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from imgcls.suggest import suggest
+
+    rows = suggest(args.run, args.pool, args.n, out=args.out)
+    for row in rows[:10]:
+        print(f"{row['rank']:>4}  {row['guess']:<16} {row['margin']:.3f}  {row['path']}")
+    more = " (first 10 shown)" if len(rows) > 10 else ""
+    print(f"wrote {len(rows)} suggestions to {args.out}{more}")
+    return 0
+
+
+def cmd_review(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.export:
+        from imgcls.data.corrections import export_corrected
+        from imgcls.data.sources import load_source
+
+        n = export_corrected(load_source(args.data), args.export)
+        print(f"wrote {n} images (corrections applied) to {args.export}")
+        return 0
+    from imgcls.errors import require
+
+    require("fastapi", "uvicorn", why="`imgcls review`", extra="serve")
+    import uvicorn
+
+    from imgcls.serve.limits import ServeConfig
+    from imgcls.serve.review import create_review_app
+
+    config = ServeConfig(host=args.host, port=args.port, token=args.token).validate()
+    app = create_review_app(args.data, args.run, args.corrections, config)
+    where = f"http://{config.host}:{config.port}/"
+    print(f"reviewing {args.data} on {where}; Ctrl-C stops", file=sys.stderr)
+    uvicorn.run(app, host=config.host, port=config.port, log_level="warning", access_log=False)
+    return 0
+
+
 def cmd_calibrate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from imgcls.evaluate.calibrate import calibrate
 

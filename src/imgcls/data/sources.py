@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from imgcls.data import builtin
+from imgcls.data.corrections import FOLDER as CORRECTIONS_FOLDER
+from imgcls.data.corrections import apply_corrections, default_file
 from imgcls.data.decode import IMAGE_EXTENSIONS, is_image_file
 from imgcls.errors import check
 
@@ -61,6 +63,7 @@ class ImageSet:
     issues: list[dict] = field(default_factory=list)
     cache: str | None = None
     cache_rows: np.ndarray | None = None
+    corrections: dict | None = None  # what a corrections file changed (data/corrections.py)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -84,6 +87,7 @@ class ImageSet:
             issues=list(self.issues),
             cache=self.cache,
             cache_rows=None if self.cache_rows is None else self.cache_rows[index],
+            corrections=self.corrections,
         )
 
     def class_counts(self) -> dict[str, int]:
@@ -91,12 +95,15 @@ class ImageSet:
         return {name: int(c) for name, c in zip(self.class_names, counts, strict=True)}
 
 
-def load_source(data: str | os.PathLike, min_classes: int = 2) -> ImageSet:
+def load_source(
+    data: str | os.PathLike, min_classes: int = 2, corrections: bool = True
+) -> ImageSet:
     """Read DATA: a built-in name, a folder per class (optionally with train/val/test), or a CSV.
 
     Args:
         data: the DATA argument as the user typed it.
         min_classes: fewest classes accepted (2 for training, 1 for evaluation data).
+        corrections: apply a folder's ``.imgcls/corrections.csv`` (:mod:`.corrections`).
 
     Raises:
         ImgclsError: DATA does not exist, holds no images, or has too few classes.
@@ -125,6 +132,9 @@ def load_source(data: str | os.PathLike, min_classes: int = 2) -> ImageSet:
                 result.cache, result.cache_rows = str(caches[-1]), np.arange(len(result))
         else:
             result = _load_folder(path)
+            file = default_file(path)
+            if corrections and file.is_file():  # the person's decisions from `imgcls review`
+                result = apply_corrections(result, file)
     check(
         len(result) > 0,
         f"DATA {text}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)} files)",
@@ -184,6 +194,8 @@ def _walk_classes(folder: Path, root: Path, issues: list[dict]) -> list[tuple[st
     """(path, class) for each image under ``folder/<class>/``, recording what is passed over."""
     found = []
     for entry in sorted(folder.iterdir()):
+        if entry.name == CORRECTIONS_FOLDER and folder == root:
+            continue  # imgcls's own notes about the data (corrections.csv)
         if entry.is_file():
             _ignore(issues, entry, root, "file outside any class folder")
         elif entry.is_dir() and _hidden(entry.name):

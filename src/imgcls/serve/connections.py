@@ -5,8 +5,10 @@ that sends a byte a second keeps its connection (and a file descriptor, and a pl
 connection limit) for as long as it likes, and 200 such clients starve everyone else. The ASGI
 app cannot help, since it is called only once the headers are complete. So the guard sits in
 the HTTP protocol: a deadline armed when a connection opens or a request's first byte arrives,
-cleared when the whole request (headers and body) is in. Past it the client gets a JSON 408
-with ``Connection: close`` (unless its answer has begun) and the connection is closed.
+cleared when the whole request (headers and body) is in. A body that keeps arriving at
+:data:`MIN_BODY_BYTES_PER_S` or more moves the deadline on, so a large upload over a slow link is
+not cut off. Past the deadline the client gets a JSON 408 with ``Connection: close`` (unless its
+answer has begun) and the connection is closed.
 """
 
 from __future__ import annotations
@@ -17,12 +19,18 @@ import json
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+# Each 64 KB of body that arrives buys a second more: an upload at 0.5 Mbit/s or faster is
+# bounded by --timeout-s alone, a client sending a byte a second is dropped after the timeout.
+MIN_BODY_BYTES_PER_S = 65_536
+
 
 class ReadTimeoutProtocol(H11Protocol):
     """uvicorn's h11 protocol with a deadline for reading each request; see the module."""
 
     read_timeout_s = 10.0  # set per server by :func:`protocol_with_read_timeout`
     _read_deadline: asyncio.TimerHandle | None = None
+    _armed_at = 0.0  # loop time the current request's deadline counts from
+    _received = 0  # bytes of it received since
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -32,16 +40,26 @@ class ReadTimeoutProtocol(H11Protocol):
         if self._read_deadline is None and self.conn.their_state is h11.IDLE:
             self._arm()  # the first bytes of the connection's next request
         super().data_received(data)
-        if self.conn.their_state is not h11.IDLE and self.conn.their_state is not h11.SEND_BODY:
+        state = self.conn.their_state
+        if state is not h11.IDLE and state is not h11.SEND_BODY:
             self._disarm()  # the request is in (DONE), or the connection is ending
+        elif self._read_deadline is not None:
+            self._received += len(data)
+            self._arm(self._armed_at)  # a body arriving steadily moves the deadline on
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
 
-    def _arm(self) -> None:
+    def _arm(self, since: float | None = None) -> None:
+        """Deadline: ``read_timeout_s`` after ``since`` (now: a new request, nothing received
+        yet), plus a second per :data:`MIN_BODY_BYTES_PER_S` bytes received since then."""
         self._disarm()
-        self._read_deadline = self.loop.call_later(self.read_timeout_s, self._too_slow)
+        if since is None:
+            since, self._received = self.loop.time(), 0
+        self._armed_at = since
+        when = since + self.read_timeout_s + self._received / MIN_BODY_BYTES_PER_S
+        self._read_deadline = self.loop.call_at(when, self._too_slow)
 
     def _disarm(self) -> None:
         if self._read_deadline is not None:

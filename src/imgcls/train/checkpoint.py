@@ -147,6 +147,7 @@ class RunLock:
     def __enter__(self) -> RunLock:
         import fcntl
 
+        self._created = not self.path.parent.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -163,7 +164,12 @@ class RunLock:
         self._fd = fd
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing releases the flock
-            self._fd = None
+    def __exit__(self, exc_type, *exc: object) -> None:
+        if self._fd is None:
+            return
+        folder = self.path.parent
+        if exc_type is not None and self._created and os.listdir(folder) == [self.path.name]:
+            self.path.unlink()  # a run that failed before writing anything leaves no folder
+            folder.rmdir()
+        os.close(self._fd)  # closing releases the flock
+        self._fd = None

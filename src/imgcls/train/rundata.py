@@ -84,6 +84,7 @@ class RunData:
             "n_images": len(self.images),
             "left_out": self.left_out,
             "split_counts": self.counts(),
+            **({"corrections": self.images.corrections} if self.images.corrections else {}),
         }
 
 

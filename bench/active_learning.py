@@ -1,0 +1,105 @@
+"""Growing the data: do 1,000 labels chosen by `imgcls suggest` beat 1,000 chosen at random?
+
+    python bench/active_learning.py [--start 1000] [--pool 9000] [--add 1000] [--seeds 0 1 2]
+
+Per seed: ``start`` labeled CIFAR-10 JPEGs (balanced), a pool of ``pool`` unlabeled ones and
+5,000 test images, disjoint. ``fast`` (default recipe, ``--test-split 0``) trains on the start
+set; ``imgcls suggest`` picks ``add`` images from the pool; the same number is drawn at random.
+Each pick gets its true label (as a person labeling would) and ``fast`` retrains on start +
+pick; both are scored on the test images with ``imgcls evaluate``. Folders are symbolic links.
+Writes bench/results/active_learning.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+from _common import CIFAR, IMGCLS, RESULTS, timed, write_result
+
+
+def split(start: int, pool: int, n_test: int, seed: int):
+    rng = np.random.default_rng(seed)
+    classes = sorted(p.name for p in CIFAR.iterdir() if p.is_dir())
+    everything = [(f, c) for c in classes for f in sorted((CIFAR / c).glob("*.jpg"))]
+    order = rng.permutation(len(everything))
+    labeled = []
+    for c in classes:  # balanced start
+        labeled += [i for i in order if everything[i][1] == c][: start // len(classes)]
+    taken = set(labeled)
+    rest = [i for i in order if i not in taken]
+    pool_ids, test_ids = rest[:pool], rest[pool : pool + n_test]
+    return everything, labeled, pool_ids, test_ids
+
+
+def link_folder(root: Path, everything: list, ids: list[int], labeled: bool = True) -> None:
+    shutil.rmtree(root, ignore_errors=True)
+    for i in ids:
+        path, c = everything[i]
+        folder = root / c if labeled else root
+        folder.mkdir(parents=True, exist_ok=True)
+        os.symlink(path, folder / f"{i:05d}.jpg")
+
+
+def train_and_score(data: Path, test_csv: Path, out: Path, seed: int) -> float:
+    shutil.rmtree(out, ignore_errors=True)
+    timed([*IMGCLS, "train", str(data), "--out", str(out), "--model", "fast",
+           "--test-split", "0", "--seed", str(seed), "--quiet"])  # fmt: skip
+    timed([*IMGCLS, "evaluate", str(out), str(test_csv), "--split", "all", "--out",
+           str(out / "eval")])  # fmt: skip
+    return json.loads((out / "eval" / "metrics.json").read_text())["accuracy"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--start", type=int, default=1000)
+    p.add_argument("--pool", type=int, default=9000)
+    p.add_argument("--add", type=int, default=1000)
+    p.add_argument("--n-test", type=int, default=5000)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    a = p.parse_args()
+    if not CIFAR.is_dir():
+        sys.exit(f"skipped: {CIFAR} not found")
+    work = RESULTS / "active-learning"
+    rows = []
+    for seed in a.seeds:
+        everything, labeled, pool, test = split(a.start, a.pool, a.n_test, seed)
+        test_csv = work / f"test-{seed}.csv"
+        test_csv.parent.mkdir(parents=True, exist_ok=True)
+        test_csv.write_text("path,label\n" + "".join(f"{everything[i][0]},{everything[i][1]}\n"
+                                                     for i in test))  # fmt: skip
+        link_folder(work / "start", everything, labeled)
+        row = {"seed": seed}
+        row["start"] = train_and_score(work / "start", test_csv, work / "run-start", seed)
+        link_folder(work / "pool", everything, pool, labeled=False)
+        out = work / "suggest.csv"
+        timed([*IMGCLS, "suggest", str(work / "run-start"), str(work / "pool"), "--n",
+               str(a.add), "--out", str(out)])  # fmt: skip
+        with open(out, newline="") as f:
+            suggested = [int(Path(r["path"]).stem) for r in csv.DictReader(f)]
+        rng = np.random.default_rng(2000 + seed)
+        picks = {"suggest": suggested, "random": rng.choice(pool, a.add, replace=False).tolist()}
+        for arm, chosen in picks.items():
+            link_folder(work / arm, everything, labeled + chosen)
+            row[arm] = train_and_score(work / arm, test_csv, work / f"run-{arm}", seed)
+        row["suggested_classes"] = np.bincount(
+            [sorted({c for _, c in everything}).index(everything[i][1]) for i in suggested],
+            minlength=10).tolist()  # fmt: skip
+        rows.append(row)
+        print(row, flush=True)
+    mean = {k: float(np.mean([r[k] for r in rows])) for k in ("start", "suggest", "random")}
+    print("mean:", mean, "suggest - random:", round(mean["suggest"] - mean["random"], 4))
+    record = {"machine": f"{platform.machine()} {os.cpu_count()} cores", "args": vars(a),
+              "rows": rows, "mean": mean}  # fmt: skip
+    print(f"results: {write_result('active_learning', record)}")
+
+
+if __name__ == "__main__":
+    main()
