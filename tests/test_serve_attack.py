@@ -122,7 +122,8 @@ def test_a_burst_within_the_budget_takes_turns_with_a_small_request(hardened, ne
 
 @pytest.mark.slow
 def test_64_near_cap_images_beside_a_one_image_request(trained_run, near_cap_png):
-    s = Server(trained_run[0], "--max-request-pixels", str(64 * NEAR_CAP[0] * NEAR_CAP[1]))
+    s = Server(trained_run[0], "--max-request-pixels", str(64 * NEAR_CAP[0] * NEAR_CAP[1]),
+               "--timeout-s", "120")  # fmt: skip
     try:
         burst(s, near_cap_png, 64)
     finally:
