@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import platform
 import shutil
@@ -22,7 +21,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from _common import CIFAR, IMGCLS, RESULTS, timed, write_result
+from _common import CIFAR, IMGCLS, RESULTS, timed, train_and_score, write_result
 
 
 def split(start: int, pool: int, n_test: int, seed: int):
@@ -46,15 +45,6 @@ def link_folder(root: Path, everything: list, ids: list[int], labeled: bool = Tr
         folder = root / c if labeled else root
         folder.mkdir(parents=True, exist_ok=True)
         os.symlink(path, folder / f"{i:05d}.jpg")
-
-
-def train_and_score(data: Path, test_csv: Path, out: Path, seed: int) -> float:
-    shutil.rmtree(out, ignore_errors=True)
-    timed([*IMGCLS, "train", str(data), "--out", str(out), "--model", "fast",
-           "--test-split", "0", "--seed", str(seed), "--quiet"])  # fmt: skip
-    timed([*IMGCLS, "evaluate", str(out), str(test_csv), "--split", "all", "--out",
-           str(out / "eval")])  # fmt: skip
-    return json.loads((out / "eval" / "metrics.json").read_text())["accuracy"]
 
 
 def main() -> None:

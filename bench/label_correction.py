@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from _common import CIFAR, IMGCLS, RESULTS, ROOT, timed, write_result
+from _common import CIFAR, IMGCLS, RESULTS, ROOT, timed, train_and_score, write_result
 
 sys.path.insert(0, str(ROOT / "src"))
 
@@ -49,15 +49,6 @@ def write_folder(root: Path, pairs: list, labels: list[str]) -> None:
     for i, ((path, _), label) in enumerate(zip(pairs, labels, strict=True)):
         (root / label).mkdir(parents=True, exist_ok=True)
         os.symlink(path, root / label / f"{i:05d}.jpg")
-
-
-def train_and_score(data: Path, test_csv: Path, out: Path, seed: int) -> float:
-    shutil.rmtree(out, ignore_errors=True)
-    timed([*IMGCLS, "train", str(data), "--out", str(out), "--model", "fast",
-           "--test-split", "0", "--seed", str(seed), "--quiet"])  # fmt: skip
-    timed([*IMGCLS, "evaluate", str(out), str(test_csv), "--split", "all", "--out",
-           str(out / "eval")])  # fmt: skip
-    return json.loads((out / "eval" / "metrics.json").read_text())["accuracy"]
 
 
 def accept_suggestions(data: Path, work: Path, truth: dict[str, str]) -> dict:
