@@ -65,10 +65,11 @@ def rank_suggestions(
 
 
 def near_training(run_dir: Path, pixels: np.ndarray) -> np.ndarray:
-    """Boolean per image: identical or nearly identical to one RUN trained or validated on."""
+    """Boolean per image: identical or nearly identical to one RUN trained or validated on
+    (pixel digests; dHash pairs found by the banded search ``prepare`` uses)."""
     from imgcls.bundle import SEEN_DHASH_FILE, seen_in_training
     from imgcls.data.duplicates import NEAR_BITS
-    from imgcls.data.hashing import dhash, popcount64
+    from imgcls.data.hashing import dhash, near_pairs
 
     near = np.zeros(len(pixels), dtype=bool)
     identical = seen_in_training(run_dir, pixels)
@@ -77,9 +78,10 @@ def near_training(run_dir: Path, pixels: np.ndarray) -> np.ndarray:
     path = run_dir / SEEN_DHASH_FILE
     if path.is_file():
         seen = np.load(path, allow_pickle=False).astype(np.uint64)
-        for i, image in enumerate(pixels):
-            h = np.uint64(dhash(image))
-            near[i] |= bool(len(seen)) and int(popcount64(seen ^ h).min()) <= NEAR_BITS
+        pool = np.array([dhash(np.asarray(image)) for image in pixels], dtype=np.uint64)
+        pairs = near_pairs(np.concatenate([seen, pool]), NEAR_BITS)
+        across = (pairs[:, 0] < len(seen)) & (pairs[:, 1] >= len(seen))  # seen first: i < j
+        near[pairs[across, 1] - len(seen)] = True
     return near
 
 
@@ -105,7 +107,7 @@ def suggest(run: str | Path, pool: list[str], n: int, out: str | Path | None = N
     Raises:
         ImgclsError: ``n`` is not positive, POOL names no image, or none of them decodes.
     """
-    from imgcls.data.decode import DecodeError, load_image
+    from imgcls.data.cache import cached_pixels
     from imgcls.data.sources import list_image_files
     from imgcls.io import atomic_path
     from imgcls.predict import Predictor
@@ -115,15 +117,12 @@ def suggest(run: str | Path, pool: list[str], n: int, out: str | Path | None = N
     predictor = Predictor(run_dir)
     paths = list_image_files([str(p) for p in pool])
     check(bool(paths), f"POOL {' '.join(map(str, pool))}: no image files found")
-    decoded, kept = [], []
-    for path in paths:
-        try:
-            decoded.append(load_image(path, predictor.image_size))
-            kept.append(path)
-        except DecodeError as e:
-            print(f"imgcls: left out {path}: {e.kind}: {e.detail}", file=sys.stderr)
+    pixels, ok, issues = cached_pixels(paths, predictor.image_size)  # every core, once
+    for issue in issues:
+        print(f"imgcls: left out {issue['path']}: {issue['kind']}: {issue['detail']}",
+              file=sys.stderr)  # fmt: skip
+    kept = [p for p, good in zip(paths, ok, strict=True) if good]
     check(bool(kept), f"POOL: none of the {len(paths)} image files could be decoded")
-    pixels = np.stack(decoded)
     probs = predictor.predict_pixels(pixels)
     order = rank_suggestions(
         probs, features_of(predictor, pixels), n, near_training(run_dir, pixels)

@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="imgcls",
         description=(
             "Image classification with Keras: prepare data, train, tune, evaluate, predict, "
-            "export and serve."
+            "export, serve; review and grow the data."
         ),
     )
     parser.add_argument("--version", action="version", version=f"imgcls {__version__}")

@@ -100,8 +100,7 @@ def cmd_review(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     from imgcls.errors import require
 
     require("fastapi", "uvicorn", why="`imgcls review`", extra="serve")
-    import uvicorn
-
+    from imgcls.serve import run_app
     from imgcls.serve.limits import ServeConfig
     from imgcls.serve.review import create_review_app
 
@@ -109,7 +108,7 @@ def cmd_review(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     app = create_review_app(args.data, args.run, args.corrections, config)
     where = f"http://{config.host}:{config.port}/"
     print(f"reviewing {args.data} on {where}; Ctrl-C stops", file=sys.stderr)
-    uvicorn.run(app, host=config.host, port=config.port, log_level="warning", access_log=False)
+    run_app(app, config)  # serve's limits: read timeout, connection cap
     return 0
 
 

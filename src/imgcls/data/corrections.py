@@ -23,6 +23,7 @@ says which version of the labels it learned. Nothing in DATA is moved, renamed o
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import sys
 from dataclasses import dataclass
@@ -147,9 +148,7 @@ def apply_corrections(images, file: str | Path):
         else:
             keep[i] = False
         applied.append(f"{c.path}\t{c.digest}\t{c.action}\t{c.label}")
-    corrected = images.subset(np.arange(len(images)))
-    corrected.labels = labels
-    corrected = corrected.subset(keep)
+    corrected = dataclasses.replace(images, labels=labels).subset(keep)
     corrected.corrections = {
         "file": str(file.resolve()),
         "applied": len(applied),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from imgcls.serve.limits import ServeConfig
 
-__all__ = ["ServeConfig", "create_app", "serve"]
+__all__ = ["ServeConfig", "create_app", "run_app", "serve"]
 
 
 def create_app(run: str | Path, config: ServeConfig | None = None):
@@ -26,12 +26,18 @@ def serve(run: str | Path, config: ServeConfig | None = None) -> None:
     from imgcls.errors import require
 
     require("fastapi", "uvicorn", "multipart", why="`imgcls serve`", extra="serve")
-    import uvicorn
-
     config = (config or ServeConfig()).validate()
     app = create_app(run, config)
     where = f"http://{config.host}:{config.port}/"
     print(f"serving {run} on {where} (engine {config.engine}); Ctrl-C stops", file=sys.stderr)
+    run_app(app, config)
+
+
+def run_app(app, config: ServeConfig) -> None:
+    """Run the ASGI ``app`` with uvicorn under ``config``'s connection limits (the read timeout
+    of :mod:`.connections`, ``max_connections``) until interrupted."""
+    import uvicorn
+
     from imgcls.serve.connections import protocol_with_read_timeout
 
     uvicorn.run(

@@ -54,7 +54,7 @@ def create_app(run: str | Path, config: ServeConfig | None = None):
         await service.batcher.start()
         # The millions of objects of TensorFlow, Keras and the model live as long as the server:
         # out of the collector's sight, a full collection no longer stalls every request
-        # in flight (p99 at 8 clients 181 -> ms, bench/serve_load.py).
+        # in flight (p99 at 8 clients 181 -> 35 ms, bench/serve_load.py).
         gc.collect()
         gc.freeze()
         yield
