@@ -117,7 +117,7 @@ def feature_pass(data: Path, n: int, views: int = 4) -> list[dict]:
 
     images = load_source(str(data))
     pick = np.random.default_rng(0).choice(len(images), min(n, len(images)), replace=False)
-    x, _, _ = decode_images(images.subset(np.sort(pick)), (224, 224))
+    x = decode_images(images.subset(np.sort(pick)), (224, 224)).pixels
     x = np.asarray(x)
     model = create_model("efficientnet_lite0", (224, 224, 3), 5, weights="imagenet")
     whole = model.get_layer("backbone")

@@ -191,13 +191,14 @@ def test_decoded_pixels_are_cached_reused_and_rebuilt_when_a_file_changes(tmp_pa
     """A second decode of the same files reads the disk cache (no file is opened); a changed
     file gets a new cache; large sets come back as rows read from disk, equal to the arrays."""
     from imgcls.data import cache, scan
+    from imgcls.data.hashing import dhash
     from imgcls.data.pipeline import decode_images
 
     monkeypatch.setenv("IMGCLS_CACHE", str(tmp_path / "cache"))
     data = write_folder(tmp_path / "data", per_class=5)
     (data / "cats" / "bad.png").write_bytes(b"not an image")
     images = load_source(data)
-    first, ok, issues = decode_images(images, (12, 12))
+    first, ok, issues, _ = decode_images(images, (12, 12))
     assert isinstance(first, np.ndarray) and first.shape == (15, 12, 12, 3) and ok.sum() == 15
     assert [i["kind"] for i in issues] == ["not_an_image"] and "bad.png" in issues[0]["path"]
     assert len(list((tmp_path / "cache" / "pixels").glob("*.u8"))) == 1
@@ -206,11 +207,12 @@ def test_decoded_pixels_are_cached_reused_and_rebuilt_when_a_file_changes(tmp_pa
         raise AssertionError("decoded again")
 
     monkeypatch.setattr(scan, "scan_files", refuse)
-    again, ok2, issues2 = decode_images(images, (12, 12))
+    again, ok2, issues2, hashes = decode_images(images, (12, 12))
     np.testing.assert_array_equal(again, first)
     assert (ok2 == ok).all() and issues2 == issues
+    assert hashes.tolist() == [dhash(x) for x in first]  # kept beside the pixels, not redone
     monkeypatch.setattr(cache, "IN_MEMORY_MAX_BYTES", 100)  # as if the set were too large
-    rows, _, _ = decode_images(images, (12, 12))
+    rows = decode_images(images, (12, 12)).pixels
     assert isinstance(rows, cache.DiskRows) and rows.shape == first.shape
     np.testing.assert_array_equal(rows[[7, 2, 3]], first[[7, 2, 3]])
     np.testing.assert_array_equal(rows[4:9], first[4:9])

@@ -154,13 +154,13 @@ def test_manifest_cache_and_html(prepared):
     from imgcls.data.sizes import typical_size
 
     assert typical_size(images) == (24, 24)  # mixed-size files, but training uses the cache's size
-    pixels, ok, left_out = decode_images(images, (24, 24))
+    pixels, ok, left_out, _ = decode_images(images, (24, 24))
     assert ok.all() and not left_out and np.array_equal(pixels, cache)
     row = next(i for i, r in enumerate(rows) if r["path"].endswith("cats/005.png"))
     assert np.array_equal(
         pixels[row], np.asarray(Image.open(data / "cats" / "005.png").convert("RGB"))
     )
-    other_size, _, _ = decode_images(images, (16, 16))  # another size decodes the files as before
+    other_size = decode_images(images, (16, 16)).pixels  # another size decodes the files as before
     assert other_size.shape == (usable, 16, 16, 3)
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and "http://" not in html and "https://" not in html

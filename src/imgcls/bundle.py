@@ -358,15 +358,20 @@ def load_model(run_dir: str | Path):
         ) from None
 
 
-def write_seen(run_dir: str | Path, pixels: list[np.ndarray]) -> None:
+def write_seen(
+    run_dir: str | Path, pixels: list[np.ndarray], hashes: np.ndarray | None = None
+) -> None:
     """Store the digests of every image the run trains or validates on (``RUN/seen_digests.npy``)
-    and their difference hashes (``RUN/seen_dhash.npy``, for near copies: ``imgcls suggest``)."""
+    and their difference hashes (``RUN/seen_dhash.npy``, for near copies: ``imgcls suggest``);
+    ``hashes``: those hashes when already known (the pixel cache keeps them), else computed."""
     from imgcls.data.hashing import dhash, pixel_digests
 
     digests = np.unique(np.concatenate([pixel_digests(p) for p in pixels]))
     with atomic_path(Path(run_dir) / SEEN_FILE) as tmp:
         np.save(tmp, digests)
-    hashes = np.unique(np.array([dhash(np.asarray(x)) for p in pixels for x in p], np.uint64))
+    if hashes is None:
+        hashes = np.array([dhash(np.asarray(x)) for p in pixels for x in p], np.uint64)
+    hashes = np.unique(np.asarray(hashes, np.uint64))
     with atomic_path(Path(run_dir) / SEEN_DHASH_FILE) as tmp:
         np.save(tmp, hashes)
 

@@ -188,6 +188,6 @@ def calibration_images(run, meta, data: str | None = None) -> np.ndarray:
     check(len(images) > 0, f"--calibration {source}: no images to calibrate on")
     rng = np.random.default_rng(0)
     pick = np.sort(rng.choice(len(images), min(CALIBRATION_IMAGES, len(images)), replace=False))
-    pixels, _, _ = decode_images(images.subset(pick), tuple(meta.image_size))
+    pixels = decode_images(images.subset(pick), tuple(meta.image_size)).pixels
     check(len(pixels) > 0, f"--calibration {source}: none of its images decoded")
     return pixels

@@ -64,9 +64,10 @@ def rank_suggestions(
     return candidates[picked]
 
 
-def near_training(run_dir: Path, pixels: np.ndarray) -> np.ndarray:
+def near_training(run_dir: Path, pixels: np.ndarray, hashes: np.ndarray | None = None) -> np.ndarray:
     """Boolean per image: identical or nearly identical to one RUN trained or validated on
-    (pixel digests; dHash pairs found by the banded search ``prepare`` uses)."""
+    (pixel digests; dHash pairs found by the banded search ``prepare`` uses). ``hashes``: the
+    dHash of each image when known (the pixel cache keeps them), else computed here."""
     from imgcls.bundle import SEEN_DHASH_FILE, seen_in_training
     from imgcls.data.duplicates import NEAR_BITS
     from imgcls.data.hashing import dhash, near_pairs
@@ -78,7 +79,9 @@ def near_training(run_dir: Path, pixels: np.ndarray) -> np.ndarray:
     path = run_dir / SEEN_DHASH_FILE
     if path.is_file():
         seen = np.load(path, allow_pickle=False).astype(np.uint64)
-        pool = np.array([dhash(np.asarray(image)) for image in pixels], dtype=np.uint64)
+        if hashes is None:
+            hashes = np.array([dhash(np.asarray(image)) for image in pixels], dtype=np.uint64)
+        pool = np.asarray(hashes, np.uint64)
         pairs = near_pairs(np.concatenate([seen, pool]), NEAR_BITS)
         across = (pairs[:, 0] < len(seen)) & (pairs[:, 1] >= len(seen))  # seen first: i < j
         near[pairs[across, 1] - len(seen)] = True
@@ -117,7 +120,7 @@ def suggest(run: str | Path, pool: list[str], n: int, out: str | Path | None = N
     predictor = Predictor(run_dir)
     paths = list_image_files([str(p) for p in pool])
     check(bool(paths), f"POOL {' '.join(map(str, pool))}: no image files found")
-    pixels, ok, issues = cached_pixels(paths, predictor.image_size)  # every core, once
+    pixels, ok, issues, hashes = cached_pixels(paths, predictor.image_size)  # every core, once
     for issue in issues:
         print(f"imgcls: left out {issue['path']}: {issue['kind']}: {issue['detail']}",
               file=sys.stderr)  # fmt: skip
@@ -125,7 +128,7 @@ def suggest(run: str | Path, pool: list[str], n: int, out: str | Path | None = N
     check(bool(kept), f"POOL: none of the {len(paths)} image files could be decoded")
     probs = predictor.predict_pixels(pixels)
     order = rank_suggestions(
-        probs, features_of(predictor, pixels), n, near_training(run_dir, pixels)
+        probs, features_of(predictor, pixels), n, near_training(run_dir, pixels, hashes)
     )
     m = margins(probs)
     rows = [{"rank": r + 1, "path": kept[i], "guess": predictor.classes_[int(probs[i].argmax())],

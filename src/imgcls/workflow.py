@@ -97,7 +97,7 @@ def score_test(run: TrainedRun) -> dict[str, Any]:
     if trained is not None and tuple(trained.shape[1:3]) == tuple(run.meta.image_size):
         pixels, ok = trained, np.ones(len(run.test_images), dtype=bool)
     else:
-        pixels, ok, _ = decode_images(run.test_images, tuple(run.meta.image_size))
+        pixels, ok, _, _ = decode_images(run.test_images, tuple(run.meta.image_size))
     probs = Predictor(run.run_dir, meta=run.meta).predict_pixels(pixels)
     metrics = compute_metrics(run.test_images.labels[ok], probs, run.class_names)
     run.meta.metrics["test_accuracy"] = metrics["accuracy"]

@@ -18,6 +18,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -99,6 +100,26 @@ class DiskRows:
         return out
 
 
+class Decoded(NamedTuple):
+    """A decoded set: what :func:`cached_pixels` and
+    :func:`~imgcls.data.pipeline.decode_images` return.
+
+    Attributes:
+        pixels: uint8 ``(n_ok, H, W, 3)``, an array or (above :data:`IN_MEMORY_MAX_BYTES`)
+            :class:`DiskRows`.
+        ok: a boolean mask over the input of the images that decoded.
+        issues: one ``{"path", "kind", "detail"}`` per file left out.
+        dhash: the difference hash (:func:`~imgcls.data.hashing.dhash`) of each row of
+            ``pixels``, computed while decoding and kept beside the pixels, so a later run
+            does not hash 50,000 images again (1 s); ``None`` where the source had none.
+    """
+
+    pixels: np.ndarray | DiskRows
+    ok: np.ndarray
+    issues: list[dict]
+    dhash: np.ndarray | None = None
+
+
 def take_rows(pixels, index: np.ndarray):
     """Rows ``index`` of ``pixels``: a copy of an array, a view of :class:`DiskRows`."""
     return pixels.take(index) if isinstance(pixels, DiskRows) else pixels[index]
@@ -127,14 +148,9 @@ def cached_pixels(
     size: tuple[int, int],
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
-) -> tuple[np.ndarray | DiskRows, np.ndarray, list[dict]]:
-    """The decoded pixels of ``paths`` at ``size``, from the disk cache or decoded into it.
-
-    Returns:
-        ``(pixels, ok, issues)``: uint8 ``(n_ok, H, W, 3)`` (an array, or :class:`DiskRows`
-        above :data:`IN_MEMORY_MAX_BYTES`), a boolean mask over ``paths`` of the files that
-        decoded, and one ``{"path", "kind", "detail"}`` per file left out.
-    """
+) -> Decoded:
+    """The decoded pixels of ``paths`` at ``size``, from the disk cache or decoded into it
+    (with their difference hashes)."""
     folder = cache_folder()
     key = cache_key(paths, size)
     raw, meta = folder / f"{key}.u8", folder / f"{key}.json"
@@ -147,9 +163,19 @@ def cached_pixels(
     ok = np.zeros(len(paths), bool)
     ok[record["ok"]] = True
     rows = DiskRows(raw, (size[0], size[1], 3)).take(record["ok"])
+    try:
+        dhash = np.load(_dhash_file(raw), allow_pickle=False)
+    except (OSError, ValueError):  # a cache written before the hashes were kept
+        dhash = None
+    if dhash is not None and len(dhash) != len(rows):
+        dhash = None
     if len(rows) * rows.row_bytes <= IN_MEMORY_MAX_BYTES:
-        return np.asarray(rows), ok, record["issues"]
-    return rows, ok, record["issues"]
+        rows = np.asarray(rows)
+    return Decoded(rows, ok, record["issues"], dhash)
+
+
+def _dhash_file(raw: Path) -> Path:
+    return raw.with_suffix(".dhash.npy")
 
 
 def _read_record(meta: Path, raw: Path, n: int, size: tuple[int, int]) -> dict | None:
@@ -168,6 +194,8 @@ def _decode(paths, size, raw: Path, workers, progress) -> dict:
     raw.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(raw) as tmp:
         scan = scan_files(paths, size, str(tmp), workers, progress)
+    with atomic_path(_dhash_file(raw)) as tmp, open(tmp, "wb") as f:
+        np.save(f, scan.dhash[scan.usable].astype(np.uint64))
     issues = [
         {k: i[k] for k in ("path", "kind", "detail")}
         for i in scan.issues
@@ -190,6 +218,7 @@ def _evict(folder: Path, keep: Path) -> None:
             break
         meta.unlink(missing_ok=True)
         raw.unlink(missing_ok=True)
+        _dhash_file(raw).unlink(missing_ok=True)
         total -= size
     for stale in folder.glob(f"{TMP_PREFIX}*"):  # a decode that was killed
         if time.time() - stale.stat().st_mtime > 3600:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from imgcls.data.augment import apply_params, draw_params
-from imgcls.data.cache import cached_pixels
+from imgcls.data.cache import Decoded, cached_pixels
 from imgcls.data.decode import resize_array
 from imgcls.data.sources import ImageSet
 
@@ -29,7 +29,7 @@ PARALLEL_BATCHES = 2
 
 def decode_images(
     images: ImageSet, size: tuple[int, int], workers: int | None = None
-) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+) -> Decoded:
     """Decode and resize every image with the shared decoder, once per folder and size.
 
     Images from a folder written by ``imgcls prepare`` whose pixel cache holds ``size`` are
@@ -43,18 +43,17 @@ def decode_images(
         workers: decoding processes; default: every core.
 
     Returns:
-        ``(pixels, ok, issues)``: uint8 ``(n_ok, H, W, 3)`` (an array, or for sets too large
-        for memory :class:`~imgcls.data.cache.DiskRows`), a boolean mask over ``images`` of
-        those that decoded, and one ``{"path", "kind", "detail"}`` per file left out.
+        A :class:`~imgcls.data.cache.Decoded`: ``(pixels, ok, issues, dhash)``, ``dhash``
+        ``None`` unless the files were decoded through the disk cache.
     """
     cached = _from_cache(images, size)
     if cached is not None:
-        return cached, np.ones(len(images), dtype=bool), []
+        return Decoded(cached, np.ones(len(images), dtype=bool), [])
     if images.images is not None:
         pixels = images.images
         if pixels.shape[1:3] != tuple(size) or pixels.shape[-1] != 3:
             pixels = resize_array(pixels, size)
-        return pixels, np.ones(len(images), dtype=bool), []
+        return Decoded(pixels, np.ones(len(images), dtype=bool), [])
     return cached_pixels(images.paths, tuple(size), workers)
 
 

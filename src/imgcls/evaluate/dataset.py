@@ -96,7 +96,7 @@ def load_eval_set(
             f"--split {split} applies only to the data the run was trained on "
             f"({meta.data.get('argument')}); {data} is evaluated whole"
         )
-    pixels, ok, issues = decode_images(images, tuple(meta.image_size))
+    pixels, ok, issues, _ = decode_images(images, tuple(meta.image_size))
     check(
         len(pixels) > 0, f"DATA {data}: no image could be decoded ({len(issues)} file(s) left out)"
     )

@@ -47,6 +47,8 @@ class RunData:
             rows read from disk) and int32 labels.
         decoded: which of ``images`` decoded.
         left_out: one ``{"path", "kind", "detail"}`` per file that did not decode.
+        dhash: the difference hash of each decoded image (in ``images`` order) when the
+            decoder kept them (:class:`~imgcls.data.cache.Decoded`), else ``None``.
     """
 
     argument: str
@@ -55,6 +57,7 @@ class RunData:
     arrays: dict[str, tuple[Any, np.ndarray]]
     decoded: np.ndarray
     left_out: list[dict] = field(default_factory=list)
+    dhash: np.ndarray | None = None
 
     def split_images(self, name: str) -> ImageSet:
         """The images of split ``name`` that decoded, in the order of ``arrays[name]``."""
@@ -127,13 +130,13 @@ def load_run_data(
     for note in resolved.notes:
         log(note)
     config = resolved.config
-    pixels, ok, left_out = decode_images(images, config.image_size)
+    pixels, ok, left_out, dhash = decode_images(images, config.image_size)
     labels, kept = images.labels[ok], splits[ok]
     arrays = {
         s: (take_rows(pixels, np.flatnonzero(kept == s)), labels[kept == s].astype(np.int32))
         for s in SPLITS
     }
-    data = RunData(argument, images, splits, arrays, ok, left_out)
+    data = RunData(argument, images, splits, arrays, ok, left_out, dhash)
     for issue in left_out:
         log(f"imgcls: left out {issue['path']}: {issue['kind']}: {issue['detail']}")
     counts = data.counts()
@@ -162,6 +165,9 @@ def write_run_files(
         return record
     folder.path.mkdir(parents=True, exist_ok=True)
     write_split_csv(folder.split, data.images, data.splits)
-    write_seen(folder.path, [data.arrays["train"][0], data.arrays["val"][0]])
+    seen = [data.arrays["train"][0], data.arrays["val"][0]]
+    kept = data.splits[data.decoded]
+    hashes = None if data.dhash is None else data.dhash[np.isin(kept, ("train", "val"))]
+    write_seen(folder.path, seen, hashes)
     write_json(folder.run, record)
     return record
