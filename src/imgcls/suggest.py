@@ -64,7 +64,9 @@ def rank_suggestions(
     return candidates[picked]
 
 
-def near_training(run_dir: Path, pixels: np.ndarray, hashes: np.ndarray | None = None) -> np.ndarray:
+def near_training(
+    run_dir: Path, pixels: np.ndarray, hashes: np.ndarray | None = None
+) -> np.ndarray:
     """Boolean per image: identical or nearly identical to one RUN trained or validated on
     (pixel digests; dHash pairs found by the banded search ``prepare`` uses). ``hashes``: the
     dHash of each image when known (the pixel cache keeps them), else computed here."""

@@ -27,9 +27,7 @@ from imgcls.data.sources import ImageSet
 PARALLEL_BATCHES = 2
 
 
-def decode_images(
-    images: ImageSet, size: tuple[int, int], workers: int | None = None
-) -> Decoded:
+def decode_images(images: ImageSet, size: tuple[int, int], workers: int | None = None) -> Decoded:
     """Decode and resize every image with the shared decoder, once per folder and size.
 
     Images from a folder written by ``imgcls prepare`` whose pixel cache holds ``size`` are
