@@ -234,9 +234,7 @@ def _load_csv(csv_path: Path) -> ImageSet:
         rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
     check(rows, f"CSV {csv_path} has a header but no rows")
     paths = [os.path.abspath(os.path.join(base, r["path"])) for r in rows]  # as folders do
-    missing = [
-        (i + 2, r["path"]) for i, (r, p) in enumerate(zip(rows, paths)) if not os.path.isfile(p)
-    ]
+    missing = [(i + 2, r["path"]) for i, r in enumerate(rows) if not os.path.isfile(paths[i])]
     check(
         not missing,
         f"CSV {csv_path}: {len(missing)} path(s) do not exist (relative to {base}); "
