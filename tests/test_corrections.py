@@ -1,6 +1,7 @@
-"""A corrections file beside the data (`DATA/.imgcls/corrections.csv`): relabels and exclusions
-taken by prepare, train and evaluate, recorded in run.json; stale rows ignored with a warning;
-bad rows one line naming the row, exit 2, nothing written; the images never touched."""
+"""A corrections file beside the data (`DATA/.imgcls/corrections.csv`, or any given with
+`--corrections`): relabels, exclusions and images added from outside DATA, taken by prepare,
+train, evaluate and tune, recorded in run.json; stale rows ignored with a warning; bad rows one
+line naming the row, exit 2, nothing written; the images never touched."""
 
 from __future__ import annotations
 
@@ -42,11 +43,15 @@ def test_train_and_evaluate_apply_relabels_and_exclusions(data, tmp_path):
     decide(data, "fish/000.png", "undo")  # taken back: fish/000 stays
     decide(data, "dogs/003.png", "relabel", "fish")
     decide(data, "dogs/003.png", "keep")  # the last decision wins: as it is
+    outside = write_folder(tmp_path / "more", per_class=1, seed=1) / "fish" / "000.png"
+    append_decision(default_file(data), str(outside), sha256_file(outside), "add", "fish")
     run = imgcls.train(str(data), out=tmp_path / "run", **TINY).run_dir
     record = json.loads((run / "run.json").read_text())["data"]
-    assert record["n_images"] == 35  # 36 less the one excluded
+    assert record["n_images"] == 36  # 36 less the one excluded, plus the one added
     c = record["corrections"]
-    assert (c["applied"], c["relabelled"], c["excluded"], c["ignored"]) == (2, 1, 1, 0)
+    assert (c["applied"], c["relabelled"], c["excluded"], c["added"]) == (3, 1, 1, 1)
+    assert c["ignored"] == 0
+    assert f"{outside},fish," in (run / "split.csv").read_text()  # trained on with its label
     assert c["file"] == str(default_file(data).resolve()) and len(c["digest"]) == 64
     split = (run / "split.csv").read_text()
     assert "cats/001.png" not in split
@@ -55,7 +60,7 @@ def test_train_and_evaluate_apply_relabels_and_exclusions(data, tmp_path):
     assert main(["evaluate", str(run), str(data), "--split", "all", "--out",
                  str(tmp_path / "eval")]) == 0  # fmt: skip
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert metrics["n_images"] == 35
+    assert metrics["n_images"] == 36
     assert digests(data) == before  # no image moved, renamed, changed or deleted
 
 
@@ -113,3 +118,59 @@ def test_replay_keeps_the_last_decision_per_path(tmp_path):
         append_decision(file, path, d, action, label)
     decisions = read_corrections(file, ["x", "y"])
     assert [(c.path, c.action, c.label) for c in decisions] == [("a.png", "relabel", "x")]
+
+
+def write_corrections(file: Path, rows: list[tuple[str, str, str, str]]) -> Path:
+    """A corrections file as review writes it: (path, digest, action, label) rows."""
+    for path, digest, action, label in rows:
+        append_decision(file, path, digest, action, label, "test")
+    return file
+
+
+def test_a_given_file_applies_to_a_manifest_and_adds_images_from_outside(data, tmp_path, capsys):
+    """`--corrections FILE` on a CSV manifest (no default file there): a relabel, two images
+    added from another folder (one absolute, one relative to DATA's folder), a stale addition
+    ignored with a warning; prepare and tune read the same images."""
+    from imgcls.tune.search import _Search
+    from imgcls.tune.settings import TuneSettings
+
+    manifest = tmp_path / "data.csv"
+    files = sorted(data.rglob("*.png"))
+    manifest.write_text("path,label\n" + "".join(f"data/{p.relative_to(data)},{p.parent.name}\n"
+                                                 for p in files))  # fmt: skip
+    more = write_folder(tmp_path / "more", per_class=2, seed=1)
+    a, b, stale = more / "cats" / "000.png", more / "dogs" / "001.png", more / "fish" / "000.png"
+    file = write_corrections(tmp_path / "decisions.csv", [
+        ("data/cats/003.png", sha256_file(data / "cats" / "003.png"), "relabel", "fish"),
+        (str(a), sha256_file(a), "add", "cats"),
+        ("more/dogs/001.png", sha256_file(b), "add", "fish"),  # relative to the manifest's folder
+        (str(stale), "0" * 64, "add", "fish"),
+    ])  # fmt: skip
+    out = tmp_path / "prep"
+    assert main(["prepare", str(manifest), "--corrections", str(file), "--out", str(out),
+                 "--quiet"]) == 0  # fmt: skip
+    assert f"{stale} changed after it was reviewed" in capsys.readouterr().err
+    lines = (out / "manifest.csv").read_text().splitlines()[1:]
+    labels = {row.split(",")[0]: row.split(",")[1] for row in lines}
+    assert len(labels) == 36 + 2  # DATA and the two added
+    assert labels[str(data / "cats" / "003.png")] == "fish"
+    assert labels[str(a)] == "cats" and labels[str(b)] == "fish"
+    search = _Search(tmp_path / "tune", TuneSettings(data=str(manifest), corrections=str(file)),
+                     None, verbose=False)  # fmt: skip
+    c = search.images.corrections
+    assert (len(search.images), c["added"], c["relabelled"], c["ignored"]) == (38, 2, 1, 1)
+    assert search.images.labels[search.images.ids.index(str(a))] == 0  # cats
+
+
+@pytest.mark.parametrize(
+    "action_path, message",
+    [("{missing}", "row 2: the added image"), ("cats/000.png", "is already an image of this")],
+)
+def test_a_bad_addition_is_one_line(data, tmp_path, capsys, action_path, message):
+    file = write_corrections(tmp_path / "c.csv", [(
+        action_path.format(missing=tmp_path / "nowhere.png"), "0" * 64, "add", "cats")])  # fmt: skip
+    out = tmp_path / "run"
+    assert main(["train", str(data), "--corrections", str(file), "--out", str(out)]) == 2
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("imgcls: error:")]
+    assert len(lines) == 1 and message in lines[0], lines
+    assert not out.exists()

@@ -32,14 +32,19 @@ def _opt(help: str, **extra: Any) -> Any:
 
 @dataclass
 class SplitSettings:
-    """How images are split into train, validation and test, and the seed: the one definition
-    that ``imgcls train``, ``tune`` and ``prepare`` share (a folder with its own val/ or test/
-    keeps it; the fractions then carve only what is missing)."""
+    """Which labels count and how images are split into train, validation and test, and the
+    seed: the one definition that ``imgcls train``, ``tune`` and ``prepare`` share (a folder
+    with its own val/ or test/ keeps it; the fractions then carve only what is missing)."""
 
     val_split: float = field(default=0.1, metadata={"help": "fraction for validation"})
     test_split: float = field(default=0.1, metadata={"help": "fraction for test"})
     seed: int = field(
         default=0, metadata={"help": "seed of the split and of everything random after it"}
+    )
+    corrections: str | None = _opt(
+        "decisions of `imgcls review` to apply to DATA (a folder, CSV manifest or prepared "
+        "folder); default: DATA/.imgcls/corrections.csv when DATA is a folder that has one",
+        metavar="CSV",
     )
 
     def validate_split(self) -> None:

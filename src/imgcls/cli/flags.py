@@ -15,7 +15,7 @@ import json
 import typing
 from typing import Any
 
-SPLIT_GROUP = "split (shared by train, tune and prepare)"
+SPLIT_GROUP = "labels and split (shared by train, tune and prepare)"
 
 
 def add_flags(p: argparse.ArgumentParser, settings: type) -> None:

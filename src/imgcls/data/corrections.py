@@ -8,14 +8,15 @@ row each, to ``DATA/.imgcls/corrections.csv``::
 
 - ``path``: the image as DATA names it (relative to the folder, like ``imgcls prepare``);
 - ``digest``: the sha256 of the file's bytes when the decision was made;
-- ``action``: ``relabel`` (to ``label``), ``exclude``, ``keep`` (as it is), or ``undo`` (takes
-  back that path's previous decision);
+- ``action``: ``relabel`` (to ``label``), ``exclude``, ``keep`` (as it is), ``add`` (an image
+  from outside the data set, labelled ``label``: ``imgcls review --label``; its path absolute
+  or relative to DATA), or ``undo`` (takes back that path's previous decision);
 - ``reason`` and ``time`` (ISO 8601): what prompted it and when; not read back.
 
 The file is a log, replayed in order: the last decision about a path wins and ``undo`` steps
 back one. Every command that reads a folder (``prepare``, ``train``, ``evaluate``, ``tune``)
 applies it through :func:`load_source`: relabelled images take their new class, excluded ones
-are left out. A decision whose file has changed since (its digest no longer matches) is ignored
+are left out, added ones join the training split. A decision whose file has changed since (its digest no longer matches) is ignored
 with a warning naming the file; a run records how many were applied and a digest of them, so it
 says which version of the labels it learned. Nothing in DATA is moved, renamed or deleted.
 """
@@ -25,6 +26,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +36,7 @@ import numpy as np
 from imgcls.errors import check
 
 COLUMNS = ("path", "digest", "action", "label", "reason", "time")
-ACTIONS = ("relabel", "exclude", "keep", "undo")
+ACTIONS = ("relabel", "exclude", "keep", "undo", "add")
 FOLDER = ".imgcls"  # inside DATA; passed over when DATA is listed
 FILE_NAME = "corrections.csv"
 
@@ -90,7 +92,7 @@ def parse_row(file: Path, n: int, fields: list[str], class_names: list[str]) -> 
         action in ACTIONS,
         f"{where}: `action` must be one of {', '.join(ACTIONS)}. Received: action={action!r}",
     )
-    if action == "relabel":
+    if action in ("relabel", "add"):
         check(
             label in class_names,
             f"{where}: `label` must be one of the classes ({', '.join(class_names)}). "
@@ -114,50 +116,100 @@ def stacks_push(stacks: dict[str, list[Correction]], c: Correction) -> None:
 
 
 def apply_corrections(images, file: str | Path):
-    """``images`` (an :class:`~imgcls.data.sources.ImageSet` of a folder) with the decisions of
+    """``images`` (an :class:`~imgcls.data.sources.ImageSet` of files) with the decisions of
     ``file`` applied; the set's ``corrections`` records what was applied.
 
     Raises:
-        ImgclsError: a bad row (see :func:`read_corrections`) or a path that is not in DATA.
+        ImgclsError: a bad row (see :func:`read_corrections`), a path that is not in DATA, or an
+            added image that does not exist or is already in DATA.
     """
-    from imgcls.data.hashing import sha256_file
-
     file = Path(file)
     decisions = read_corrections(file, images.class_names)
     position = {image_id: i for i, image_id in enumerate(images.ids)}
     labels = images.labels.copy()
     keep = np.ones(len(images), dtype=bool)
-    applied, ignored = [], 0
+    applied, added, ignored = [], [], 0
     for c in decisions:
         i = position.get(c.path)
-        check(
-            i is not None,
-            f"{file} row {c.row}: `path` {c.path} is not an image of this data set "
-            f"({images.source})",
-        )
+        if c.action == "add":
+            check(
+                i is None,
+                f"{file} row {c.row}: `path` {c.path} is already an image of this data set; "
+                "relabel it instead of adding it",
+            )
+            path = _added_path(images, file, c)
+        else:
+            check(
+                i is not None,
+                f"{file} row {c.row}: `path` {c.path} is not an image of this data set "
+                f"({images.source})",
+            )
+            path = images.paths[i]
         if c.action == "keep":
             continue
-        if sha256_file(images.paths[i]) != c.digest:
-            print(f"imgcls: warning: {images.paths[i]} changed after it was reviewed "
-                  f"({file} row {c.row}); its correction ({c.action}) is ignored",
-                  file=sys.stderr)  # fmt: skip
+        if not _unchanged(path, c, file):
             ignored += 1
             continue
         if c.action == "relabel":
             labels[i] = images.class_names.index(c.label)
-        else:
+        elif c.action == "exclude":
             keep[i] = False
+        else:
+            added.append((c, path))
         applied.append(f"{c.path}\t{c.digest}\t{c.action}\t{c.label}")
     corrected = dataclasses.replace(images, labels=labels).subset(keep)
+    if added:
+        corrected = _with_additions(corrected, added)
     corrected.corrections = {
         "file": str(file.resolve()),
         "applied": len(applied),
         "ignored": ignored,
         "relabelled": int((labels != images.labels).sum()),
         "excluded": int((~keep).sum()),
+        "added": len(added),
         "digest": hashlib.sha256("\n".join(sorted(applied)).encode()).hexdigest(),
     }
     return corrected
+
+
+def _added_path(images, file: Path, c: Correction) -> str:
+    """The file an ``add`` row names (relative paths start at DATA's folder); it must exist."""
+    root = Path(images.source)
+    path = Path(c.path).expanduser()
+    if not path.is_absolute():
+        path = (root if root.is_dir() else root.parent) / path
+    check(path.is_file(), f"{file} row {c.row}: the added image {c.path} does not exist")
+    return os.path.abspath(path)
+
+
+def _unchanged(path: str, c: Correction, file: Path) -> bool:
+    """Whether ``path`` still has the digest ``c`` was decided on (warns when it does not)."""
+    from imgcls.data.hashing import sha256_file
+
+    if sha256_file(path) == c.digest:
+        return True
+    print(f"imgcls: warning: {path} changed after it was reviewed ({file} row {c.row}); "
+          f"its correction ({c.action}) is ignored", file=sys.stderr)  # fmt: skip
+    return False
+
+
+def _with_additions(images, added: list[tuple[Correction, str]]):
+    """``images`` and the ``add`` rows' images after them, in the training split when the
+    data has its own splits (else the split is drawn for them as for the others). A prepared
+    folder's pixel cache does not hold them, so the set is decoded from its files."""
+    names = images.class_names
+    n = len(added)
+    return dataclasses.replace(
+        images,
+        labels=np.concatenate([images.labels, [names.index(c.label) for c, _ in added]]).astype(
+            np.int32
+        ),
+        ids=[*images.ids, *(c.path for c, _ in added)],
+        paths=[*images.paths, *(path for _, path in added)],
+        splits=None if images.splits is None else np.concatenate([images.splits, ["train"] * n]),
+        cache=None,
+        cache_rows=None,
+    )
 
 
 def append_decision(
@@ -167,7 +219,6 @@ def append_decision(
     ``write`` of one line, so a crash leaves the file as it was or with the whole row."""
     import datetime
     import io
-    import os
 
     from imgcls.io import atomic_path
 
@@ -192,7 +243,6 @@ def export_corrected(images, out: str | Path) -> int:
     """Write ``images`` (corrections applied) as ``out/[split/]<class>/<file>``: hard links where
     the file system allows, copies elsewhere. Returns the number of files. ``out`` must not
     exist (nothing is ever overwritten)."""
-    import os
     import shutil
 
     out = Path(out)

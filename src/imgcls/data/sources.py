@@ -96,14 +96,16 @@ class ImageSet:
 
 
 def load_source(
-    data: str | os.PathLike, min_classes: int = 2, corrections: bool = True
+    data: str | os.PathLike, min_classes: int = 2, corrections: bool | str | os.PathLike = True
 ) -> ImageSet:
     """Read DATA: a built-in name, a folder per class (optionally with train/val/test), or a CSV.
 
     Args:
         data: the DATA argument as the user typed it.
         min_classes: fewest classes accepted (2 for training, 1 for evaluation data).
-        corrections: apply a folder's ``.imgcls/corrections.csv`` (:mod:`.corrections`).
+        corrections: ``True``: apply a folder's ``.imgcls/corrections.csv`` when it is there
+            (:mod:`.corrections`); a path: apply that file to DATA (a folder, a CSV manifest or
+            a prepared folder); ``False``: the labels as DATA has them.
 
     Raises:
         ImgclsError: DATA does not exist, holds no images, or has too few classes.
@@ -132,9 +134,19 @@ def load_source(
                 result.cache, result.cache_rows = str(caches[-1]), np.arange(len(result))
         else:
             result = _load_folder(path)
-            file = default_file(path)
-            if corrections and file.is_file():  # the person's decisions from `imgcls review`
-                result = apply_corrections(result, file)
+            if corrections is True and default_file(path).is_file():
+                corrections = default_file(path)  # the person's decisions (`imgcls review`)
+    if corrections is not True and corrections is not False:
+        check(
+            Path(corrections).is_file(),
+            f"--corrections {corrections}: no such file (a corrections.csv of `imgcls review`)",
+        )
+        check(
+            result.paths is not None,
+            f"--corrections {corrections}: DATA {text} is a built-in data set; corrections "
+            "apply to image files",
+        )
+        result = apply_corrections(result, corrections)
     check(
         len(result) > 0,
         f"DATA {text}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)} files)",

@@ -39,6 +39,7 @@ def evaluate(
     tta: str | bool | None = None,
     report: bool = True,
     engine: str = "keras",
+    corrections: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate RUN on DATA; write ``out/metrics.json``, ``out/predictions.csv`` and ``out/report.html``.
 
@@ -57,6 +58,8 @@ def evaluate(
             ``"flip"``); ``None`` uses the run's own, as recorded in ``bundle.json``.
         report: also write ``report.html`` (when ``out`` is given).
         engine: ``"keras"``, ``"keras-bf16"`` or ``"onnx"`` (see :mod:`imgcls.engine`).
+        corrections: an ``imgcls review`` corrections file to apply to DATA (default: a
+            folder's own ``.imgcls/corrections.csv`` when it has one).
 
     Returns:
         The content of ``metrics.json``.
@@ -73,7 +76,7 @@ def evaluate(
 
     meta = predictor.meta if predictor is not None else read_meta(run)
     predictor = predictor or Predictor(run, meta=meta, engine=engine)
-    ev = load_eval_set(run, data, meta, split)
+    ev = load_eval_set(run, data, meta, split, corrections=corrections)
     probs = predictor.predict_pixels(ev.pixels, tta=tta)  # the bundle's own inference graph
     raw = None  # the same graph with temperature 1, for the "before calibration" figures
     if meta.temperature != 1.0:

@@ -61,11 +61,13 @@ def load_eval_set(
     meta: BundleMeta,
     split: str | None,
     default_split: str = "test",
+    corrections: str | Path | None = None,
 ) -> EvalSet:
     """Read and decode DATA for RUN.
 
     When DATA is the data set RUN was trained on, only ``split`` (default ``default_split``)
     counts, exactly as recorded in ``RUN/split.csv``; any other DATA counts every image.
+    ``corrections``: a corrections file to apply (default: a folder's own, when it has one).
 
     Raises:
         ImgclsError: DATA holds labels the model does not know, the split is empty, or no
@@ -75,7 +77,7 @@ def load_eval_set(
         split is None or split in SPLIT_CHOICES,
         f"`split` must be one of {set(SPLIT_CHOICES)}. Received: split={split}",
     )
-    images = load_source(data, min_classes=1)
+    images = load_source(data, min_classes=1, corrections=corrections or True)
     unknown = sorted(set(images.class_names) - set(meta.class_names))
     check(
         not unknown,

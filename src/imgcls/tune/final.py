@@ -82,7 +82,15 @@ def evaluate_test(search, run: Path) -> None:
     search.save_record()
     out = run / "evaluation"
     code, _, message = run_imgcls(
-        ["evaluate", str(run), search.config.data, "--out", str(out)], search.path("evaluate.log")
+        [
+            "evaluate",
+            str(run),
+            search.config.data,
+            "--out",
+            str(out),
+            *(["--corrections", search.config.corrections] if search.config.corrections else []),
+        ],
+        search.path("evaluate.log"),
     )
     check(code == 0, f"evaluating the test split failed: {message} (see evaluate.log)")
     metrics = read_json(out / "metrics.json")

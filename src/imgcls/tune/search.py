@@ -164,7 +164,7 @@ class _Search:
 
         self.folder, self.config, self.verbose = folder, config, verbose
         c = config
-        self.images = load_source(c.data)
+        self.images = load_source(c.data, corrections=c.corrections or True)
         if record is None:
             splits = assign_splits(
                 self.images.labels, c.val_split, c.test_split, c.seed, self.images.splits
@@ -352,6 +352,7 @@ class _Search:
             shutil.rmtree(run, ignore_errors=True)  # killed before its first checkpoint
             cmd = ["train", c.data, "--out", str(run), "--model", self.model, "--seed", str(c.seed)]
             cmd += flags
+            cmd += ["--corrections", c.corrections] if c.corrections else []
             cmd += ["--precision", c.precision] if c.precision else []
             cmd += ["--backend", c.backend] if c.backend else []
         run.mkdir(parents=True, exist_ok=True)
