@@ -309,6 +309,38 @@ def test_label_issues_from_a_trained_run(tmp_path, capsys):
     assert "has no bundle.json" in err and len(err.strip().splitlines()) == 1
 
 
+def test_label_issues_from_two_runs_each_on_half_of_the_data(tmp_path, capsys):
+    """--from-run A B, each trained on the other half of the noisy labels (--split-file): every
+    image is scored out of sample; the flipped images come first, each with its suggested fix."""
+    import imgcls
+    from imgcls.cli import main
+    from imgcls.data.labels import RELABEL_MIN_PROBABILITY
+
+    rows = noisy_manifest(tmp_path)
+    noisy = [line.split(",") for line in (tmp_path / "noisy.csv").read_text().splitlines()[1:]]
+    runs = []
+    for half in (0, 1):
+        split = tmp_path / f"half{half}.csv"
+        split.write_text("id,label,split\n" + "".join(
+            f"{p},{label},train\n" for i, (p, label) in enumerate(noisy) if i % 2 == half))  # fmt: skip
+        runs.append(tmp_path / f"run{half}")
+        imgcls.train(str(tmp_path / "noisy.csv"), out=runs[-1], split_file=str(split),
+                     model="classic", epochs=12, batch_size=16, image_size=(32, 32),
+                     precision="float32", verbose=False,
+                     model_args={"filters": (8, 16), "dense_units": 16})  # fmt: skip
+    out = tmp_path / "out"
+    assert main(["prepare", str(tmp_path / "noisy.csv"), "--out", str(out), "--label-issues",
+                 "--quiet", "--from-run", *map(str, runs)]) == 0  # fmt: skip
+    assert "in sample" not in capsys.readouterr().err  # each image unseen by one run
+    found = [r for r in json.loads((out / "report.json").read_text())["issues"]
+             if r["kind"] == "label_issue"]  # fmt: skip
+    assert {r["path"] for r in found[:3]} == {rows[i][0] for i in FLIPPED}
+    for r in found:
+        sure = r["suggested_probability"] >= RELABEL_MIN_PROBABILITY
+        assert r["action"] == ("relabel" if sure else "exclude"), r
+    assert "each image scored by those not trained on it" in found[0]["detail"]
+
+
 def test_train_reads_the_prepared_folder(prepared, tmp_path):
     import imgcls
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Server
+from tests.conftest import Server, save_screenshot
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
@@ -40,7 +40,6 @@ CHROMIUM_ARGS = [
 ]
 RESULT_TIMEOUT_MS = 30_000  # first prediction may build the graph
 SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "images" / "serve_page.png"
-SCREENSHOT_TOLERANCE = 8  # largest 0..255 pixel difference that still counts as the same picture
 VIEWPORT = {"width": 1000, "height": 700}
 
 
@@ -126,27 +125,6 @@ def check_matches_python(page, run: Path, paths: list[Path]) -> None:
         assert abs(float(probability[:-1]) - 100 * expected.probability) <= 0.05 + 1e-4
 
 
-def save_screenshot(png: bytes) -> None:
-    """Write the README's screenshot, unless the one there looks the same: Chromium's raster
-    varies a pixel by a level or two between runs, which should not dirty the checkout."""
-    import io
-
-    import numpy as np
-    from PIL import Image
-
-    def pixels(data: bytes) -> np.ndarray:
-        return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)
-
-    if SCREENSHOT.exists():
-        old, new = pixels(SCREENSHOT.read_bytes()), pixels(png)
-        if old.shape == new.shape and np.abs(old - new).max() <= SCREENSHOT_TOLERANCE:
-            return
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    partial = SCREENSHOT.with_suffix(".png.partial")
-    partial.write_bytes(png)
-    partial.replace(SCREENSHOT)
-
-
 def test_page_classifies_uploads_like_python(run, start_server, page, samples):
     base = start_server(run)
     page.goto(base + "/")
@@ -159,7 +137,7 @@ def test_page_classifies_uploads_like_python(run, start_server, page, samples):
     check_matches_python(page, run, samples)
     sync_api.expect(page.get_by_test_id("result")).to_have_count(len(samples))
 
-    save_screenshot(page.screenshot())
+    save_screenshot(page.screenshot(), SCREENSHOT)
 
     # A file the server cannot read gets its own error card; the others keep their results.
     broken = samples[0].with_name("notes.png")

@@ -215,32 +215,60 @@ def load(run_dir: str | Path, engine: str = "keras") -> Predictor:
     return Predictor(run_dir, engine=engine)
 
 
-@dataclass(frozen=True)
 class RunProbabilities:
-    """A run's class probabilities for decoded pixels, over class names it is given (matched by
-    name, renormalised): what ``imgcls prepare --label-issues --from-run RUN`` ranks with.
+    """Class probabilities of decoded pixels from one or more runs, over class names it is given
+    (matched by name, renormalised): what ``imgcls prepare --label-issues --from-run RUN...``
+    ranks with.
+
+    With several runs (say two, each trained on one half of the data with ``--split-file``),
+    each image is scored by the runs that never trained or validated on it (their
+    ``seen_digests.npy``), so the probabilities are out of sample as cleanlab needs; an image
+    every run saw is scored by all of them, and :attr:`in_sample` counts those. One run scores
+    every image; on its own training images that is optimistic (it learned their labels).
 
     Example:
-        >>> probs = RunProbabilities("runs/x")(pixels, ["cat", "dog"])   # doctest: +SKIP
+        >>> probs = RunProbabilities(["runs/a", "runs/b"])(pixels, ["cat", "dog"])  # doctest: +SKIP
     """
 
-    run: str | Path
-    batch: int = 1024
-
-    def __post_init__(self) -> None:
-        read_meta(self.run)  # fails now, in one line, if RUN is not a run
+    def __init__(self, runs, batch: int = 1024):
+        self.runs = [runs] if isinstance(runs, (str, Path)) else list(runs)
+        check(bool(self.runs), "--from-run needs at least one RUN")
+        for run in self.runs:
+            read_meta(run)  # fails now, in one line, if RUN is not a run
+        self.batch, self.in_sample = batch, 0
 
     def __str__(self) -> str:
-        return f"run {self.run}"
+        if len(self.runs) == 1:
+            return f"run {self.runs[0]}"
+        return (
+            f"runs {', '.join(map(str, self.runs))} (each image scored by those not trained on it)"
+        )
 
     def __call__(self, pixels: np.ndarray, class_names: list[str]) -> np.ndarray:
+        from imgcls.bundle import seen_in_training
+
+        probs = np.stack([self._of(run, pixels, class_names) for run in self.runs])
+        if len(self.runs) == 1:
+            return probs[0]
+        unseen = np.ones(probs.shape[:2], dtype=bool)  # (run, image)
+        for k, run in enumerate(self.runs):
+            seen = seen_in_training(run, pixels)
+            if seen is not None:
+                unseen[k, seen] = False
+        everywhere = ~unseen.any(axis=0)
+        self.in_sample = int(everywhere.sum())
+        unseen[:, everywhere] = True  # seen by every run: all of them, as one run would
+        weights = unseen / unseen.sum(axis=0, keepdims=True)
+        return np.einsum("ri,ric->ic", weights, probs)
+
+    def _of(self, run, pixels: np.ndarray, class_names: list[str]) -> np.ndarray:
         from imgcls.data.decode import resize_array
 
-        predictor = Predictor(self.run)
+        predictor = Predictor(run)
         missing = sorted(set(class_names) - set(predictor.classes_))
         check(
             not missing,
-            f"--from-run {self.run} does not know class(es) {', '.join(missing)}; "
+            f"--from-run {run} does not know class(es) {', '.join(missing)}; "
             f"its classes are {', '.join(predictor.classes_)}",
         )
         columns = [predictor.classes_.index(name) for name in class_names]

@@ -53,8 +53,10 @@ def _prepare(sub) -> None:
     p.add_argument(
         "--from-run",
         metavar="RUN",
-        help="with --label-issues: probabilities from this run's model "
-        "(default: k-fold cross-validation of a quick model)",
+        nargs="+",
+        help="with --label-issues: probabilities from these runs' models, each image scored by "
+        "the runs not trained on it (e.g. two runs, one per half of DATA); default: k-fold "
+        "cross-validation of a quick model",
     )
     p.add_argument("--quiet", action="store_true", help="no progress output")
     # scanning never needs TensorFlow: skip its import
@@ -101,6 +103,8 @@ def _evaluate(sub) -> None:
     p.add_argument(
         "--split", choices=["test", "val", "train", "all"], help="split of the run's own data"
     )
+    p.add_argument("--corrections", metavar="CSV", help="decisions of `imgcls review` to apply "
+                   "(default: DATA/.imgcls/corrections.csv when DATA is a folder that has one)")  # fmt: skip
     _tta_arg(p)
     _engine_arg(p)
     p.set_defaults(func=commands.cmd_evaluate)
@@ -133,9 +137,15 @@ def _review(sub) -> None:
         "review", help="a local page to decide on what prepare (and a run) found in DATA"
     )
     p.add_argument("data", help="the folder per class to review (it is never changed)")
-    p.add_argument("--run", help="also show this run's suspected wrong labels")
+    p.add_argument("--run", nargs="+", metavar="RUN", help="suspected wrong labels from these "
+                   "runs' predictions, as prepare --from-run (default: a quick model)")  # fmt: skip
     p.add_argument("--corrections", help="decisions file (default DATA/.imgcls/corrections.csv)")
     p.add_argument("--export", metavar="DIR", help="write a corrected copy of DATA (hard links)")
+    p.add_argument(
+        "--label",
+        metavar="CSV",
+        help="a suggest.csv of `imgcls suggest`: label its images (labeling mode)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     p.add_argument("--token", help="require `Authorization: Bearer TOKEN`")

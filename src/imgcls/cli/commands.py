@@ -49,7 +49,13 @@ def cmd_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     from imgcls.evaluate import evaluate
 
     metrics = evaluate(
-        args.run, args.data, out=args.out, split=args.split, tta=args.tta, engine=args.engine
+        args.run,
+        args.data,
+        out=args.out,
+        split=args.split,
+        tta=args.tta,
+        engine=args.engine,
+        corrections=args.corrections,
     )
     print(
         f"accuracy {metrics['accuracy']:.4f} on {metrics['n_images']} images ({metrics['split']})"
@@ -94,7 +100,9 @@ def cmd_review(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         from imgcls.data.corrections import export_corrected
         from imgcls.data.sources import load_source
 
-        n = export_corrected(load_source(args.data), args.export)
+        n = export_corrected(
+            load_source(args.data, corrections=args.corrections or True), args.export
+        )
         print(f"wrote {n} images (corrections applied) to {args.export}")
         return 0
     from imgcls.errors import require
@@ -105,7 +113,7 @@ def cmd_review(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     from imgcls.serve.review import create_review_app
 
     config = ServeConfig(host=args.host, port=args.port, token=args.token).validate()
-    app = create_review_app(args.data, args.run, args.corrections, config)
+    app = create_review_app(args.data, args.run, args.corrections, config, label=args.label)
     where = f"http://{config.host}:{config.port}/"
     print(f"reviewing {args.data} on {where}; Ctrl-C stops", file=sys.stderr)
     run_app(app, config)  # serve's limits: read timeout, connection cap
@@ -210,6 +218,9 @@ def cmd_prepare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     result = prepare(
         args.data, out=args.out, probabilities=probabilities, verbose=not args.quiet, **settings
     )
+    if probabilities is not None and probabilities.in_sample:
+        print(f"imgcls: warning: {probabilities.in_sample} images were trained on by every "
+              "--from-run run; their probabilities are in sample (optimistic)", file=sys.stderr)  # fmt: skip
     report = result.report
     for issue in result.bad_files:
         print(
