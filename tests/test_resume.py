@@ -188,16 +188,18 @@ def test_resume_with_changed_data_is_refused(reference, reference_run, capsys):
         (data / "dogs" / "moved.png").rename(data / "cats" / "000.png")
 
 
-def test_fast_recipe_resumes_exactly_from_a_mid_epoch_checkpoint(tmp_path):
-    """The fast recipe's extra state (lookahead weights, alternating flips) survives a resume."""
+def test_fast_recipe_resumes_exactly_from_a_mid_epoch_checkpoint(tmp_path, capsys):
+    """The fast recipe's extra state (lookahead weights, alternating flips) survives a resume,
+    cut in its second epoch: one of the two that train on downscaled images."""
     import shutil
 
     import imgcls
 
     data = write_folder(tmp_path / "data", per_class=20)
     kw = dict(model="fast", epochs=3, batch_size=8, checkpoint_every=5, keep_checkpoints=50)
-    ref = imgcls.train(str(data), out=tmp_path / "ref", verbose=False, **kw)
+    ref = imgcls.train(str(data), out=tmp_path / "ref", verbose=True, **kw)
     assert ref.stopped == "completed"
+    assert "progressive resizing: epochs 1-2 see the images downscaled" in capsys.readouterr().err
     run = tmp_path / "cut"
     shutil.copytree(tmp_path / "ref", run)
     steps = sorted(int(p.stem.split("-")[1]) for p in (run / "checkpoints").glob("ckpt-*.npz"))

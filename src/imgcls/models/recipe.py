@@ -63,6 +63,10 @@ class Recipe:
         finetune_lr_factor: the fine-tuning phase's rate as a share of ``lr``.
         finetune_fraction: the top share of the backbone's layers fine-tuning trains.
         cpu_bf16: ``--precision auto`` may pick bfloat16 on a CPU that computes it natively.
+        low_res: ``(share, scale)``: progressive resizing. The first ``share`` of the epochs of
+            a from-scratch run train on images downscaled by ``scale`` inside the graph (the
+            network is fully convolutional and pooled globally), the rest at full size; the
+            optimizer, its schedule and the weights carry through.
     """
 
     epochs: int = 10
@@ -88,6 +92,7 @@ class Recipe:
     finetune_lr_factor: float = 1.0
     finetune_fraction: float = 0.2
     cpu_bf16: bool = True
+    low_res: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         check(

@@ -260,6 +260,33 @@ def enter_phase(
     return PhaseSetup(phase, fit_model, optimizer, plan, host_rate)
 
 
+def downscaled(fit_model, scale: float, optimizer, label_smoothing: float):
+    """``fit_model`` behind an in-graph bilinear downscale by ``scale`` (its layers called
+    again, so the weights are the same variables), compiled with the same ``optimizer``: what a
+    progressive-resizing epoch trains. The network must be a chain of layers (``fast`` is);
+    Keras refuses to call a functional model itself at another input size."""
+    import keras
+
+    layers = fit_model.layers
+    check(
+        all(b.input is a.output for a, b in zip(layers[:-1], layers[1:], strict=True)),
+        f"recipe `low_res` needs a network that is a chain of layers; {fit_model.name} is not",
+    )
+    h, w, c = fit_model.input_shape[1:]
+    small = (max(8, round(h * scale)), max(8, round(w * scale)))
+    inputs = keras.Input((h, w, c), name="pixels")
+    x = keras.layers.Resizing(*small, interpolation="bilinear", dtype="float32")(inputs)
+    for layer in layers[1:]:
+        x = layer(x)
+    model = keras.Model(inputs, x, name=f"{fit_model.name}_{small[0]}x{small[1]}")
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+    )
+    return model
+
+
 def build_model(
     config: TrainConfig,
     spec: ModelSpec,

@@ -29,6 +29,7 @@ from imgcls.train.setup import (
     build_model,
     check_data_parallel,
     class_weights,
+    downscaled,
     enter_phase,
     raise_resource_error,
     steps_of,
@@ -107,6 +108,7 @@ class Trainer:
         self.clock = Clock(agreed=self.processes > 1 and bool(self.stop.max_time_s))
         self.ckpt = CheckpointManager(folder.path, keep=config.keep_checkpoints)
         self.setup: PhaseSetup | None = None
+        self.low_res_model: Any = None  # the phase's model behind a downscale (recipe.low_res)
         self.callbacks: list = []
         self.cut = None  # the backbone layer whose activations a head phase caches
         if self.spec.pretrained:
@@ -165,6 +167,12 @@ class Trainer:
             f"{self.precision}{at}, epochs: {plan}, {self.steps} steps of "
             f"{min(c.batch_size, counts['train'])}" + (devices if self.devices > 1 else "")
         )
+        if self.low_res_epochs():
+            small = "x".join(
+                str(max(8, round(s * self.spec.recipe.low_res[1]))) for s in c.image_size
+            )
+            self.log(f"progressive resizing: epochs 1-{self.low_res_epochs()} see the images "
+                     f"downscaled to {small}, the rest at full size")  # fmt: skip
         if any(p.name == "head" for p in self.phases):
             recipe = self.spec.recipe
             tuned = (
@@ -229,13 +237,31 @@ class Trainer:
             state.phase, state.phase_started_s = phase.name, self.clock()
         ds, val = self.datasets(state.epoch, state.step_in_epoch)
         try:
-            self.setup.fit_model.fit(
+            self.fit_model_at(state.epoch).fit(
                 ds, epochs=state.epoch + 1, initial_epoch=state.epoch, validation_data=val,
                 callbacks=self.callbacks, shuffle=False, verbose=0,
             )  # fmt: skip
         except Exception as e:  # noqa: BLE001 - re-raised unless a known resource failure
             raise_resource_error(e, self.config.batch_size)
             raise
+
+    def low_res_epochs(self) -> int:
+        """How many first epochs train downscaled: the recipe's ``low_res``, when the whole
+        network trains on pixels (not a pretrained backbone's head and fine-tuning phases)."""
+        low = self.spec.recipe.low_res
+        if low is None or self.phases[0].name != "train":
+            return 0
+        return round(low[0] * self.config.epochs)
+
+    def fit_model_at(self, epoch: int):
+        """What ``fit`` trains in ``epoch``: the phase's model, or in the first
+        :meth:`low_res_epochs` that model behind a downscale (progressive resizing)."""
+        if epoch >= self.low_res_epochs():
+            return self.setup.fit_model
+        if self.low_res_model is None:
+            self.low_res_model = downscaled(self.setup.fit_model, self.spec.recipe.low_res[1],
+                                            self.setup.optimizer, self.config.label_smoothing)  # fmt: skip
+        return self.low_res_model
 
     def compute_activations(self) -> None:
         """Run the frozen bottom once over every training view and validation image (or read
