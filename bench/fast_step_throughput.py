@@ -19,7 +19,7 @@ import time
 
 from _common import RESULTS, write_result
 
-VARIANTS = {  # name -> (model arguments, batch size, deterministic ops, precision)
+VARIANTS = {  # name -> (model arguments, batch size, deterministic ops, precision[, compile])
     "shipped (relu, 512)": ({"activation": "relu"}, 512, True, "mixed_bfloat16"),
     "gelu": ({"activation": "gelu"}, 512, True, "mixed_bfloat16"),
     "relu, batch 256": ({"activation": "relu"}, 256, True, "mixed_bfloat16"),
@@ -31,11 +31,34 @@ VARIANTS = {  # name -> (model arguments, batch size, deterministic ops, precisi
         True,
         "mixed_bfloat16",
     ),
+    "relu, XLA (jit_compile)": (
+        {"activation": "relu"},
+        512,
+        True,
+        "mixed_bfloat16",
+        {"jit_compile": True},
+    ),
+    "relu, widths 48-128-128": (
+        {"activation": "relu", "widths": (48, 128, 128)},
+        512,
+        True,
+        "mixed_bfloat16",
+    ),
+    "relu, widths 32-128-192": (
+        {"activation": "relu", "widths": (32, 128, 192)},
+        512,
+        True,
+        "mixed_bfloat16",
+    ),
+    "relu, 24x24 input": ({"activation": "relu"}, 512, True, "mixed_bfloat16", {"side": 24}),
 }
 
 
-def measure(args: dict, batch: int, deterministic: bool, precision: str, steps: int) -> float:
-    """Median images/s of ``steps`` training steps (run inside a child process)."""
+def measure(args: dict, batch: int, deterministic: bool, precision: str, *rest) -> float:
+    """Median images/s of ``steps`` (the last argument) training steps, in a child process;
+    an optional dict before it: ``jit_compile`` for ``model.compile``, ``side`` of the input."""
+    options, steps = (rest[0], rest[1]) if len(rest) == 2 else ({}, rest[0])
+    side = options.get("side", 32)
     import keras
     import numpy as np
     import tensorflow as tf
@@ -45,13 +68,14 @@ def measure(args: dict, batch: int, deterministic: bool, precision: str, steps: 
     if deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.config.set_dtype_policy(precision)
-    model = create_model("fast", (32, 32, 3), 10, **args)
+    model = create_model("fast", (side, side, 3), 10, **args)
     model.compile(
+        jit_compile=options.get("jit_compile", "auto"),
         optimizer=keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.2),
     )
     rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (batch * 4, 32, 32, 3)).astype(np.float32)
+    x = rng.integers(0, 256, (batch * 4, side, side, 3)).astype(np.float32)
     y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, batch * 4)]
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).repeat()
     times: list[float] = []

@@ -1,16 +1,26 @@
 """Fixing the data: how much of the accuracy lost to label noise do accepted corrections win back?
 
-    python bench/label_correction.py [--n 10000] [--noise 0.10] [--seeds 0 1 2]
+    python bench/label_correction.py [--n 5000] [--noise 0.10] [--seeds 0 1 2]
 
 A class-balanced subset of N shared CIFAR-10 JPEGs becomes a folder per class (symbolic links,
 nothing copied) with ``noise`` of the labels moved to another class at random; 5,000 other
 images are a clean test set. Per seed, ``fast`` (its default recipe, ``--test-split 0``) trains
-three times: on the true labels (**clean**), on the noisy folder (**noisy**), and on the noisy
-folder after ``imgcls prepare --label-issues`` and every suggested relabel accepted through
-``DATA/.imgcls/corrections.csv``, as the review page writes it (**corrected**). Each run is
-scored on the clean test set with ``imgcls evaluate``. Reports accuracies, the share of the
-accuracy lost to noise that correction recovers, and the corrections' precision (relabels that
-restore the true class). Writes bench/results/label_correction.json.
+on the true labels (**clean**), on the noisy folder (**noisy**), and on the noisy folder with
+every suggestion of ``imgcls prepare --label-issues`` accepted through a corrections file, as
+the review page's ``a`` key writes it (a relabel, or leaving the image out where the model is
+unsure), with the suggestions from
+
+- **quick**: prepare's own k-fold cross-validation of its quick model (no training needed);
+- **two halves**: two ``fast`` runs, each trained on one half of the noisy folder
+  (``--split-file``), passed as ``--from-run A B`` so every image is scored by the run that
+  never saw it;
+- **two halves, relabels only**: the same suggestions, but only the confident relabels
+  accepted (a person who keeps the images the model is unsure of).
+
+Each run is scored on the clean test set with ``imgcls evaluate``. Reports accuracies, the
+share of the accuracy lost to noise that each correction recovers, and what the suggestions
+did (relabels that restore the true class, flipped images left out, clean images left out).
+Writes bench/results/label_correction.json.
 """
 
 from __future__ import annotations
@@ -51,31 +61,69 @@ def write_folder(root: Path, pairs: list, labels: list[str]) -> None:
         os.symlink(path, root / label / f"{i:05d}.jpg")
 
 
-def accept_suggestions(data: Path, work: Path, truth: dict[str, str]) -> dict:
-    """``prepare --label-issues``, then every suggested relabel appended to the corrections file
-    (as the review page does). Returns counts and the share that restore the true class."""
-    from imgcls.data.corrections import append_decision, default_file
+def accept_suggestions(data: Path, work: Path, truth: dict[str, str], *flags: str) -> dict:
+    """``prepare --label-issues`` (with ``flags``), then every suggested fix appended to
+    ``work/corrections.csv`` as the review page does. Returns the file and what the fixes did."""
+    from imgcls.data.corrections import append_decision
     from imgcls.data.hashing import sha256_file
 
     prepared = work / "prepared"
     shutil.rmtree(prepared, ignore_errors=True)
-    timed([*IMGCLS, "prepare", str(data), "--out", str(prepared), "--label-issues", "--quiet"])
+    timed([*IMGCLS, "prepare", str(data), "--out", str(prepared), "--label-issues", "--quiet",
+           *flags])  # fmt: skip
     report = json.loads((prepared / "report.json").read_text())
-    issues = [i for i in report["issues"] if i["kind"] == "label_issue"]
-    file = default_file(data)
-    right = 0
-    for issue in issues:
+    file = work / "corrections.csv"
+    file.unlink(missing_ok=True)
+    counts = {"flagged": 0, "relabels": 0, "restoring_truth": 0, "excluded": 0,
+              "excluded_flipped": 0, "flipped_found": 0}  # fmt: skip
+    for issue in (i for i in report["issues"] if i["kind"] == "label_issue"):
         full = Path(issue["path"]) if Path(issue["path"]).is_absolute() else data / issue["path"]
-        path = os.path.relpath(full, data)
-        append_decision(file, path, sha256_file(full), "relabel", issue["suggested"],
-                        "suspected wrong label")  # fmt: skip
-        right += truth[full.name] == issue["suggested"]
-    return {"relabels": len(issues), "restoring_truth": right}
+        label, flipped = issue.get("suggested", ""), truth[full.name] != full.parent.name
+        action = issue.get("action", "relabel")
+        append_decision(file, os.path.relpath(full, data), sha256_file(full), action,
+                        label if action == "relabel" else "", "suspected wrong label")  # fmt: skip
+        counts["flagged"] += 1
+        counts["flipped_found"] += flipped
+        if action == "relabel":
+            counts["relabels"] += 1
+            counts["restoring_truth"] += truth[full.name] == label
+        else:
+            counts["excluded"] += 1
+            counts["excluded_flipped"] += flipped
+    return {"file": str(file), **counts}
+
+
+def train_halves(data: Path, work: Path, seed: int) -> list[str]:
+    """Two ``fast`` runs on the noisy folder, each on one half (``--split-file``)."""
+    ids = sorted(str(p.relative_to(data)) for p in data.glob("*/*.jpg"))
+    runs = []
+    for half in (0, 1):
+        split = work / f"half-{half}.csv"
+        split.write_text("id,label,split\n" + "".join(
+            f"{i},{i.split('/')[0]},train\n" for k, i in enumerate(ids) if k % 2 == half))  # fmt: skip
+        run = work / f"run-half-{half}"
+        shutil.rmtree(run, ignore_errors=True)
+        timed([*IMGCLS, "train", str(data), "--out", str(run), "--model", "fast", "--seed",
+               str(seed), "--split-file", str(split), "--quiet"])  # fmt: skip
+        runs.append(str(run))
+    return runs
+
+
+def relabels_only(file: Path, out: Path) -> Path:
+    """``file``'s relabel rows alone, as ``out`` (the same header)."""
+    lines = file.read_text().splitlines()
+    out.write_text("\n".join([lines[0], *(x for x in lines[1:] if ",relabel," in x)]) + "\n")
+    return out
+
+
+def recovered(row: dict, key: str) -> float | None:
+    lost = row["clean"] - row["noisy"]
+    return (row[key] - row["noisy"]) / lost if lost > 0 else None
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n", type=int, default=10_000)
+    p.add_argument("--n", type=int, default=5_000)
     p.add_argument("--n-test", type=int, default=5_000)
     p.add_argument("--noise", type=float, default=0.10)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -100,15 +148,27 @@ def main() -> None:
         write_folder(work / "noisy", train, noisy)
         row["noisy"] = train_and_score(work / "noisy", test_csv, work / "run-noisy", seed)
         truth = {f"{i:05d}.jpg": c for i, c in enumerate(true)}
-        row.update(accept_suggestions(work / "noisy", work, truth))
-        row["corrected"] = train_and_score(work / "noisy", test_csv, work / "run-corrected", seed)
-        lost = row["clean"] - row["noisy"]
-        row["recovered_share"] = (row["corrected"] - row["noisy"]) / lost if lost > 0 else None
+        for arm, flags in (("quick", []), ("halves", None)):
+            if flags is None:
+                flags = ["--from-run", *train_halves(work / "noisy", work, seed)]
+            row[f"{arm}_fixes"] = fixes = accept_suggestions(work / "noisy", work / arm, truth,
+                                                             *flags)  # fmt: skip
+            row[arm] = train_and_score(work / "noisy", test_csv, work / f"run-{arm}", seed,
+                                       "--corrections", fixes["file"])  # fmt: skip
+            row[f"{arm}_recovered_share"] = recovered(row, arm)
+        only = relabels_only(Path(row["halves_fixes"]["file"]), work / "halves-relabels.csv")
+        row["halves_relabels"] = train_and_score(work / "noisy", test_csv,
+                                                 work / "run-halves-relabels", seed,
+                                                 "--corrections", str(only))  # fmt: skip
+        row["halves_relabels_recovered_share"] = recovered(row, "halves_relabels")
         rows.append(row)
         print(row, flush=True)
-    summary = {k: float(np.mean([r[k] for r in rows])) for k in ("clean", "noisy", "corrected")}
-    lost = summary["clean"] - summary["noisy"]
-    summary["recovered_share"] = (summary["corrected"] - summary["noisy"]) / lost if lost else None
+        write_result("label_correction", {"n": a.n, "noise": a.noise, "rows": rows})
+    summary = {
+        k: float(np.mean([r[k] for r in rows])) for k in ("clean", "noisy", "quick", "halves")
+    }
+    for arm in ("quick", "halves"):
+        summary[f"{arm}_recovered_share"] = recovered(summary, arm)
     print("mean:", summary)
     record = {"machine": f"{platform.machine()} {os.cpu_count()} cores", "n": a.n,
               "noise": a.noise, "rows": rows, "mean": summary}  # fmt: skip
