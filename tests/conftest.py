@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -22,6 +23,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ["IMGCLS_OFFLINE"] = "1"
 os.environ["KERAS_HOME"] = tempfile.mkdtemp(prefix="imgcls-test-keras-")
 os.environ["IMGCLS_CACHE"] = tempfile.mkdtemp(prefix="imgcls-test-cache-")
+_SCRATCH = (os.environ["KERAS_HOME"], os.environ["IMGCLS_CACHE"])
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Remove the session's scratch caches (each run left two folders in /tmp before)."""
+    for folder in _SCRATCH:
+        shutil.rmtree(folder, ignore_errors=True)
+
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 CIFAR_TRAIN = SHARED / "datasets" / "cifar10" / "train"
