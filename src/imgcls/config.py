@@ -42,8 +42,8 @@ class SplitSettings:
         default=0, metadata={"help": "seed of the split and of everything random after it"}
     )
     corrections: str | None = _opt(
-        "decisions of `imgcls review` to apply to DATA (a folder, CSV manifest or prepared "
-        "folder); default: DATA/.imgcls/corrections.csv when DATA is a folder that has one",
+        "decisions of `imgcls review` to apply to DATA (a folder or CSV manifest); default: "
+        "DATA/.imgcls/corrections.csv when DATA is a folder that has one",
         metavar="CSV",
     )
 

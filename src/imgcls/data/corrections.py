@@ -15,10 +15,12 @@ row each, to ``DATA/.imgcls/corrections.csv``::
 
 The file is a log, replayed in order: the last decision about a path wins and ``undo`` steps
 back one. Every command that reads a folder (``prepare``, ``train``, ``evaluate``, ``tune``)
-applies it through :func:`load_source`: relabelled images take their new class, excluded ones
-are left out, added ones join the training split. A decision whose file has changed since (its digest no longer matches) is ignored
-with a warning naming the file; a run records how many were applied and a digest of them, so it
-says which version of the labels it learned. Nothing in DATA is moved, renamed or deleted.
+applies it through :func:`load_source` (``--corrections FILE`` applies another, to a CSV
+manifest too): relabelled images take their new class, excluded ones are left out, added ones
+join the training split. A decision whose file has changed since (its digest no longer
+matches) is ignored with a warning naming the file; a run records how many were applied and a
+digest of them, so it says which version of the labels it learned. Nothing in DATA is moved,
+renamed or deleted.
 """
 
 from __future__ import annotations

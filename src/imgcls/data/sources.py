@@ -104,8 +104,8 @@ def load_source(
         data: the DATA argument as the user typed it.
         min_classes: fewest classes accepted (2 for training, 1 for evaluation data).
         corrections: ``True``: apply a folder's ``.imgcls/corrections.csv`` when it is there
-            (:mod:`.corrections`); a path: apply that file to DATA (a folder, a CSV manifest or
-            a prepared folder); ``False``: the labels as DATA has them.
+            (:mod:`.corrections`); a path: apply that file to DATA of image files (its rows
+            name images by DATA's ids); ``False``: the labels as DATA has them.
 
     Raises:
         ImgclsError: DATA does not exist, holds no images, or has too few classes.
