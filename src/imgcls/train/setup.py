@@ -235,8 +235,6 @@ def enter_phase(
     compiled optimizer. ``clocked``: a time budget binds the run (its rate needs the host);
     ``cut``: the backbone layer whose cached activations a head phase trains on (``None``:
     the pooled features)."""
-    import keras
-
     from imgcls.models import applications as apps
 
     fit_model = model
@@ -247,11 +245,7 @@ def enter_phase(
         n = apps.set_finetune_layers(model, spec.recipe.finetune_fraction)
         log(f"fine-tuning the top {n} layers of the backbone and the head")
     optimizer, plan = build_optimizer(config, spec.recipe, steps, epochs=phase.epochs, lr=phase.lr)
-    fit_model.compile(
-        optimizer=optimizer,
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
-        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-    )
+    compile_for_training(fit_model, optimizer, config.label_smoothing)
     optimizer.build(fit_model.trainable_variables)
     # JAX sets the rate inside its compiled step unless a clock steers it (see plan_in_graph)
     host_rate = backend.name() != "jax" or clocked or bool(phase.budget_s)
@@ -279,12 +273,19 @@ def downscaled(fit_model, scale: float, optimizer, label_smoothing: float):
     for layer in layers[1:]:
         x = layer(x)
     model = keras.Model(inputs, x, name=f"{fit_model.name}_{small[0]}x{small[1]}")
+    compile_for_training(model, optimizer, label_smoothing)
+    return model
+
+
+def compile_for_training(model, optimizer, label_smoothing: float) -> None:
+    """What every phase trains on: categorical cross-entropy (smoothed) and accuracy."""
+    import keras
+
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
     )
-    return model
 
 
 def build_model(
