@@ -100,9 +100,7 @@ def cmd_review(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         from imgcls.data.corrections import export_corrected
         from imgcls.data.sources import load_source
 
-        n = export_corrected(
-            load_source(args.data, corrections=args.corrections or True), args.export
-        )
+        n = export_corrected(load_source(args.data, corrections=args.corrections), args.export)
         print(f"wrote {n} images (corrections applied) to {args.export}")
         return 0
     from imgcls.errors import require

@@ -110,7 +110,7 @@ def prepare(
     config = with_overrides(config or PrepareConfig(), overrides).validate()
     t0 = time.perf_counter()
     log = (lambda m: print(m, file=sys.stderr, flush=True)) if verbose else (lambda m: None)
-    images = load_source(data, corrections=config.corrections or True)
+    images = load_source(data, corrections=config.corrections)
     check(
         images.paths is not None,
         f"DATA {data} is a built-in data set, already decoded and clean; "

@@ -96,20 +96,23 @@ class ImageSet:
 
 
 def load_source(
-    data: str | os.PathLike, min_classes: int = 2, corrections: bool | str | os.PathLike = True
+    data: str | os.PathLike,
+    min_classes: int = 2,
+    corrections: bool | str | os.PathLike | None = True,
 ) -> ImageSet:
     """Read DATA: a built-in name, a folder per class (optionally with train/val/test), or a CSV.
 
     Args:
         data: the DATA argument as the user typed it.
         min_classes: fewest classes accepted (2 for training, 1 for evaluation data).
-        corrections: ``True``: apply a folder's ``.imgcls/corrections.csv`` when it is there
-            (:mod:`.corrections`); a path: apply that file to DATA of image files (its rows
+        corrections: ``True`` (or ``None``, an unset ``--corrections``): apply a folder's
+            ``.imgcls/corrections.csv`` when it is there (:mod:`.corrections`); a path: apply that file to DATA of image files (its rows
             name images by DATA's ids); ``False``: the labels as DATA has them.
 
     Raises:
         ImgclsError: DATA does not exist, holds no images, or has too few classes.
     """
+    corrections = True if corrections is None else corrections
     text = str(data)
     path = Path(text).expanduser()
     if text in builtin.BUILTIN_NAMES and not path.exists():

@@ -77,7 +77,7 @@ def load_eval_set(
         split is None or split in SPLIT_CHOICES,
         f"`split` must be one of {set(SPLIT_CHOICES)}. Received: split={split}",
     )
-    images = load_source(data, min_classes=1, corrections=corrections or True)
+    images = load_source(data, min_classes=1, corrections=corrections)
     unknown = sorted(set(images.class_names) - set(meta.class_names))
     check(
         not unknown,

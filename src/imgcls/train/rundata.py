@@ -114,7 +114,7 @@ def load_run_data(
     Returns:
         The decoded data and the resolved config.
     """
-    images = load_source(argument, corrections=config.corrections or True)
+    images = load_source(argument, corrections=config.corrections)
     if resume or config.split_file:
         splits = read_split_csv(folder.split if resume else config.split_file, images)
         named = np.isin(splits, SPLITS)  # a split file may leave images out (never decoded)

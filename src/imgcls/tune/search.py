@@ -164,7 +164,7 @@ class _Search:
 
         self.folder, self.config, self.verbose = folder, config, verbose
         c = config
-        self.images = load_source(c.data, corrections=c.corrections or True)
+        self.images = load_source(c.data, corrections=c.corrections)
         if record is None:
             splits = assign_splits(
                 self.images.labels, c.val_split, c.test_split, c.seed, self.images.splits
