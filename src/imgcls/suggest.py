@@ -3,9 +3,9 @@
 An image helps most when the model is unsure of it and it is unlike what was already picked.
 So the pool is decoded exactly as training decoded its images, the run predicts it (with its
 own test-time augmentation) and gives its features (the input of its last Dense layer); the
-``POOL_FACTOR * N`` most uncertain images (smallest margin between the top two classes) are
-(at least 5,000) are the candidates, and a greedy k-center walk over their features picks ``N``: first the most
-uncertain, then each time the candidate that maximises uncertainty x distance to everything
+``POOL_FACTOR * N`` most uncertain images (smallest margin between the top two classes; at
+least 5,000) are the candidates, and a greedy k-center walk over their features picks ``N``:
+first the most uncertain, then each time the candidate that maximises uncertainty x distance to everything
 picked so far, so 100 suggestions are not 100 near copies. Images identical or nearly
 identical (dHash within :data:`~imgcls.data.duplicates.NEAR_BITS` bits) to an image the run
 trained or validated on are left out, and unreadable files are reported, not ranked.
