@@ -17,6 +17,24 @@ IMGCLS = [sys.executable, "-m", "imgcls"]
 CIFAR = ROOT.parent / "shared" / "datasets" / "cifar10" / "train"  # read-only, never committed
 
 
+def link_images(root: Path, images: list[tuple[int, Path, str | None]]) -> None:
+    """``root`` emptied, then ``root/<label>/<i>.jpg`` (``root/<i>.jpg`` for a ``None`` label)
+    as a symbolic link to each ``(i, path, label)``: numbered, since CIFAR's names repeat per
+    class; nothing is copied."""
+    shutil.rmtree(root, ignore_errors=True)
+    for i, path, label in images:
+        folder = root / label if label is not None else root
+        folder.mkdir(parents=True, exist_ok=True)
+        os.symlink(path, folder / f"{i:05d}.jpg")
+
+
+def write_manifest(path: Path, pairs: list[tuple[Path, str]]) -> Path:
+    """A ``path,label`` CSV of ``(path, label)`` pairs (a held-out test set)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("path,label\n" + "".join(f"{p},{c}\n" for p, c in pairs))
+    return path
+
+
 def timed(cmd: list[str]) -> tuple[float, str]:
     """Run ``cmd``; return (wall seconds, stdout + stderr). Exit with its stderr if it fails."""
     t0 = time.perf_counter()

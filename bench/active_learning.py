@@ -16,12 +16,20 @@ import argparse
 import csv
 import os
 import platform
-import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
-from _common import CIFAR, IMGCLS, RESULTS, timed, train_and_score, write_result
+from _common import (
+    CIFAR,
+    IMGCLS,
+    RESULTS,
+    link_images,
+    timed,
+    train_and_score,
+    write_manifest,
+    write_result,
+)
 
 
 def split(start: int, pool: int, n_test: int, seed: int):
@@ -39,12 +47,8 @@ def split(start: int, pool: int, n_test: int, seed: int):
 
 
 def link_folder(root: Path, everything: list, ids: list[int], labeled: bool = True) -> None:
-    shutil.rmtree(root, ignore_errors=True)
-    for i in ids:
-        path, c = everything[i]
-        folder = root / c if labeled else root
-        folder.mkdir(parents=True, exist_ok=True)
-        os.symlink(path, folder / f"{i:05d}.jpg")
+    """``root/<class>/`` (or, unlabeled, ``root/``) links to the images ``ids`` of ``everything``."""
+    link_images(root, [(i, everything[i][0], everything[i][1] if labeled else None) for i in ids])
 
 
 def main() -> None:
@@ -61,10 +65,7 @@ def main() -> None:
     rows = []
     for seed in a.seeds:
         everything, labeled, pool, test = split(a.start, a.pool, a.n_test, seed)
-        test_csv = work / f"test-{seed}.csv"
-        test_csv.parent.mkdir(parents=True, exist_ok=True)
-        test_csv.write_text("path,label\n" + "".join(f"{everything[i][0]},{everything[i][1]}\n"
-                                                     for i in test))  # fmt: skip
+        test_csv = write_manifest(work / f"test-{seed}.csv", [everything[i] for i in test])
         link_folder(work / "start", everything, labeled)
         row = {"seed": seed}
         row["start"] = train_and_score(work / "start", test_csv, work / "run-start", seed)

@@ -34,7 +34,17 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from _common import CIFAR, IMGCLS, RESULTS, ROOT, timed, train_and_score, write_result
+from _common import (
+    CIFAR,
+    IMGCLS,
+    RESULTS,
+    ROOT,
+    link_images,
+    timed,
+    train_and_score,
+    write_manifest,
+    write_result,
+)
 
 sys.path.insert(0, str(ROOT / "src"))
 
@@ -54,11 +64,11 @@ def pick(n: int, n_test: int, seed: int) -> tuple[list, list, list[str]]:
 
 
 def write_folder(root: Path, pairs: list, labels: list[str]) -> None:
-    """``root/<label>/<i>.jpg`` links to the images (numbered: CIFAR's names repeat per class)."""
-    shutil.rmtree(root, ignore_errors=True)
-    for i, ((path, _), label) in enumerate(zip(pairs, labels, strict=True)):
-        (root / label).mkdir(parents=True, exist_ok=True)
-        os.symlink(path, root / label / f"{i:05d}.jpg")
+    """``root/<label>/<i>.jpg`` links to the images of ``pairs``, filed under ``labels``."""
+    link_images(
+        root,
+        [(i, path, label) for i, ((path, _), label) in enumerate(zip(pairs, labels, strict=True))],
+    )
 
 
 def accept_suggestions(data: Path, work: Path, truth: dict[str, str], *flags: str) -> dict:
@@ -139,9 +149,7 @@ def main() -> None:
         noisy = list(true)
         for i in rng.choice(len(train), int(a.noise * len(train)), replace=False):
             noisy[i] = rng.choice([c for c in classes if c != true[i]])
-        test_csv = work / f"test-{seed}.csv"
-        test_csv.parent.mkdir(parents=True, exist_ok=True)
-        test_csv.write_text("path,label\n" + "".join(f"{p},{c}\n" for p, c in test))
+        test_csv = write_manifest(work / f"test-{seed}.csv", test)
         row = {"seed": seed, "flipped": sum(t != n for t, n in zip(true, noisy, strict=True))}
         write_folder(work / "clean", train, true)
         row["clean"] = train_and_score(work / "clean", test_csv, work / "run-clean", seed)
