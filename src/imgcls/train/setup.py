@@ -254,6 +254,11 @@ def enter_phase(
     return PhaseSetup(phase, fit_model, optimizer, plan, host_rate)
 
 
+def low_res_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
+    """The side lengths a progressive-resizing epoch trains at (at least 8 pixels)."""
+    return tuple(max(8, round(s * scale)) for s in size)
+
+
 def downscaled(fit_model, scale: float, optimizer, label_smoothing: float):
     """``fit_model`` behind an in-graph bilinear downscale by ``scale`` (its layers called
     again, so the weights are the same variables), compiled with the same ``optimizer``: what a
@@ -267,7 +272,7 @@ def downscaled(fit_model, scale: float, optimizer, label_smoothing: float):
         f"recipe `low_res` needs a network that is a chain of layers; {fit_model.name} is not",
     )
     h, w, c = fit_model.input_shape[1:]
-    small = (max(8, round(h * scale)), max(8, round(w * scale)))
+    small = low_res_size((h, w), scale)
     inputs = keras.Input((h, w, c), name="pixels")
     x = keras.layers.Resizing(*small, interpolation="bilinear", dtype="float32")(inputs)
     for layer in layers[1:]:

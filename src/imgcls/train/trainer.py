@@ -31,6 +31,7 @@ from imgcls.train.setup import (
     class_weights,
     downscaled,
     enter_phase,
+    low_res_size,
     raise_resource_error,
     steps_of,
     tensorboard_callbacks,
@@ -168,9 +169,7 @@ class Trainer:
             f"{min(c.batch_size, counts['train'])}" + (devices if self.devices > 1 else "")
         )
         if self.low_res_epochs():
-            small = "x".join(
-                str(max(8, round(s * self.spec.recipe.low_res[1]))) for s in c.image_size
-            )
+            small = "x".join(map(str, low_res_size(c.image_size, self.spec.recipe.low_res[1])))
             self.log(f"progressive resizing: epochs 1-{self.low_res_epochs()} see the images "
                      f"downscaled to {small}, the rest at full size")  # fmt: skip
         if any(p.name == "head" for p in self.phases):
