@@ -97,7 +97,7 @@ def features_of(predictor, pixels: np.ndarray, batch: int = 256) -> np.ndarray:
     classifier = predictor.classifier
     dense = [layer for layer in classifier.layers if isinstance(layer, keras.layers.Dense)]
     check(bool(dense), f"run {predictor.run_dir}: its classifier has no Dense layer to read")
-    extractor = keras.Model(classifier.inputs, dense[-1].input)
+    extractor = keras.Model(classifier.input, dense[-1].input)  # one input: no list structure
     out = [np.asarray(extractor(pixels[i : i + batch].astype("float32"), training=False))
            for i in range(0, len(pixels), batch)]  # fmt: skip
     return np.concatenate(out).reshape(len(pixels), -1)
