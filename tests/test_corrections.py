@@ -109,6 +109,17 @@ def test_a_bad_corrections_file_is_one_line_and_nothing_is_written(
     assert not out.exists()
 
 
+def test_a_corrections_file_that_is_not_utf8_is_one_line(data, tmp_path, capsys):
+    file = default_file(data)
+    file.parent.mkdir()
+    file.write_bytes(b"path,digest,action,label,reason,time\ncats/000.png,x,exclude,,caf\xe9,\n")
+    out = tmp_path / "run"
+    assert main(["train", str(data), "--out", str(out), "--epochs", "1", "--quiet"]) == 2
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("imgcls: error:")]
+    assert len(lines) == 1 and "must be UTF-8" in lines[0] and str(file) in lines[0], lines
+    assert not out.exists()
+
+
 def test_replay_keeps_the_last_decision_per_path(tmp_path):
     file = tmp_path / "c.csv"
     d = "0" * 64

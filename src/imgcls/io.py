@@ -111,8 +111,8 @@ def read_table_file(path: str | os.PathLike, option: str, what: str) -> dict[str
 
     path = Path(path)
     check(path.is_file(), f"`{option}` file not found: {path}")
-    text = path.read_text(encoding="utf-8")
     try:
+        text = path.read_text(encoding="utf-8")
         if path.suffix == ".toml":
             import tomllib
 
@@ -124,6 +124,27 @@ def read_table_file(path: str | os.PathLike, option: str, what: str) -> dict[str
         raise ImgclsError(f"`{option}` file {path} is not valid {kind}: {e}") from None
     check(isinstance(data, dict), f"`{option}` file {path} must hold a table/object of {what}")
     return data
+
+
+@contextlib.contextmanager
+def open_csv(path: str | os.PathLike, what: str | None = None) -> Iterator[IO]:
+    """``path`` opened for the ``csv`` module as UTF-8 text (a byte-order mark allowed); a
+    file that is not UTF-8 fails as one line naming it (``what``, else the path) instead of
+    a ``UnicodeDecodeError`` from the middle of a read.
+
+    Raises:
+        ImgclsError: the file is not UTF-8 text.
+    """
+    from imgcls.errors import ImgclsError
+
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            yield f
+    except UnicodeDecodeError as e:
+        raise ImgclsError(
+            f"{what or path}: must be UTF-8 text (a CSV). Received: byte "
+            f"0x{e.object[e.start]:02x} at offset {e.start}; save it as UTF-8"
+        ) from None
 
 
 def cache_root() -> Path:

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from imgcls.errors import check
+from imgcls.io import open_csv
 
 COLUMNS = ("path", "digest", "action", "label", "reason", "time")
 ACTIONS = ("relabel", "exclude", "keep", "undo", "add")
@@ -67,7 +68,7 @@ def read_corrections(file: str | Path, class_names: list[str]) -> list[Correctio
     """
     file = Path(file)
     stacks: dict[str, list[Correction]] = {}
-    with open(file, newline="", encoding="utf-8") as f:
+    with open_csv(file) as f:
         reader = csv.reader(f)
         header = next(reader, None)
         check(

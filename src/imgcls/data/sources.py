@@ -19,6 +19,7 @@ from imgcls.data.corrections import FOLDER as CORRECTIONS_FOLDER
 from imgcls.data.corrections import apply_corrections, default_file
 from imgcls.data.decode import IMAGE_EXTENSIONS, is_image_file
 from imgcls.errors import check
+from imgcls.io import open_csv
 
 SPLIT_NAMES = ("train", "val", "test")
 _SPLIT_ALIASES = {
@@ -239,7 +240,7 @@ def _walk_classes(folder: Path, root: Path, issues: list[dict]) -> list[tuple[st
 
 def _load_csv(csv_path: Path) -> ImageSet:
     base = os.path.dirname(os.path.abspath(csv_path))  # os.path: 50,000 rows in 0.2 s, not 2 s
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+    with open_csv(csv_path, f"CSV {csv_path}") as f:
         reader = csv.DictReader(f)
         columns = [c.strip() for c in reader.fieldnames or []]
         check(
@@ -306,7 +307,7 @@ def list_image_files(items: list[str]) -> list[str]:
                 dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
                 paths += [os.path.join(dirpath, f) for f in sorted(filenames) if is_image_file(f)]
         elif item.lower().endswith(".csv") and os.path.isfile(item):
-            with open(item, newline="", encoding="utf-8-sig") as f:
+            with open_csv(item, f"CSV {item}") as f:
                 rows = list(csv.DictReader(f))
             check(
                 bool(rows) and "path" in rows[0],

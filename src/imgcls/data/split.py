@@ -9,7 +9,7 @@ import numpy as np
 
 from imgcls.data.sources import ImageSet
 from imgcls.errors import ImgclsError, check
-from imgcls.io import write_csv
+from imgcls.io import open_csv, write_csv
 
 MIN_TEST_IMAGES = 5  # test images of a class below which its per-class figures are noise
 
@@ -107,7 +107,7 @@ def read_split_csv(path: str | Path, images: ImageSet) -> np.ndarray:
     """
     path = Path(path)
     check(path.is_file(), f"split file not found: {path}")
-    with open(path, newline="", encoding="utf-8") as f:
+    with open_csv(path, f"split file {path}") as f:
         reader = csv.DictReader(f)
         check(
             {"id", "split"} <= set(reader.fieldnames or ()),

@@ -38,6 +38,7 @@ from imgcls.data.corrections import (
     read_corrections,
 )
 from imgcls.errors import check
+from imgcls.io import open_csv
 from imgcls.serve.service import ApiError, json_body, shown
 
 STATIC = Path(__file__).parent / "static"
@@ -115,7 +116,7 @@ class Review:
         """
         what = f"--label {csv_file}"
         check(csv_file.is_file(), f"{what}: no such file (a suggest.csv of `imgcls suggest`)")
-        with open(csv_file, newline="", encoding="utf-8-sig") as f:
+        with open_csv(csv_file, what) as f:
             reader = csv.DictReader(f)
             columns = reader.fieldnames or []
             check("path" in columns, f"{what}: the CSV must have a `path` column (as "
