@@ -158,7 +158,7 @@ def test_out_of_memory_names_a_smaller_batch_and_keeps_the_checkpoint(data, tmp_
 def test_lookahead_pulls_the_weights_back_toward_their_average_every_k_steps():
     import keras
 
-    from imgcls.train.setup import LookaheadSGD
+    from imgcls.train.optimizers import LookaheadSGD
 
     var = keras.Variable(np.zeros(3, np.float32))
     opt = LookaheadSGD(0.1, lookahead_every=2, lookahead_decay=0.9, momentum=0.0)
@@ -179,6 +179,28 @@ def test_lookahead_pulls_the_weights_back_toward_their_average_every_k_steps():
     assert (restored.lookahead_every, restored.lookahead_decay) == (2, 0.9)
 
 
+def test_muon_moves_kernels_along_an_orthogonalised_step_and_the_rest_by_sgd():
+    import keras
+
+    from imgcls.train.optimizers import LookaheadMuon
+
+    rng = np.random.default_rng(0)
+    kernel = keras.Variable(rng.normal(size=(3, 3, 8, 16)).astype(np.float32))
+    offset = keras.Variable(np.ones(16, np.float32))
+    opt = LookaheadMuon(0.1, 0, 0.0, momentum=0.0, nesterov=True, weight_decay=0.5)
+    before = keras.ops.convert_to_numpy(kernel)
+    grad = rng.normal(size=(3, 3, 8, 16)).astype(np.float32)
+    opt.apply([grad, np.ones(16, np.float32)], [kernel, offset])
+    step = (before - keras.ops.convert_to_numpy(kernel)).reshape(-1, 16) / (0.1 * opt.muon_lr_ratio)
+    singular = np.linalg.svd(step, compute_uv=False)
+    assert 0.5 < singular.min() and singular.max() < 1.5  # orthogonalised, no weight decay
+    # first momentum step (0.6 Nesterov): the direction is the gradient's
+    assert np.corrcoef(step.ravel(), grad.reshape(-1, 16).ravel())[0, 1] > 0.5
+    # the offset: plain SGD, decoupled weight decay (1 - 0.1 * 0.5), then the gradient step
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(offset), 0.95 - 0.1, rtol=1e-6)
+    assert LookaheadMuon.from_config(opt.get_config()).muon_momentum == opt.muon_momentum
+
+
 def test_a_binding_time_budget_decays_the_learning_rate_before_it_stops(data, tmp_path):
     result = imgcls.train(str(data), out=tmp_path / "r", epochs=500, lr=0.01, max_time=0.1, **TINY)
     assert result.stopped == "max_time" and 2 < len(result.history) < 250
@@ -192,11 +214,12 @@ def test_an_optimizer_that_plans_its_own_rate_follows_the_host_plan():
     """JAX sets the rate inside its compiled step (plan_in_graph); the rates must be the plan's."""
     import keras
 
-    from imgcls.train.setup import LrPlan, _lookahead_sgd_class, plan_in_graph
+    from imgcls.train.optimizers import LookaheadSGD
+    from imgcls.train.setup import LrPlan, plan_in_graph
 
     for plan in (LrPlan(0.4, 3, 12, "linear"), LrPlan(0.01, 2, 9, "cosine", 0.01)):
         var = keras.Variable(np.ones(2, np.float32))
-        optimizer = _lookahead_sgd_class()(plan(0), lookahead_every=2, momentum=0.9)
+        optimizer = LookaheadSGD(plan(0), lookahead_every=2, momentum=0.9)
         plan_in_graph(optimizer, plan)
         rates, progress = [], []
         for _ in range(12):

@@ -21,7 +21,7 @@ from typing import Any
 
 from imgcls.errors import ImgclsError, check
 
-OPTIMIZERS = ("adamw", "sgd")
+OPTIMIZERS = ("adamw", "sgd", "muon")
 SCHEDULES = ("cosine", "linear")  # after the warm-up: cosine or linear decay to zero
 # The recipe fields that fill a TrainConfig's unset fields of the same names.
 CONFIG_FIELDS = (
@@ -44,7 +44,8 @@ class Recipe:
         epochs, batch_size, lr, label_smoothing, weight_decay, tta, finetune_epochs,
             finetune_time: the defaults of the :class:`~imgcls.config.TrainConfig` fields of
             the same names.
-        optimizer: ``adamw``, or ``sgd`` (Nesterov, ``momentum``).
+        optimizer: ``adamw``, ``sgd`` (Nesterov, ``momentum``), or ``muon`` (the same SGD, with
+            Muon steps for the convolution kernels: :mod:`imgcls.train.optimizers`).
         schedule: the decay after the one-epoch warm-up, ``cosine`` or ``linear``.
         lookahead: ``(every, decay)``: SGD with lookahead weight averaging (airbench).
         alternate_flip: each image mirrored in every other epoch instead of by chance.

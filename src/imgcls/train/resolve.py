@@ -120,7 +120,7 @@ def _adapt_to_small_data(
     min_steps = recipe.min_steps_per_epoch
     if min_steps and "batch_size" in fills and n_train // fills["batch_size"] < min_steps:
         batch = max(MIN_ADAPTED_BATCH, 2 ** int(math.log2(max(n_train / min_steps, 1))))
-        if "lr" in fills and recipe.optimizer == "sgd":  # the linear scaling rule
+        if "lr" in fills and recipe.optimizer != "adamw":  # the linear scaling rule
             fills["lr"] = fills["lr"] * batch / fills["batch_size"]
         fills["batch_size"] = batch
     if recipe.min_total_steps and "epochs" in fills:

@@ -16,6 +16,7 @@ from imgcls.config import TrainConfig
 from imgcls.errors import ImgclsError, check, require
 from imgcls.models import ModelSpec, create_model
 from imgcls.models.recipe import Recipe
+from imgcls.train import optimizers
 from imgcls.train.state import Phase
 
 WARMUP_EPOCHS = 1  # linear learning-rate warm-up before the decay
@@ -111,7 +112,8 @@ def build_optimizer(
     epochs: int | None = None,
     lr: float | None = None,
 ) -> tuple[Any, LrPlan]:
-    """The recipe's optimizer (AdamW or Nesterov SGD) and the plan that sets its rate each step.
+    """The recipe's optimizer (AdamW, Nesterov SGD, or SGD with Muon for the convolutions) and
+    the plan that sets its rate each step.
 
     ``epochs`` and ``lr`` default to the config's; a training phase passes its own. The
     trainer assigns the rate before every step from the :class:`LrPlan` (warm-up, then
@@ -126,92 +128,16 @@ def build_optimizer(
     linear = recipe.schedule == "linear"
     plan = LrPlan(lr, warmup, total, recipe.schedule, 0.0 if linear else 0.01)
     first = plan(0)
-    if recipe.optimizer != "sgd":
+    if recipe.optimizer == "adamw":
         return keras.optimizers.AdamW(first, weight_decay=config.weight_decay or 0.0), plan
     sgd = dict(momentum=recipe.momentum, nesterov=True, weight_decay=config.weight_decay or None)
+    if recipe.optimizer == "muon":
+        every, decay = recipe.lookahead or (0, 0.0)
+        return optimizers.LookaheadMuon(first, every, decay, **sgd), plan
     if not recipe.lookahead:
         return keras.optimizers.SGD(first, **sgd), plan
     every, decay = recipe.lookahead
-    optimizer = __getattr__("LookaheadSGD")(
-        first, lookahead_every=every, lookahead_decay=decay, **sgd
-    )
-    return optimizer, plan
-
-
-def _lookahead_sgd_class():
-    import keras
-    from keras import ops
-
-    @keras.saving.register_keras_serializable(package="imgcls")
-    class LookaheadSGD(keras.optimizers.SGD):
-        """Nesterov SGD with lookahead weight averaging.
-
-        Every ``lookahead_every`` steps the slow (averaged) weights move toward the fast ones,
-        ``slow = m * slow + (1 - m) * fast``, and the fast weights restart from them (airbench,
-        Jordan 2024). ``m`` grows as ``lookahead_decay ** every * progress ** 3``, where
-        ``progress`` (0 to 1, a variable the trainer sets before each step from its
-        :class:`LrPlan`, so it follows a time budget too) is how far the learning rate has
-        decayed: no averaging early, when progress matters, and strong averaging late, when it
-        smooths the noise of the last steps. The slow weights are optimizer variables, so
-        checkpoints carry them.
-        """
-
-        def __init__(
-            self,
-            learning_rate: Any = 0.01,
-            lookahead_every: int = 5,
-            lookahead_decay: float = 0.95,
-            **kwargs: Any,
-        ):
-            for key in ("use_ema", "ema_momentum", "ema_overwrite_frequency"):
-                kwargs.pop(key, None)  # set from the lookahead arguments, also when deserialised
-            every = int(lookahead_every)
-            super().__init__(
-                learning_rate,
-                use_ema=every > 0,
-                ema_momentum=0.0,
-                ema_overwrite_frequency=every or None,
-                **kwargs,
-            )
-            self.lookahead_every = every
-            self.lookahead_decay = float(lookahead_decay)
-
-        def _update_model_variables_moving_average(self, trainable_variables):
-            sync = ops.equal(ops.mod(self.iterations + 1, self.lookahead_every), 0)
-            m = self.lookahead_decay**self.lookahead_every * ops.cast(self.progress, "float32") ** 3
-            for var, slow in zip(
-                trainable_variables, self._model_variables_moving_average, strict=True
-            ):
-                old = slow.value  # a backend array: JAX's where() takes no Keras variable
-                mixed = m * ops.cast(old, "float32") + (1.0 - m) * ops.cast(var.value, "float32")
-                slow.assign(ops.where(sync, ops.cast(mixed, slow.dtype), old))
-
-        def finalize_variable_values(self, var_list):
-            pass  # the model's weights already follow the averaged path; fit() must not reset them
-
-        def build(self, variables):
-            super().build(variables)
-            self.progress = self.add_variable((), initializer="zeros", name="progress")
-
-        def get_config(self) -> dict[str, Any]:
-            return {
-                **super().get_config(),
-                "lookahead_every": self.lookahead_every,
-                "lookahead_decay": self.lookahead_decay,
-            }
-
-    return LookaheadSGD
-
-
-_LAZY = {"LookaheadSGD": _lookahead_sgd_class}
-
-
-def __getattr__(name: str) -> Any:  # Keras classes are built on first use: importing stays TF-free
-    if name in _LAZY:
-        cls = _LAZY[name]()
-        globals()[name] = cls
-        return cls
-    raise AttributeError(name)
+    return optimizers.LookaheadSGD(first, every, decay, **sgd), plan
 
 
 @dataclass
