@@ -63,11 +63,13 @@ def cifar_workspace(out: Path) -> Path:
     return out
 
 
-def train_and_score(data: Path, test_csv: Path, out: Path, seed: int, *flags: str) -> float:
-    """``fast`` (default recipe, ``--test-split 0``, and ``flags``) trained on ``data`` through
+def train_and_score(
+    data: Path, test_csv: Path, out: Path, seed: int, *flags: str, model: str = "fast"
+) -> float:
+    """``model`` (default recipe, ``--test-split 0``, and ``flags``) trained on ``data`` through
     the CLI, then its accuracy on every image of ``test_csv`` from ``imgcls evaluate``."""
     shutil.rmtree(out, ignore_errors=True)
-    timed([*IMGCLS, "train", str(data), "--out", str(out), "--model", "fast",
+    timed([*IMGCLS, "train", str(data), "--out", str(out), "--model", model,
            "--test-split", "0", "--seed", str(seed), "--quiet", *flags])  # fmt: skip
     timed([*IMGCLS, "evaluate", str(out), str(test_csv), "--split", "all", "--out",
            str(out / "eval")])  # fmt: skip

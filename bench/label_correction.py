@@ -1,6 +1,6 @@
 """Fixing the data: how much of the accuracy lost to label noise do accepted corrections win back?
 
-    python bench/label_correction.py [--n 5000] [--noise 0.10] [--seeds 0 1 2]
+    python bench/label_correction.py [--n 5000] [--noise 0.10] [--seeds 0 1 2] [--arms ...]
 
 A class-balanced subset of N shared CIFAR-10 JPEGs becomes a folder per class (symbolic links,
 nothing copied) with ``noise`` of the labels moved to another class at random; 5,000 other
@@ -11,11 +11,16 @@ the review page's ``a`` key writes it (a relabel, or leaving the image out where
 unsure), with the suggestions from
 
 - **quick**: prepare's own k-fold cross-validation of its quick model (no training needed);
-- **two halves**: two ``fast`` runs, each trained on one half of the noisy folder
+- **halves**: two ``fast`` runs, each trained on one half of the noisy folder
   (``--split-file``), passed as ``--from-run A B`` so every image is scored by the run that
   never saw it;
-- **two halves, relabels only**: the same suggestions, but only the confident relabels
-  accepted (a person who keeps the images the model is unsure of).
+- **pretrained**: the same with two runs of a pretrained backbone (``efficientnet_lite0``, its
+  default recipe, offline ImageNet weights): the better scorer a person with a GPU-less
+  machine has at hand.
+
+Each arm is retrained twice: with every suggested fix accepted, and with only the confident
+relabels accepted (``<arm>_relabels``: a person who keeps the images the model is unsure of).
+``--arms`` picks the arms (each costs retraining).
 
 Each run is scored on the clean test set with ``imgcls evaluate``. Reports accuracies, the
 share of the accuracy lost to noise that each correction recovers, and what the suggestions
@@ -103,20 +108,24 @@ def accept_suggestions(data: Path, work: Path, truth: dict[str, str], *flags: st
     return {"file": str(file), **counts}
 
 
-def train_halves(data: Path, work: Path, seed: int) -> list[str]:
-    """Two ``fast`` runs on the noisy folder, each on one half (``--split-file``)."""
+def train_halves(data: Path, work: Path, seed: int, model: str = "fast") -> list[str]:
+    """Two ``model`` runs on the noisy folder, each on one half (``--split-file``)."""
     ids = sorted(str(p.relative_to(data)) for p in data.glob("*/*.jpg"))
     runs = []
+    work.mkdir(parents=True, exist_ok=True)
     for half in (0, 1):
         split = work / f"half-{half}.csv"
         split.write_text("id,label,split\n" + "".join(
             f"{i},{i.split('/')[0]},train\n" for k, i in enumerate(ids) if k % 2 == half))  # fmt: skip
         run = work / f"run-half-{half}"
         shutil.rmtree(run, ignore_errors=True)
-        timed([*IMGCLS, "train", str(data), "--out", str(run), "--model", "fast", "--seed",
+        timed([*IMGCLS, "train", str(data), "--out", str(run), "--model", model, "--seed",
                str(seed), "--split-file", str(split), "--quiet"])  # fmt: skip
         runs.append(str(run))
     return runs
+
+
+ARMS = {"quick": None, "halves": "fast", "pretrained": "efficientnet_lite0"}  # arm -> scorer
 
 
 def relabels_only(file: Path, out: Path) -> Path:
@@ -137,6 +146,8 @@ def main() -> None:
     p.add_argument("--n-test", type=int, default=5_000)
     p.add_argument("--noise", type=float, default=0.10)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
+    p.add_argument("--out", default="label_correction", help="results name (bench/results/)")
     a = p.parse_args()
     if not CIFAR.is_dir():
         sys.exit(f"skipped: {CIFAR} not found")
@@ -156,31 +167,31 @@ def main() -> None:
         write_folder(work / "noisy", train, noisy)
         row["noisy"] = train_and_score(work / "noisy", test_csv, work / "run-noisy", seed)
         truth = {f"{i:05d}.jpg": c for i, c in enumerate(true)}
-        for arm, flags in (("quick", []), ("halves", None)):
-            if flags is None:
-                flags = ["--from-run", *train_halves(work / "noisy", work, seed)]
+        for arm in a.arms:
+            scorer = ARMS[arm]
+            flags = [] if scorer is None else [
+                "--from-run", *train_halves(work / "noisy", work / arm, seed, scorer)]  # fmt: skip
             row[f"{arm}_fixes"] = fixes = accept_suggestions(work / "noisy", work / arm, truth,
                                                              *flags)  # fmt: skip
             row[arm] = train_and_score(work / "noisy", test_csv, work / f"run-{arm}", seed,
                                        "--corrections", fixes["file"])  # fmt: skip
-            row[f"{arm}_recovered_share"] = recovered(row, arm)
-        only = relabels_only(Path(row["halves_fixes"]["file"]), work / "halves-relabels.csv")
-        row["halves_relabels"] = train_and_score(work / "noisy", test_csv,
-                                                 work / "run-halves-relabels", seed,
-                                                 "--corrections", str(only))  # fmt: skip
-        row["halves_relabels_recovered_share"] = recovered(row, "halves_relabels")
+            only = relabels_only(Path(fixes["file"]), work / arm / "relabels.csv")
+            row[f"{arm}_relabels"] = train_and_score(work / "noisy", test_csv,
+                                                     work / f"run-{arm}-relabels", seed,
+                                                     "--corrections", str(only))  # fmt: skip
+            for key in (arm, f"{arm}_relabels"):
+                row[f"{key}_recovered_share"] = recovered(row, key)
         rows.append(row)
         print(row, flush=True)
-        write_result("label_correction", {"n": a.n, "noise": a.noise, "rows": rows})
-    summary = {
-        k: float(np.mean([r[k] for r in rows])) for k in ("clean", "noisy", "quick", "halves")
-    }
-    for arm in ("quick", "halves"):
-        summary[f"{arm}_recovered_share"] = recovered(summary, arm)
+        write_result(a.out, {"n": a.n, "noise": a.noise, "rows": rows})
+    keys = ["clean", "noisy", *a.arms, *(f"{arm}_relabels" for arm in a.arms)]
+    summary = {k: float(np.mean([r[k] for r in rows])) for k in keys}
+    for key in keys[2:]:
+        summary[f"{key}_recovered_share"] = recovered(summary, key)
     print("mean:", summary)
     record = {"machine": f"{platform.machine()} {os.cpu_count()} cores", "n": a.n,
-              "noise": a.noise, "rows": rows, "mean": summary}  # fmt: skip
-    print(f"results: {write_result('label_correction', record)}")
+              "noise": a.noise, "arms": a.arms, "rows": rows, "mean": summary}  # fmt: skip
+    print(f"results: {write_result(a.out, record)}")
 
 
 if __name__ == "__main__":
