@@ -325,9 +325,19 @@ def test_label_issues_from_two_runs_each_on_half_of_the_data(tmp_path, capsys):
             f"{p},{label},train\n" for i, (p, label) in enumerate(noisy) if i % 2 == half))  # fmt: skip
         runs.append(tmp_path / f"run{half}")
         imgcls.train(str(tmp_path / "noisy.csv"), out=runs[-1], split_file=str(split),
-                     model="classic", epochs=12, batch_size=16, image_size=(32, 32),
+                     model="classic", epochs=12, batch_size=16, image_size=(24, 24),
                      precision="float32", verbose=False,
                      model_args={"filters": (8, 16), "dense_units": 16})  # fmt: skip
+    # The runs learned at 24x24, prepare decodes at 32x32: each run scores the files decoded at
+    # its own size, so it knows its own half and the other run alone scores that half.
+    from imgcls.data.cache import cached_pixels
+    from imgcls.predict import RunProbabilities
+
+    paths = [str(tmp_path / p) for p, _ in rows]
+    pixels, names = cached_pixels(paths, (32, 32)).pixels, ["bar", "square", "stripe"]
+    both = RunProbabilities(runs)(pixels, names, paths)
+    np.testing.assert_allclose(both[0::2], RunProbabilities(runs[1])(pixels, names)[0::2])
+    np.testing.assert_allclose(both[1::2], RunProbabilities(runs[0])(pixels, names)[1::2])
     out = tmp_path / "out"
     assert main(["prepare", str(tmp_path / "noisy.csv"), "--out", str(out), "--label-issues",
                  "--quiet", "--from-run", *map(str, runs)]) == 0  # fmt: skip

@@ -244,31 +244,57 @@ class RunProbabilities:
             f"runs {', '.join(map(str, self.runs))} (each image scored by those not trained on it)"
         )
 
-    def __call__(self, pixels: np.ndarray, class_names: list[str]) -> np.ndarray:
+    def __call__(
+        self, pixels: np.ndarray, class_names: list[str], paths: list[str] | None = None
+    ) -> np.ndarray:
+        """Probabilities ``(N, len(class_names))`` of ``pixels``; with ``paths`` (the files of
+        the pixels), a run trained at another size scores the files decoded at its own size,
+        so it sees what it learned from and its seen digests match (a 32x32 CIFAR image
+        resized after decoding is not the image a 224x224 run decoded: every image looked
+        unseen, and each run's own half was scored in sample)."""
         from imgcls.bundle import seen_in_training
 
-        probs = np.stack([self._of(run, pixels, class_names) for run in self.runs])
+        probs, unseen = [], []
+        for run in self.runs:
+            predictor = Predictor(run)
+            own = self._pixels_for(predictor, pixels, paths)
+            probs.append(self._of(predictor, own, class_names))
+            seen = seen_in_training(run, own) if len(self.runs) > 1 else None
+            unseen.append(np.ones(len(pixels), dtype=bool))
+            if seen is not None:
+                unseen[-1][seen] = False
         if len(self.runs) == 1:
             return probs[0]
-        unseen = np.ones(probs.shape[:2], dtype=bool)  # (run, image)
-        for k, run in enumerate(self.runs):
-            seen = seen_in_training(run, pixels)
-            if seen is not None:
-                unseen[k, seen] = False
+        probs, unseen = np.stack(probs), np.stack(unseen)  # (run, image, class), (run, image)
         everywhere = ~unseen.any(axis=0)
         self.in_sample = int(everywhere.sum())
         unseen[:, everywhere] = True  # seen by every run: all of them, as one run would
         weights = unseen / unseen.sum(axis=0, keepdims=True)
         return np.einsum("ri,ric->ic", weights, probs)
 
-    def _of(self, run, pixels: np.ndarray, class_names: list[str]) -> np.ndarray:
+    @staticmethod
+    def _pixels_for(predictor, pixels: np.ndarray, paths: list[str] | None) -> np.ndarray:
+        """The images as ``predictor``'s run decodes them: the files again at its image size
+        (through the shared pixel cache) when they are known and the sizes differ."""
+        if paths is None or tuple(pixels.shape[1:3]) == tuple(predictor.image_size):
+            return pixels
+        from imgcls.data.cache import cached_pixels
+
+        decoded = cached_pixels(list(paths), predictor.image_size)
+        check(
+            bool(decoded.ok.all()),
+            f"--from-run {predictor.run_dir}: {int((~decoded.ok).sum())} image(s) no longer "
+            "decode; run prepare again",
+        )
+        return decoded.pixels
+
+    def _of(self, predictor, pixels: np.ndarray, class_names: list[str]) -> np.ndarray:
         from imgcls.data.decode import resize_array
 
-        predictor = Predictor(run)
         missing = sorted(set(class_names) - set(predictor.classes_))
         check(
             not missing,
-            f"--from-run {run} does not know class(es) {', '.join(missing)}; "
+            f"--from-run {predictor.run_dir} does not know class(es) {', '.join(missing)}; "
             f"its classes are {', '.join(predictor.classes_)}",
         )
         columns = [predictor.classes_.index(name) for name in class_names]

@@ -23,9 +23,9 @@ PATCH = 6  # pixels: side of the k-means patches
 CENTROIDS = 256  # k-means patch centroids; features = 4 quadrants x centroids
 PATCH_SAMPLES = 50_000  # random patches used to fit whitening and k-means
 KMEANS_ITERATIONS = 10  # Lloyd iterations: the features barely change after a few
-# (uint8 pixels (N, H, W, 3), class names) -> probabilities (N, len(class names)); its str()
-# names it in the report ("run runs/x").
-Probabilities = Callable[[np.ndarray, list[str]], np.ndarray]
+# (uint8 pixels (N, H, W, 3), class names, the files or None) -> probabilities
+# (N, len(class names)); its str() names it in the report ("run runs/x").
+Probabilities = Callable[[np.ndarray, list[str], list[str] | None], np.ndarray]
 ENCODE_BATCH = 64  # images encoded at once (bounds memory: batch x 729 patches x centroids floats)
 LOGREG_C = 0.01  # inverse L2 strength of the logistic regression on standardised features
 # A flagged image's suggested fix: the class the model favours when it is at least this sure of
@@ -42,6 +42,7 @@ def find_label_issues(
     ids: list[str],
     seed: int = 0,
     probabilities: Probabilities | None = None,
+    paths: list[str] | None = None,
 ) -> list[dict]:
     """Rank images whose given label looks wrong.
 
@@ -52,6 +53,7 @@ def find_label_issues(
         ids: the image ids reported as ``path``.
         seed: seeds the folds and the feature model.
         probabilities: gives the class probabilities of the pixels instead of cross-validation.
+        paths: the image files (``probabilities`` may decode them at its model's own size).
 
     Returns:
         ``{"path", "kind": "label_issue", "detail", "given", "suggested", "given_probability",
@@ -64,7 +66,7 @@ def find_label_issues(
     pixels = np.load(cache, mmap_mode="r")
     labels = np.asarray(labels, dtype=np.int64)
     if probabilities is not None:
-        probs = np.asarray(probabilities(pixels, class_names), dtype=np.float64)
+        probs = np.asarray(probabilities(pixels, class_names, paths), dtype=np.float64)
         check(
             probs.shape == (len(labels), len(class_names)),
             f"{probabilities} gave probabilities of shape {probs.shape}; "

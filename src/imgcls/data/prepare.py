@@ -173,6 +173,7 @@ def _add_label_issues(report: dict, cache: Path, images: ImageSet, plan, seed: i
         [images.ids[i] for i in plan.keep],
         seed=seed,
         probabilities=probabilities,
+        paths=[images.paths[i] for i in plan.keep],
     )
     report["issues"] += found
     report["issue_counts"]["label_issue"] = len(found)
