@@ -95,7 +95,7 @@ def main() -> None:
         print(row, flush=True)
     mean = {k: float(np.mean([r[k] for r in rows])) for k in ("start", "suggest", "random")}
     print("mean:", mean, "suggest - random:", round(mean["suggest"] - mean["random"], 4))
-    record = {"machine": f"{platform.machine()} {os.cpu_count()} cores", "args": vars(a),
+    record = {"machine": f"{platform.machine()} {os.cpu_count()} cores", "args": {k: str(v) for k, v in vars(a).items()},
               "rows": rows, "mean": mean}  # fmt: skip
     print(f"results: {write_result(a.out, record)}")
 
