@@ -249,17 +249,21 @@ class RunProbabilities:
     ) -> np.ndarray:
         """Probabilities ``(N, len(class_names))`` of ``pixels``; with ``paths`` (the files of
         the pixels), a run trained at another size scores the files decoded at its own size,
-        so it sees what it learned from and its seen digests match (a 32x32 CIFAR image
-        resized after decoding is not the image a 224x224 run decoded: every image looked
-        unseen, and each run's own half was scored in sample)."""
+        so it sees what it learned from, and the digests of what it trained on are compared
+        with the files decoded at its training size (a 32x32 CIFAR image resized after
+        decoding, or decoded at the 256 a 224x224 run predicts at, is not the image it
+        trained on: every image looked unseen, and each run's own half was scored in sample)."""
         from imgcls.bundle import seen_in_training
 
         probs, unseen = [], []
         for run in self.runs:
             predictor = Predictor(run)
-            own = self._pixels_for(predictor, pixels, paths)
+            own = self._pixels_for(predictor, predictor.image_size, pixels, paths)
             probs.append(self._of(predictor, own, class_names))
-            seen = seen_in_training(run, own) if len(self.runs) > 1 else None
+            seen = None
+            if len(self.runs) > 1:  # digests of the images at the size the run trained at
+                trained = tuple(predictor.meta.config.get("image_size") or predictor.image_size)
+                seen = seen_in_training(run, self._pixels_for(predictor, trained, pixels, paths))
             unseen.append(np.ones(len(pixels), dtype=bool))
             if seen is not None:
                 unseen[-1][seen] = False
@@ -273,14 +277,15 @@ class RunProbabilities:
         return np.einsum("ri,ric->ic", weights, probs)
 
     @staticmethod
-    def _pixels_for(predictor, pixels: np.ndarray, paths: list[str] | None) -> np.ndarray:
-        """The images as ``predictor``'s run decodes them: the files again at its image size
-        (through the shared pixel cache) when they are known and the sizes differ."""
-        if paths is None or tuple(pixels.shape[1:3]) == tuple(predictor.image_size):
+    def _pixels_for(predictor, size, pixels: np.ndarray, paths: list[str] | None) -> np.ndarray:
+        """The images as ``predictor``'s run decodes them at ``size``: the files again
+        (through the shared pixel cache) when they are known and the sizes differ. A
+        pretrained backbone trains at 224 and predicts at 256: both are needed."""
+        if paths is None or tuple(pixels.shape[1:3]) == tuple(size):
             return pixels
         from imgcls.data.cache import cached_pixels
 
-        decoded = cached_pixels(list(paths), predictor.image_size)
+        decoded = cached_pixels(list(paths), tuple(size))
         check(
             bool(decoded.ok.all()),
             f"--from-run {predictor.run_dir}: {int((~decoded.ok).sum())} image(s) no longer "
