@@ -263,7 +263,9 @@ class RunProbabilities:
             seen = None
             if len(self.runs) > 1:  # digests of the images at the size the run trained at
                 trained = tuple(predictor.meta.config.get("image_size") or predictor.image_size)
-                seen = seen_in_training(run, self._pixels_for(predictor, trained, pixels, paths))
+                if trained != tuple(predictor.image_size):  # else the pixels it just scored
+                    own = self._pixels_for(predictor, trained, pixels, paths)
+                seen = seen_in_training(run, own)
             unseen.append(np.ones(len(pixels), dtype=bool))
             if seen is not None:
                 unseen[-1][seen] = False
