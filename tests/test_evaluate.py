@@ -98,6 +98,39 @@ def test_a_copy_of_the_training_images_is_flagged_as_already_seen(trained_run, t
     assert "not a held-out estimate" not in capsys.readouterr().err
 
 
+def test_seen_images_are_found_when_the_run_predicts_at_another_size(tmp_path, monkeypatch):
+    """A run that trains at 16x16 and predicts at 24x24 (as a pretrained backbone trains at 224
+    and predicts at 256): evaluate and suggest still know the images it learned from."""
+    import imgcls
+    import imgcls.models as models
+
+    models._load_families()
+    monkeypatch.setattr(models, "_REGISTRY", dict(models._REGISTRY))
+    fast = models.get_spec("fast")
+    models.register_model("fixres", "test only: fast predicting at 1.5x", {"test_scale": 1.5})(
+        fast.build
+    )
+    data = write_folder(tmp_path / "img", per_class=8, seed=3)
+    run = tmp_path / "run"
+    imgcls.train(str(data), out=run, model="fixres", epochs=1, batch_size=8, image_size=(16, 16),
+                 precision="float32", verbose=False, model_args={"widths": (8, 8, 8)})  # fmt: skip
+    assert imgcls.load(run).image_size == (24, 24)
+    with open(run / "split.csv", newline="") as f:
+        learned = {row["id"] for row in csv.DictReader(f) if row["split"] in ("train", "val")}
+    copy = Path(shutil.copytree(data, tmp_path / "copy"))
+    assert main(["evaluate", str(run), str(copy), "--out", str(tmp_path / "eval")]) == 0
+    m = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert m["seen_in_training"]["n"] == len(learned) > 0
+
+    from imgcls.bundle import seen_in_training
+    from imgcls.data.cache import cached_pixels
+
+    pool = sorted(str(p) for p in copy.rglob("*.png"))
+    pixels = cached_pixels(pool, (24, 24)).pixels  # as `imgcls suggest` decodes its pool
+    expected = [i for i, p in enumerate(pool) if str(Path(p).relative_to(copy)) in learned]
+    assert seen_in_training(run, pixels, pool).tolist() == expected
+    assert seen_in_training(run, pixels).tolist() == []  # without the files: other pixels
+
 def test_known_metrics_on_a_hand_made_example():
     from imgcls.evaluate.metrics import compute_metrics
 

@@ -376,9 +376,15 @@ def write_seen(
         np.save(tmp, hashes)
 
 
-def seen_in_training(run_dir: str | Path, pixels: np.ndarray) -> np.ndarray | None:
+def seen_in_training(
+    run_dir: str | Path, pixels: np.ndarray, paths: list[str] | None = None
+) -> np.ndarray | None:
     """Indices of ``pixels`` identical to an image RUN trained or validated on.
 
+    The run took its digests of the images decoded at the size it trained at. With ``paths``
+    (the files of ``pixels``), images decoded at another size are decoded again at that size
+    (through the shared pixel cache) before they are compared: a pretrained backbone trains at
+    224 and predicts at 256, and a resize of other decoded pixels is never the image it saw.
     ``None`` for a run written before imgcls recorded what it saw (no ``seen_digests.npy``).
     """
     from imgcls.data.hashing import pixel_digests
@@ -392,4 +398,14 @@ def seen_in_training(run_dir: str | Path, pixels: np.ndarray) -> np.ndarray | No
         raise ImgclsError(
             f"{path} is damaged ({e}); retrain, or delete it to skip the check"
         ) from None
-    return np.flatnonzero(np.isin(pixel_digests(pixels), seen))
+    rows = np.arange(len(pixels))
+    trained = read_meta(run_dir).config.get("image_size")
+    if paths is not None and trained and tuple(pixels.shape[1:3]) != tuple(trained):
+        from imgcls.data.cache import cached_pixels
+
+        decoded = cached_pixels(list(paths), tuple(trained))
+        pixels, rows = decoded.pixels, np.flatnonzero(decoded.ok)
+    step = 4096  # rows at a time: a large pool stays on disk (DiskRows)
+    digests = [pixel_digests(np.asarray(pixels[i : i + step])) for i in range(0, len(rows), step)]
+    digests = np.concatenate(digests) if digests else np.zeros(0, np.uint64)
+    return rows[np.isin(digests, seen)]

@@ -260,12 +260,8 @@ class RunProbabilities:
             predictor = Predictor(run)
             own = self._pixels_for(predictor, predictor.image_size, pixels, paths)
             probs.append(self._of(predictor, own, class_names))
-            seen = None
-            if len(self.runs) > 1:  # digests of the images at the size the run trained at
-                trained = tuple(predictor.meta.config.get("image_size") or predictor.image_size)
-                if trained != tuple(predictor.image_size):  # else the pixels it just scored
-                    own = self._pixels_for(predictor, trained, pixels, paths)
-                seen = seen_in_training(run, own)
+            # digests of the images at the size the run trained at (the files again if needed)
+            seen = seen_in_training(run, own, paths) if len(self.runs) > 1 else None
             unseen.append(np.ones(len(pixels), dtype=bool))
             if seen is not None:
                 unseen[-1][seen] = False
@@ -281,8 +277,7 @@ class RunProbabilities:
     @staticmethod
     def _pixels_for(predictor, size, pixels: np.ndarray, paths: list[str] | None) -> np.ndarray:
         """The images as ``predictor``'s run decodes them at ``size``: the files again
-        (through the shared pixel cache) when they are known and the sizes differ. A
-        pretrained backbone trains at 224 and predicts at 256: both are needed."""
+        (through the shared pixel cache) when they are known and the sizes differ."""
         if paths is None or tuple(pixels.shape[1:3]) == tuple(size):
             return pixels
         from imgcls.data.cache import cached_pixels

@@ -65,17 +65,21 @@ def rank_suggestions(
 
 
 def near_training(
-    run_dir: Path, pixels: np.ndarray, hashes: np.ndarray | None = None
+    run_dir: Path,
+    pixels: np.ndarray,
+    hashes: np.ndarray | None = None,
+    paths: list[str] | None = None,
 ) -> np.ndarray:
     """Boolean per image: identical or nearly identical to one RUN trained or validated on
     (pixel digests; dHash pairs found by the banded search ``prepare`` uses). ``hashes``: the
-    dHash of each image when known (the pixel cache keeps them), else computed here."""
+    dHash of each image when known (the pixel cache keeps them), else computed here;
+    ``paths``: the files of ``pixels``, for the digests at the size RUN trained at."""
     from imgcls.bundle import SEEN_DHASH_FILE, seen_in_training
     from imgcls.data.duplicates import NEAR_BITS
     from imgcls.data.hashing import dhash, near_pairs
 
     near = np.zeros(len(pixels), dtype=bool)
-    identical = seen_in_training(run_dir, pixels)
+    identical = seen_in_training(run_dir, pixels, paths)
     if identical is not None:
         near[identical] = True
     path = run_dir / SEEN_DHASH_FILE
@@ -134,7 +138,7 @@ def suggest(run: str | Path, pool: list[str], n: int, out: str | Path | None = N
     check(bool(kept), f"POOL: none of the {len(paths)} image files could be decoded")
     probs = predictor.predict_pixels(pixels)
     order = rank_suggestions(
-        probs, features_of(predictor, pixels), n, near_training(run_dir, pixels, hashes)
+        probs, features_of(predictor, pixels), n, near_training(run_dir, pixels, hashes, kept)
     )
     m = margins(probs)
     rows = [{"rank": r + 1, "path": kept[i], "guess": predictor.classes_[int(probs[i].argmax())],

@@ -92,7 +92,7 @@ def _metrics(run, data, ev, probs, raw, predictor, tta) -> dict[str, Any]:
     from imgcls.predict import resolve_tta
 
     meta = predictor.meta
-    seen = seen_in_training(run, ev.pixels)
+    seen = seen_in_training(run, ev.pixels, ev.paths)  # at the size it trained at
     metrics = compute_metrics(ev.y_true, probs, meta.class_names)
     metrics.update(
         {

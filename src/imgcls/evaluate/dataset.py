@@ -38,6 +38,14 @@ class EvalSet:
     split: str
     left_out: list[dict] = field(default_factory=list)
 
+    @property
+    def paths(self) -> list[str] | None:
+        """The file of each decoded image (``None`` for a built-in set held as pixels)."""
+        if self.images.paths is None:
+            return None
+        done = {i: p for i, p in zip(self.images.ids, self.images.paths, strict=True)}
+        return [done[i] for i in self.ids]
+
     def describe(self, data: str | Path, class_names: list[str]) -> dict:
         """What was evaluated: data argument and source, split, counts and a fingerprint."""
         h = hashlib.sha256()

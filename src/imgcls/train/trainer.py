@@ -386,7 +386,9 @@ class Trainer:
             return model
         from imgcls.models import create_model
 
-        kwargs = dict(self.config.model_args, weights="none")
+        kwargs = dict(self.config.model_args)
+        if self.spec.pretrained:  # the trained weights replace them
+            kwargs["weights"] = "none"
         resized = create_model(self.config.model, (*size, 3), len(self.data.class_names), **kwargs)
         resized.set_weights(model.get_weights())
         return resized
