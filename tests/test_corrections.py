@@ -75,6 +75,22 @@ def test_prepare_applies_the_corrections(data, tmp_path):
     assert "corrections.csv" not in (tmp_path / "prep" / "report.json").read_text()
 
 
+def test_decisions_made_after_prepare_apply_to_the_prepared_folder(data, tmp_path):
+    """Reviewed after it was prepared: the folder's rows (relative to it) find its images in
+    the prepared manifest, which names them by absolute path."""
+    from imgcls.data.sources import load_source
+
+    prep = tmp_path / "prep"
+    assert main(["prepare", str(data), "--out", str(prep), "--quiet"]) == 0
+    decide(data, "cats/000.png", "relabel", "fish")
+    decide(data, "dogs/000.png", "exclude")
+    images = load_source(str(prep), corrections=str(default_file(data)))
+    assert str(data / "dogs" / "000.png") not in images.paths and len(images) == 35
+    where = images.paths.index(str(data / "cats" / "000.png"))
+    assert images.class_names[images.labels[where]] == "fish"
+    assert (images.corrections["relabelled"], images.corrections["excluded"]) == (1, 1)
+
+
 def test_a_changed_image_keeps_its_label_with_a_warning(data, tmp_path, capsys):
     decide(data, "cats/000.png", "relabel", "dogs")
     (data / "cats" / "000.png").write_bytes((data / "cats" / "005.png").read_bytes())

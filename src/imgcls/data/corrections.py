@@ -6,7 +6,9 @@ row each, to ``DATA/.imgcls/corrections.csv``::
     path,digest,action,label,reason,time
     cats/013.jpg,9f2c...,relabel,dogs,suspected wrong label,2026-12-04T18:30:12Z
 
-- ``path``: the image as DATA names it (relative to the folder, like ``imgcls prepare``);
+- ``path``: the image as DATA names it (relative to the folder, like ``imgcls prepare``), or
+  the same file named otherwise (a relative path starts at the folder whose ``.imgcls/`` holds
+  the file, so a folder's decisions also find its images in a prepared folder's manifest);
 - ``digest``: the sha256 of the file's bytes when the decision was made;
 - ``action``: ``relabel`` (to ``label``), ``exclude``, ``keep`` (as it is), ``add`` (an image
   from outside the data set, labelled ``label``: ``imgcls review --label``; its path absolute
@@ -129,11 +131,14 @@ def apply_corrections(images, file: str | Path):
     file = Path(file)
     decisions = read_corrections(file, images.class_names)
     position = {image_id: i for i, image_id in enumerate(images.ids)}
+    files = {os.path.abspath(p): i for i, p in enumerate(images.paths or [])}
     labels = images.labels.copy()
     keep = np.ones(len(images), dtype=bool)
     applied, added, ignored = [], [], 0
     for c in decisions:
         i = position.get(c.path)
+        if i is None:  # the same file named another way (a prepared folder lists it absolute)
+            i = files.get(os.path.abspath(_data_root(images, file) / Path(c.path).expanduser()))
         if c.action == "add":
             check(
                 i is None,
@@ -175,12 +180,19 @@ def apply_corrections(images, file: str | Path):
     return corrected
 
 
-def _added_path(images, file: Path, c: Correction) -> str:
-    """The file an ``add`` row names (relative paths start at DATA's folder); it must exist."""
+def _data_root(images, file: Path) -> Path:
+    """Where a row's relative path starts: the folder whose ``.imgcls/`` holds ``file`` (the
+    folder that was reviewed), else DATA's folder (a manifest's own folder)."""
+    if file.parent.name == FOLDER:
+        return file.parent.parent
     root = Path(images.source)
-    path = Path(c.path).expanduser()
-    if not path.is_absolute():
-        path = (root if root.is_dir() else root.parent) / path
+    return root if root.is_dir() else root.parent
+
+
+def _added_path(images, file: Path, c: Correction) -> str:
+    """The file an ``add`` row names (relative paths start at :func:`_data_root`); it must
+    exist."""
+    path = _data_root(images, file) / Path(c.path).expanduser()
     check(path.is_file(), f"{file} row {c.row}: the added image {c.path} does not exist")
     return os.path.abspath(path)
 
