@@ -309,7 +309,7 @@ def init_processes(coordinator: str, num_processes: int, process_id: int) -> Non
 def process_info() -> tuple[int, int]:
     """``(this process's index, number of processes)`` of a data-parallel job; ``(0, 1)``
     when there is none."""
-    if name() != "jax":
+    if requested() != "jax":  # without importing Keras (train/ahead.py forks before that)
         return 0, 1
     import jax
 

@@ -312,7 +312,9 @@ def main(argv: list[str] | None = None) -> int:
             if getattr(args, "no_compile_cache", False):
                 os.environ[backend.COMPILE_CACHE_ENV] = "0"
             backend.select(_backend_asked(args))
-            if not _onnx_only(args):  # ONNX Runtime on a cached export: no Keras (3 s) at all
+            # ONNX Runtime on a cached export: no Keras (3 s) at all; `train` imports it while
+            # a child process reads the data (imgcls/train/ahead.py)
+            if not _onnx_only(args) and args.func is not commands.cmd_train:
                 backend.import_keras_quietly()
             if getattr(args, "num_processes", None):
                 backend.init_processes(args.coordinator, args.num_processes, args.process_id)

@@ -20,6 +20,7 @@ from imgcls.config import TrainConfig
 from imgcls.errors import ImgclsError, check
 from imgcls.io import Timeline
 from imgcls.models import get_spec
+from imgcls.train.ahead import Ahead
 from imgcls.train.checkpoint import CheckpointManager, RunLock
 from imgcls.train.rundata import load_run_data, write_run_files
 from imgcls.train.setup import check_init_from
@@ -54,28 +55,37 @@ def run_training(
     else:
         config = _new_config(folder, data, config, overrides, chief)
     backend.select(config.backend)  # refuses a backend other than the one Keras runs on
-    import keras
-
-    policy = keras.config.dtype_policy()
-    timeline.mark("start-up")
     log = (lambda m: print(m, file=sys.stderr, flush=True)) if verbose and chief else _quiet
-    try:
-        with RunLock(folder.path) if chief else contextlib.nullcontext():
-            ckpt = CheckpointManager(folder.path)
-            if chief:
-                ckpt.clean_temporaries()
-            run_data, config = load_run_data(str(data), config, folder, resume, log)
-            if config.init_from and not resume:
-                check_init_from(config.init_from, config, run_data.class_names)
-            record = write_run_files(folder, run_data, config, resume, write=chief)
-            found = ckpt.load_latest() if resume else None
-            if resume and found is None:  # killed before the first checkpoint: start over
-                log(f"no readable checkpoint in {ckpt.dir}; starting from the first step")
-            timeline.mark("data")
-            trainer = Trainer(run_data, folder, config, record, found, verbose and chief, timeline)
-            return trainer.run()
-    finally:
-        keras.config.set_dtype_policy(policy)  # the run's precision does not leak to the caller
+    # The data stage reads in a child process while Keras imports here (a fresh process only)
+    with Ahead(load_run_data, str(data), config, folder, resume, log) as data_ahead:
+        backend.import_keras_quietly()
+        import keras
+
+        policy = keras.config.dtype_policy()
+        timeline.mark("start-up")
+        try:
+            return _train(data_ahead, folder, config, resume, verbose, chief, log, timeline)
+        finally:
+            keras.config.set_dtype_policy(policy)  # the run's precision does not leak
+
+
+def _train(data_ahead: Ahead, folder: RunFolder, config: TrainConfig, resume: bool,
+           verbose: bool, chief: bool, log, timeline: Timeline) -> TrainedRun:  # fmt: skip
+    """The run once Keras is imported: the data, the run's files, then :class:`Trainer`."""
+    with RunLock(folder.path) if chief else contextlib.nullcontext():
+        ckpt = CheckpointManager(folder.path)
+        if chief:
+            ckpt.clean_temporaries()
+        run_data, config = data_ahead.result()
+        if config.init_from and not resume:
+            check_init_from(config.init_from, config, run_data.class_names)
+        record = write_run_files(folder, run_data, config, resume, write=chief)
+        found = ckpt.load_latest() if resume else None
+        if resume and found is None:  # killed before the first checkpoint: start over
+            log(f"no readable checkpoint in {ckpt.dir}; starting from the first step")
+        timeline.mark("data")
+        trainer = Trainer(run_data, folder, config, record, found, verbose and chief, timeline)
+        return trainer.run()
 
 
 def _quiet(message: str) -> None:
@@ -106,7 +116,7 @@ def _resume_config(
 ) -> tuple[TrainConfig, str]:
     saved = folder.read_record("--resume")
     config = TrainConfig.from_dict(saved["config"])
-    running = backend.name()
+    running = backend.requested()
     check(
         config.backend in (None, running),
         f"--resume: run {folder.path} was trained on the {config.backend} backend and Keras runs "

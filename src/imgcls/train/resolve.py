@@ -103,7 +103,7 @@ def _data_fills(config: TrainConfig, data: DataFacts, spec: ModelSpec) -> dict[s
         size = data.cache_size or default_image_size(data.typical_size, native)
         fills["image_size"] = tuple(int(s) for s in size)
     if config.backend is None:
-        fills["backend"] = backend.name()
+        fills["backend"] = backend.requested()  # no Keras import: see train/ahead.py
     if config.augment is None:
         photo = is_photo_size(data.typical_size) and data.augment != ()
         fills["augment"] = PHOTO_AUGMENT if photo else tuple(data.augment)

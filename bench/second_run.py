@@ -1,0 +1,78 @@
+"""A second run on the same data: seconds from the command to its first step, A/B.
+
+``imgcls train MANIFEST --epochs 1`` on the time-to-accuracy split (45,000 + 5,000 shared
+CIFAR-10 JPEGs): once to fill a fresh pixel cache (it decodes), then ``--rounds`` times from
+this tree and from ``--baseline-src`` (another commit's ``src``, e.g. a ``git worktree``),
+alternating, each reading the warm cache. The first step starts after the timeline's start-up,
+data and model stages; their sum is the figure (target: 5 s). Medians per tree and their
+ratio; nothing else should run meanwhile (the load is recorded).
+
+    git worktree add /tmp/base <commit>
+    python bench/second_run.py --baseline-src /tmp/base/src --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _common import CIFAR, ROOT, write_result
+from cifar10_time_to_accuracy import write_manifest
+
+STAGES = ("start-up", "data", "model")  # what comes before the first step
+
+
+def run(src: Path, manifest: Path, out: Path, cache: Path) -> dict:
+    """One ``imgcls train MANIFEST --epochs 1`` with ``src`` first on the path, timed."""
+    shutil.rmtree(out, ignore_errors=True)
+    env = dict(os.environ, IMGCLS_CACHE=str(cache), PYTHONPATH=str(src),
+               TF_CPP_MIN_LOG_LEVEL="3")  # fmt: skip
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "imgcls", "train", str(manifest), "--out",
+                           str(out), "--epochs", "1"], env=env, capture_output=True, text=True)  # fmt: skip
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.exit(f"imgcls train ({src}) failed:\n{proc.stderr[-3000:]}")
+    timeline = json.loads((out / "run.json").read_text())["timeline"]
+    first = round(sum(timeline.get(k, 0.0) for k in STAGES), 2)
+    return {"to_first_step_s": first, **{k: timeline.get(k) for k in STAGES},
+            "wall_s": round(wall, 1)}  # fmt: skip
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--baseline-src", type=Path, required=True, help="another commit's src/")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "second_run")
+    a = p.parse_args()
+    if not CIFAR.is_dir():
+        sys.exit(f"skipped: {CIFAR} not found")
+    if not (a.baseline_src / "imgcls" / "__init__.py").is_file():
+        sys.exit(f"--baseline-src must hold imgcls/. Received: {a.baseline_src}")
+    shutil.rmtree(a.out, ignore_errors=True)
+    a.out.mkdir(parents=True)
+    manifest, cache = write_manifest(a.out), a.out / "cache"
+    trees = {"this tree": ROOT / "src", "baseline": a.baseline_src.resolve()}
+    record = {"load_before": os.getloadavg(), "baseline_src": str(trees["baseline"]),
+              "fill": run(trees["this tree"], manifest, a.out / "run", cache)}  # fmt: skip
+    runs: dict[str, list[dict]] = {name: [] for name in trees}
+    for r in range(a.rounds):
+        for name in trees if r % 2 == 0 else reversed(trees):
+            runs[name].append(run(trees[name], manifest, a.out / "run", cache))
+            print(name, runs[name][-1], flush=True)
+    medians = {n: statistics.median(x["to_first_step_s"] for x in runs[n]) for n in trees}
+    record.update(runs=runs, median_to_first_step_s=medians, load_after=os.getloadavg(),
+                  ratio=round(medians["this tree"] / medians["baseline"], 3))  # fmt: skip
+    print("median seconds to the first step:", medians, "ratio", record["ratio"])
+    print(f"results: {write_result('second_run', record)}")
+
+
+if __name__ == "__main__":
+    main()
