@@ -60,6 +60,8 @@ class Ahead:
         except (OSError, ValueError):  # no address space for it (a ulimit): run it here
             return
         read, write = os.pipe()
+        sys.stdout.flush()  # else the child would write the parent's buffered output again
+        sys.stderr.flush()
         pid = os.fork()
         if pid == 0:  # the child: run, send, leave without running the parent's exit handlers
             os.close(read)
