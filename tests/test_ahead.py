@@ -3,6 +3,7 @@ if the function had run in the caller; it forks only before Keras is imported.""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -17,6 +18,7 @@ CHILD_SIDE = textwrap.dedent(
     from imgcls.errors import ImgclsError
     from imgcls.train.ahead import Ahead
 
+    print("before")  # buffered (stdout is a pipe): the child must not write it again
     def work(n, sizes):
         rng = np.random.default_rng(n)
         arrays = {s: rng.integers(0, 255, (s, 8, 8, 3), dtype=np.uint8) for s in sizes}
@@ -60,9 +62,10 @@ CHILD_SIDE = textwrap.dedent(
 
 
 def test_results_and_errors_come_back_from_the_child():
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # stdout buffered
     r = subprocess.run([sys.executable, "-c", CHILD_SIDE], capture_output=True, text=True,
-                       timeout=60)  # fmt: skip
-    assert r.returncode == 0 and r.stdout.strip() == "fine", r.stderr
+                       env=env, timeout=60)  # fmt: skip
+    assert r.returncode == 0 and r.stdout.split() == ["before", "fine"], (r.stdout, r.stderr)
 
 
 def test_it_runs_in_the_caller_once_keras_is_imported():
