@@ -49,6 +49,10 @@ CHILD_SIDE = textwrap.dedent(
             ahead.result()
         except KeyError as e:
             assert "in the data stage's child process" in e.__notes__[0], e.__notes__
+    sys.modules["imgcls.train.ahead"].SHARED_BYTES = 4096  # too small for the result: the parent runs it itself
+    with Ahead(work, 5, (3, 1000)) as ahead:
+        got = ahead.result()
+    assert got["pid"] == os.getpid() and got["arrays"][1000].flags.owndata
     left = Ahead(work, 1, (2,))
     left.cancel()  # the parent failed before it asked: the child is stopped and reaped
     try:

@@ -27,7 +27,8 @@ from imgcls.errors import ImgclsError
 
 # Address space for the arrays the child sends back; untouched pages cost nothing. Decoded sets
 # above the pixel cache's IN_MEMORY_MAX_BYTES (1 GiB) come back as views of the cache file,
-# not pixels; a result that still does not fit is pickled through the pipe instead.
+# not pixels; for a result that still does not fit, the parent runs the function itself (a
+# copy through the pipe would hold it twice in memory).
 SHARED_BYTES = 2 << 30
 ALIGN = 64  # bytes: each array starts on a cache line
 BACKEND_MODULES = ("keras", "tensorflow", "jax", "torch")  # their threads make fork unsafe
@@ -75,9 +76,12 @@ class Ahead:
         return self._pid is not None
 
     def result(self) -> Any:
-        """The function's return value; its exception, raised here, if it failed."""
+        """The function's return value; its exception, raised here, if it failed (once)."""
+        if self._call is None:
+            raise RuntimeError("Ahead.result() was already taken")
+        fn, args, kwargs = self._call
+        self._call = None
         if self._pid is None:
-            fn, args, kwargs = self._call
             return fn(*args, **kwargs)
         chunks = []
         try:
@@ -88,6 +92,8 @@ class Ahead:
         if not chunks:
             raise RuntimeError("the data stage's child process died without a result")
         ok, payload, spans = pickle.loads(b"".join(chunks))
+        if ok is None:  # too large for the shared mapping: run it here, as without a child
+            return fn(*args, **kwargs)
         view = memoryview(self._shared)
         value = pickle.loads(payload, buffers=[view[o : o + n] for o, n in spans])
         if not ok:
@@ -136,15 +142,15 @@ def _child(write: int, shared: mmap.mmap, fn, args, kwargs) -> None:
 
 
 def _pack(ok: bool, value: Any, shared: mmap.mmap) -> bytes:
-    """Pickle ``value``, its arrays' buffers copied into ``shared`` (in band if they do not
-    fit)."""
+    """Pickle ``value``, its arrays' buffers copied into ``shared``; ``ok=None`` (run it in
+    the parent) if they do not fit."""
     buffers: list[pickle.PickleBuffer] = []
     payload = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
     spans, offset = [], 0
     for buffer in buffers:
         raw = buffer.raw()
         if offset + raw.nbytes > len(shared):
-            return pickle.dumps((ok, pickle.dumps(value, protocol=5), []))
+            return pickle.dumps((None, None, None))
         shared[offset : offset + raw.nbytes] = raw
         spans.append((offset, raw.nbytes))
         offset += -(-raw.nbytes // ALIGN) * ALIGN
