@@ -131,6 +131,7 @@ def test_seen_images_are_found_when_the_run_predicts_at_another_size(tmp_path, m
     assert seen_in_training(run, pixels, pool).tolist() == expected
     assert seen_in_training(run, pixels).tolist() == []  # without the files: other pixels
 
+
 def test_known_metrics_on_a_hand_made_example():
     from imgcls.evaluate.metrics import compute_metrics
 

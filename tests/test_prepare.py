@@ -374,6 +374,32 @@ def test_train_reads_the_prepared_folder(prepared, tmp_path):
         }  # the prepared split is kept
 
 
+def test_a_large_prepared_cache_is_read_row_by_row(prepared, monkeypatch):
+    """Above the in-memory limit a prepared folder's pixels are rows read from its cache file
+    when asked for (bounded memory), the same pixels as reading it whole."""
+    from imgcls.data import cache
+    from imgcls.data.pipeline import decode_images
+    from imgcls.data.sources import load_source
+
+    _, out, _, _ = prepared
+    images = load_source(str(out))
+    whole = decode_images(images, (24, 24)).pixels
+    assert isinstance(whole, np.ndarray) and len(whole) > 3
+    monkeypatch.setattr(cache, "IN_MEMORY_MAX_BYTES", 100)  # as if the folder were large
+    rows = decode_images(images, (24, 24)).pixels
+    assert isinstance(rows, cache.DiskRows) and rows.shape == whole.shape
+    np.testing.assert_array_equal(np.asarray(rows), whole)
+    np.testing.assert_array_equal(rows.take([3, 0])[[1, 0]], whole[[0, 3]])
+    from imgcls.models.fast import fast, init_from_data  # `fast` whitens from either
+
+    kernels = []
+    for pixels in (whole, rows):
+        model = fast((24, 24, 3), 3)
+        init_from_data(model, pixels)
+        kernels.append(model.get_layer("whiten").get_weights()[0])
+    np.testing.assert_array_equal(*kernels)
+
+
 def test_train_on_a_raw_folder_with_bad_files_names_them(prepared, tmp_path, capsys):
     data, _, expected, _ = prepared
     code = main(

@@ -34,7 +34,8 @@ READ_BLOCK_ROWS = 1024  # rows per read when a set is loaded into memory
 
 
 class DiskRows:
-    """Rows ``index`` of a raw file of ``(n, *row_shape)`` rows of ``dtype``, read on demand.
+    """Rows ``index`` of a raw file of ``(n, *row_shape)`` rows of ``dtype`` (starting
+    ``offset`` bytes in: a ``.npy`` file's header), read on demand.
 
     Behaves like a read-only ``(len(index), *row_shape)`` array for ``len``, ``shape``, integer,
     slice and integer-array indexing (each returns a new in-memory array) and ``np.asarray``;
@@ -42,12 +43,12 @@ class DiskRows:
     """
 
     def __init__(self, path: str | os.PathLike, row_shape: tuple[int, ...], index=None,
-                 dtype=np.uint8):  # fmt: skip
+                 dtype=np.uint8, offset: int = 0):  # fmt: skip
         self.path, self.row_shape = Path(path), tuple(row_shape)
-        self.dtype = np.dtype(dtype)
+        self.dtype, self.offset = np.dtype(dtype), int(offset)
         self.row_bytes = int(np.prod(row_shape)) * self.dtype.itemsize
         if index is None:
-            index = np.arange(os.path.getsize(self.path) // self.row_bytes)
+            index = np.arange((os.path.getsize(self.path) - self.offset) // self.row_bytes)
         self.index = np.asarray(index, dtype=np.int64)
 
     @property
@@ -63,7 +64,8 @@ class DiskRows:
 
     def take(self, index) -> DiskRows:
         """The rows ``index`` of this view, as a view (nothing is read)."""
-        return DiskRows(self.path, self.row_shape, self.index[np.asarray(index)], self.dtype)
+        return DiskRows(self.path, self.row_shape, self.index[np.asarray(index)], self.dtype,
+                        self.offset)  # fmt: skip
 
     def __getitem__(self, key):
         if isinstance(key, (int, np.integer)):
@@ -93,7 +95,7 @@ class DiskRows:
         try:
             for run in np.split(np.arange(len(rows)), breaks):
                 first, n = int(sorted_rows[run[0]]), len(run)
-                data = os.pread(fd, n * self.row_bytes, first * self.row_bytes)
+                data = os.pread(fd, n * self.row_bytes, self.offset + first * self.row_bytes)
                 flat[order[run]] = np.frombuffer(data, np.uint8).reshape(n, self.row_bytes)
         finally:
             os.close(fd)

@@ -120,7 +120,8 @@ def fast(
 
 
 def init_from_data(model, images: np.ndarray, seed: int = 0) -> None:
-    """Set the frozen whitening layer from 2x2 patches of uint8 training ``images`` (N, H, W, 3)."""
+    """Set the frozen whitening layer from 2x2 patches of uint8 training ``images`` (N, H, W, 3),
+    an array or rows read from disk."""
     layer = model.get_layer("whiten")
     rng = np.random.default_rng(seed)
     n, h, w = images.shape[:3]
@@ -131,6 +132,9 @@ def init_from_data(model, images: np.ndarray, seed: int = 0) -> None:
         rng.integers(0, h - k + 1, count),
         rng.integers(0, w - k + 1, count),
     )
+    if not isinstance(images, np.ndarray):  # rows read from disk: read only the images drawn
+        drawn, idx = np.unique(idx, return_inverse=True)
+        images = images[drawn]
     patches = np.stack(
         [images[idx, rows + dy, cols + dx] for dy in range(k) for dx in range(k)], axis=1
     )

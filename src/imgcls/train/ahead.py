@@ -14,6 +14,7 @@ the tests) the function simply runs in the caller when the result is asked for.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import pickle
@@ -103,10 +104,8 @@ class Ahead:
     def cancel(self) -> None:
         """Stop the child if it still runs (nothing it made is kept)."""
         if self._pid is not None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(self._pid, 9)
-            except ProcessLookupError:
-                pass
             self._reap()
 
     def __enter__(self) -> Ahead:
@@ -127,12 +126,12 @@ def _child(write: int, shared: mmap.mmap, fn, args, kwargs) -> None:
     try:
         try:
             message = _pack(True, fn(*args, **kwargs), shared)
-        except BaseException as e:  # noqa: BLE001: every failure goes back to the parent
+        except BaseException as e:  # noqa: BLE001 - every failure goes back to the parent
             code = 1
             message = _pack(False, _portable(e), shared)
         with os.fdopen(write, "wb") as pipe:
             pipe.write(message)
-    except BaseException:  # noqa: BLE001: the parent sees the pipe close without a result
+    except BaseException:  # noqa: BLE001 - the parent sees the pipe close without a result
         code = 2
         traceback.print_exc()
     finally:
@@ -165,5 +164,5 @@ def _portable(error: BaseException) -> BaseException:
     try:
         pickle.loads(pickle.dumps(error))
         return error
-    except Exception:  # noqa: BLE001: an exception that cannot travel becomes its text
+    except Exception:  # noqa: BLE001 - an exception that cannot travel becomes its text
         return RuntimeError("".join(traceback.format_exception(error)))
