@@ -171,9 +171,13 @@ def cached_pixels(
         dhash = None
     if dhash is not None and len(dhash) != len(rows):
         dhash = None
-    if len(rows) * rows.row_bytes <= IN_MEMORY_MAX_BYTES:
-        rows = np.asarray(rows)
-    return Decoded(rows, ok, record["issues"], dhash)
+    return Decoded(in_memory_if_small(rows), ok, record["issues"], dhash)
+
+
+def in_memory_if_small(rows: DiskRows) -> np.ndarray | DiskRows:
+    """``rows`` read into memory (training gathers batches from them every step) up to
+    :data:`IN_MEMORY_MAX_BYTES`; above it, left to be read when asked for."""
+    return np.asarray(rows) if len(rows) * rows.row_bytes <= IN_MEMORY_MAX_BYTES else rows
 
 
 def _dhash_file(raw: Path) -> Path:

@@ -16,9 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from imgcls.data import cache as pixel_cache
 from imgcls.data.augment import apply_params, draw_params
-from imgcls.data.cache import Decoded, DiskRows, cached_pixels
+from imgcls.data.cache import Decoded, DiskRows, cached_pixels, in_memory_if_small
 from imgcls.data.decode import resize_array
 from imgcls.data.sources import ImageSet
 
@@ -57,22 +56,17 @@ def decode_images(images: ImageSet, size: tuple[int, int], workers: int | None =
 
 
 def _from_cache(images: ImageSet, size: tuple[int, int]) -> np.ndarray | DiskRows | None:
-    """The rows of a prepared folder's pixel cache when it holds ``size``; else ``None``. In
-    memory (training gathers batches from it every step) up to the pixel cache's
-    ``IN_MEMORY_MAX_BYTES``, above that rows read from the file when asked for, as
-    :func:`~imgcls.data.cache.cached_pixels` does."""
+    """The rows of a prepared folder's pixel cache when it holds ``size``, in memory or (a
+    large set) read when asked for, as the shared pixel cache's; else ``None``."""
     if images.cache is None or images.cache_rows is None or not os.path.isfile(images.cache):
         return None
     cache = np.load(images.cache, mmap_mode="r")
     rows = images.cache_rows
     if cache.shape[1:] != (size[0], size[1], 3) or (len(rows) and rows.max() >= len(cache)):
         return None
-    large = (
-        len(rows) * int(np.prod(cache.shape[1:])) * cache.itemsize > pixel_cache.IN_MEMORY_MAX_BYTES
-    )
-    if large and cache.dtype == np.uint8 and cache.flags.c_contiguous:
-        return DiskRows(images.cache, cache.shape[1:], rows, offset=cache.offset)
-    return np.asarray(cache[rows])
+    if cache.dtype != np.uint8 or not cache.flags.c_contiguous:  # not one `prepare` writes
+        return np.asarray(cache[rows])
+    return in_memory_if_small(DiskRows(images.cache, cache.shape[1:], rows, offset=cache.offset))
 
 
 def steps_per_epoch(n_images: int, batch_size: int) -> int:
