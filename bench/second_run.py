@@ -14,36 +14,24 @@ ratio; nothing else should run meanwhile (the load is recorded).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 from _common import CIFAR, ROOT, write_result
-from cifar10_time_to_accuracy import write_manifest
-
-STAGES = ("start-up", "data", "model")  # what comes before the first step
+from cifar10_time_to_accuracy import FIRST_STEP_STAGES, run_imgcls, to_first_step, write_manifest
 
 
 def run(src: Path, manifest: Path, out: Path, cache: Path) -> dict:
-    """One ``imgcls train MANIFEST --epochs 1`` with ``src`` first on the path, timed."""
+    """One ``imgcls train MANIFEST --epochs 1`` from the sources ``src``: its timeline's stages
+    before the first step, and their sum."""
     shutil.rmtree(out, ignore_errors=True)
-    env = dict(os.environ, IMGCLS_CACHE=str(cache), PYTHONPATH=str(src),
-               TF_CPP_MIN_LOG_LEVEL="3")  # fmt: skip
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "imgcls", "train", str(manifest), "--out",
-                           str(out), "--epochs", "1"], env=env, capture_output=True, text=True)  # fmt: skip
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        sys.exit(f"imgcls train ({src}) failed:\n{proc.stderr[-3000:]}")
-    timeline = json.loads((out / "run.json").read_text())["timeline"]
-    first = round(sum(timeline.get(k, 0.0) for k in STAGES), 2)
-    return {"to_first_step_s": first, **{k: timeline.get(k) for k in STAGES},
-            "wall_s": round(wall, 1)}  # fmt: skip
+    result = run_imgcls(manifest, out, cache, "--epochs", "1", src=src)
+    timeline = result["timeline"]
+    return {"to_first_step_s": to_first_step(timeline),
+            **{k: timeline.get(k) for k in FIRST_STEP_STAGES}, "wall_s": result["wall_s"]}  # fmt: skip
 
 
 def main() -> None:
