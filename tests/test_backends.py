@@ -37,6 +37,12 @@ OTHER_BACKENDS = [
     pytest.param(b, marks=pytest.mark.skipif(not importlib.util.find_spec(b), reason=f"no {b}"))
     for b in ("jax", "torch")
 ]
+# The whole train-resume-evaluate-predict path on PyTorch in make test-slow (~35 s): JAX walks
+# the same non-TensorFlow feeder in make test, and PyTorch's batches and bundles are checked below.
+TRAINED_ON = [
+    pytest.param(*p.values, marks=[*p.marks, pytest.mark.slow]) if p.values == ("torch",) else p
+    for p in OTHER_BACKENDS
+]
 TINY = ["--model", "classic", "--image-size", "16", "16", "--batch-size", "8",
         "--model-arg", "filters=[8,16]", "--model-arg", "dense_units=16"]  # fmt: skip
 
@@ -64,7 +70,7 @@ def final_weights(run: Path) -> list[np.ndarray]:
     return [arrays[k] for k in sorted(arrays) if k.startswith("model_")]
 
 
-@pytest.mark.parametrize("backend", OTHER_BACKENDS)
+@pytest.mark.parametrize("backend", TRAINED_ON)
 def test_train_resume_evaluate_predict_without_tensorflow(backend, tmp_path):
     data = write_folder(tmp_path / "data", per_class=12)
     ref = tmp_path / "ref"

