@@ -9,14 +9,11 @@ import imgcls
 from imgcls.errors import ImgclsError
 from imgcls.models import create_model, get_spec, list_models
 
-
 # The larger backbones (3-25M parameters) cost ~60 s of building, saving and predicting here;
 # they run in `make test-slow`. lite0 stands for the lite family, mobilenetv3small for Keras
 # Applications.
 HEAVY = {"efficientnet_lite1", "efficientnet_lite2", "efficientnetb0", "resnet50"}
-EVERY_MODEL = [
-    pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in list_models()
-]
+EVERY_MODEL = [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in list_models()]
 
 
 class _Saved:
@@ -68,9 +65,7 @@ def test_every_model_trains_and_round_trips(name, saved):
     probs = saved[name]
     assert probs.shape == (8, 3) and probs.dtype == np.float32
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
-    loaded = keras.saving.load_model(
-        saved.folder / f"{name}.keras", compile=False, safe_mode=True
-    )
+    loaded = keras.saving.load_model(saved.folder / f"{name}.keras", compile=False, safe_mode=True)
     np.testing.assert_allclose(
         loaded.predict_on_batch(saved.inputs[name]), probs, rtol=1e-5, atol=1e-6
     )
