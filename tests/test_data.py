@@ -148,6 +148,41 @@ def test_evaluation_batches_of_a_job_split_evenly_and_keep_every_image_they_can(
     assert sorted(seen) == list(range(10))
 
 
+def test_batches_made_ahead_on_a_thread_are_the_batches_made_in_turn():
+    """PyTorch's feeder (prefetch) gives the same batches as the plain one, from a resumed step
+    too; asked twice or out of order it still answers right; its thread ends with the epoch,
+    and also when the epoch is dropped half-way."""
+    import gc
+    import threading
+
+    from imgcls.data.pipeline import EpochPlan, batches
+
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (40, 8, 8, 3), dtype=np.uint8), np.arange(40, dtype=np.int32) % 4
+    alive = lambda: [t for t in threading.enumerate() if t.name == "imgcls-prefetch"]  # noqa: E731
+    for skip in (0, 3):
+        plan = EpochPlan(4, 7, 2, ("flip", "translate"), skip_steps=skip)
+        plain, ahead = batches(x, y, plan, None, 4), batches(x, y, plan, None, 4, prefetch=2)
+        assert len(ahead) == len(plain) == 10 - skip
+        for i in range(len(plain)):
+            for a, b in zip(ahead[i], plain[i], strict=True):
+                np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        last = len(plain) - 1  # asked again (as Keras may peek): the same batch
+        np.testing.assert_array_equal(np.asarray(ahead[last][0]), np.asarray(plain[last][0]))
+        ahead.ahead.thread.join(timeout=5)
+        assert not ahead.ahead.thread.is_alive()
+    plan = EpochPlan(4, 7, 2, ("flip",))
+    jumpy = batches(x, y, plan, None, 4, prefetch=2)
+    np.testing.assert_array_equal(np.asarray(jumpy[5][0]), np.asarray(batches(x, y, plan)[5][0]))
+    dropped = batches(x, y, plan, None, 4, prefetch=2)
+    dropped[0]
+    del dropped, jumpy
+    gc.collect()
+    for t in alive():
+        t.join(timeout=5)
+    assert not alive()
+
+
 def test_flips_and_shifts_move_whole_pixels_by_the_documented_border_rule():
     """The one augmentation against NumPy: flips and whole-pixel shifts read the image mirrored
     with the edge pixel repeated (np.pad's "symmetric"), exactly, gathered or resampled."""

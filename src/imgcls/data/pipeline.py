@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import functools
 import os
+import queue
+import threading
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +28,11 @@ from imgcls.data.sources import ImageSet
 # with tf.data's autotuning on (TF 2.21), deleting a used-up iterator waits for the tuning
 # thread's next wake-up, which stalled the end of an 80-second CIFAR-10 epoch by ~34 s.
 PARALLEL_BATCHES = 2
+# Training batches a PyTorch feeder prepares ahead on a thread of its own (:class:`_Ahead`).
+# Keras hands each step's logs to our per-step callbacks, which waits for the step to finish,
+# so without it the device idled while the main thread gathered, moved and augmented the
+# next batch ("data wait" in history.csv; the issue measured PyTorch on an H200 starved).
+PREFETCH_BATCHES = 2
 
 
 def decode_images(images: ImageSet, size: tuple[int, int], workers: int | None = None) -> Decoded:
@@ -189,7 +197,8 @@ def train_dataset(
     import keras
 
     if keras.config.backend() != "tensorflow":
-        return batches(x, y, plan, sample_weight, num_classes)
+        ahead = PREFETCH_BATCHES if keras.config.backend() == "torch" else 0
+        return batches(x, y, plan, sample_weight, num_classes, prefetch=ahead)
     import tensorflow as tf
 
     feeder = _Feeder(x, y, plan, sample_weight, num_classes)
@@ -279,6 +288,7 @@ def batches(
     sample_weight: np.ndarray | None = None,
     num_classes: int | None = None,
     ordered: bool = False,
+    prefetch: int = 0,
 ):
     """One epoch's batches for the JAX and PyTorch backends: a ``keras.utils.PyDataset``.
 
@@ -287,10 +297,11 @@ def batches(
     device, from parameters drawn with ``(seed, epoch, step)``, so a resumed run sees the same
     batches. With ``plan.shard=(i, n)`` process ``i`` gets its slice of every batch (a batch
     that does not split evenly loses its last images). ``ordered=True`` batches every image in
-    order, the last batch possibly smaller (evaluation). Other arguments as
-    :func:`train_dataset`'s.
+    order, the last batch possibly smaller (evaluation). ``prefetch``: batches made ahead, in
+    step order, on a thread of their own (:class:`_Ahead`; the same batches, since each is a
+    function of its step). Other arguments as :func:`train_dataset`'s.
     """
-    return _batches_class()(x, y, plan, sample_weight, num_classes, ordered)
+    return _batches_class()(x, y, plan, sample_weight, num_classes, ordered, prefetch)
 
 
 @functools.cache
@@ -301,11 +312,11 @@ def _batches_class():
 
 
 class _BatchesMixin:
-    def __init__(self, x, y, plan: EpochPlan, sample_weight, num_classes, ordered: bool):
-        # No worker threads: with two, a resumed JAX run saw other batches than an uninterrupted
-        # one (same weights, different losses from the first step). On the main thread the
-        # host work is a gather and a few random numbers; the augmentation itself is dispatched
-        # asynchronously to the device.
+    def __init__(self, x, y, plan: EpochPlan, sample_weight, num_classes, ordered: bool,
+                 prefetch: int = 0):  # fmt: skip
+        # No Keras worker threads: with two, a resumed JAX run saw other batches than an
+        # uninterrupted one (same weights, different losses from the first step). `prefetch`
+        # makes batches ahead in step order on one thread instead (:class:`_Ahead`).
         super().__init__(workers=0, use_multiprocessing=False)
         n, bs = len(x), plan.batch_size
         self.plan = plan
@@ -318,11 +329,16 @@ class _BatchesMixin:
         if parts > 1:  # every process must get an equal slice: a last, smaller batch (in
             # evaluation) loses at most parts - 1 images
             self.batches = [b[: len(b) - len(b) % parts] for b in self.batches if len(b) >= parts]
+        self.ahead = _Ahead(self.make, len(self), prefetch) if prefetch and len(self) > 1 else None
 
     def __len__(self) -> int:
         return len(self.batches) - self.plan.skip_steps
 
     def __getitem__(self, i: int):
+        return self.make(i) if self.ahead is None else self.ahead.take(i)
+
+    def make(self, i: int):
+        """Batch ``i`` (step ``plan.skip_steps + i``): gathered, augmented, its targets."""
         step = self.plan.skip_steps + i
         index = self.batches[step]
         part, parts = self.plan.shard
@@ -333,3 +349,73 @@ class _BatchesMixin:
         if weights is None:
             return images, labels
         return images, labels, weights.astype(np.float32)
+
+
+class _Ahead:
+    """Items ``make(0)``, ``make(1)``, ... made up to ``depth`` ahead on a daemon thread.
+
+    :meth:`take` hands item ``i`` over when asked in order (the last one again if asked twice);
+    asked out of order it stops the thread and makes the item itself, so a reader that jumps
+    gets what ``make`` gives, only not ahead. An error in ``make`` is raised by :meth:`take` of
+    that item. The thread ends after the last item, on :meth:`close`, or once the owner of
+    ``make`` (a bound method, held weakly) is gone: a reader that stops early (a time budget,
+    Ctrl-C) leaves no thread behind.
+    """
+
+    def __init__(self, make, n: int, depth: int):
+        self.make = weakref.WeakMethod(make)  # no cycle: the owner is dropped when unused
+        self.ready: queue.Queue = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        self.next, self.last = 0, None
+        args = (self.make, n, self.ready, self.stop)
+        self.thread = threading.Thread(target=_make_ahead, args=args, daemon=True,
+                                       name="imgcls-prefetch")  # fmt: skip
+        self.thread.start()
+
+    def take(self, i: int):
+        """Item ``i``: the thread's, when ``i`` is the next (or the last) one."""
+        if self.last is not None and self.last[0] == i:
+            return self.last[1]
+        if i != self.next or self.stop.is_set():
+            self.close()
+            return self.make()(i)
+        index, item, error = self.ready.get()
+        self.next = index + 1
+        if error is not None:
+            self.close()
+            raise error
+        self.last = (index, item)
+        return item
+
+    def close(self) -> None:
+        """Stop making items (the thread exits within :data:`_POLL_S`)."""
+        self.stop.set()
+
+    def __del__(self) -> None:
+        self.stop.set()
+
+
+_POLL_S = 0.2  # how often a waiting prefetch thread checks whether it is still wanted
+
+
+def _make_ahead(make_ref, n: int, ready: queue.Queue, stop: threading.Event) -> None:
+    """:class:`_Ahead`'s thread: holds ``make``'s owner only while making an item."""
+    for i in range(n):
+        make = make_ref()
+        if make is None:
+            return
+        try:
+            item = (i, make(i), None)
+        except BaseException as e:  # noqa: BLE001 - handed to the reader by take()
+            item = (i, None, e)
+        del make
+        while True:
+            if stop.is_set() or make_ref() is None:
+                return
+            try:
+                ready.put(item, timeout=_POLL_S)
+                break
+            except queue.Full:
+                continue
+        if item[2] is not None:
+            return

@@ -46,7 +46,11 @@ class Recipe:
             the same names.
         optimizer: ``adamw``, ``sgd`` (Nesterov, ``momentum``), or ``muon`` (the same SGD, with
             Muon steps for the convolution kernels: :mod:`imgcls.train.optimizers`).
-        schedule: the decay after the one-epoch warm-up, ``cosine`` or ``linear``.
+        schedule: the decay after the warm-up, ``cosine`` or ``linear``.
+        warmup: the warm-up's share of the steps (``None``: one epoch, at most a quarter).
+        lr_start, lr_end: the rate where the warm-up starts and where the decay ends, as
+            shares of the peak (``lr_start=None``: 0 before a linear decay, 0.01 before a
+            cosine one).
         lookahead: ``(every, decay)``: SGD with lookahead weight averaging (airbench).
         alternate_flip: each image mirrored in every other epoch instead of by chance.
         translate_fraction: largest shift as a share of the image side (default: an eighth).
@@ -80,6 +84,9 @@ class Recipe:
     finetune_time: float | None = None
     optimizer: str = "adamw"
     schedule: str = "cosine"
+    warmup: float | None = None
+    lr_start: float | None = None
+    lr_end: float = 0.0
     momentum: float = 0.9
     lookahead: tuple[int, float] | None = None
     alternate_flip: bool = False

@@ -28,11 +28,11 @@ CLOCK_SLACK = 0.05
 
 @dataclass(frozen=True)
 class LrPlan:
-    """The learning rate of every step of one training phase: warm-up, then decay to zero.
+    """The learning rate of every step of one training phase: warm-up, then decay.
 
     ``plan(step, time_used)`` is ``peak`` times the smaller of the warm-up ramp (from
-    ``start * peak`` over ``warmup`` steps) and the decay (``linear`` or ``cosine``) at the
-    phase's progress. Progress is the share of steps done, or, once the share of a time budget
+    ``start * peak`` over ``warmup`` steps) and the decay (``linear`` or ``cosine``, to
+    ``end * peak``) at the phase's progress. Progress is the share of steps done, or, once the share of a time budget
     spent (``time_used``, 0 without one) runs more than :data:`CLOCK_SLACK` ahead of it, the
     time share (rescaled to reach 1 at the deadline): a run that would overrun ``--max-time``
     decays to zero as its budget runs out instead of being cut off at a high rate.
@@ -48,6 +48,7 @@ class LrPlan:
     total: int
     shape: str = "linear"  # or "cosine"
     start: float = 0.0
+    end: float = 0.0
 
     def progress(self, step: int, time_used: float = 0.0) -> float:
         """How far the decay has gone, 0 to 1: steps after warm-up, or the budget, if further
@@ -80,7 +81,7 @@ class LrPlan:
             )
         cosine = self.shape != "linear"
         decay = 0.5 * (1.0 + cos(math.pi * progress)) if cosine else 1.0 - progress
-        return self.peak * minimum(ramp, decay)
+        return self.peak * minimum(ramp, self.end + (1.0 - self.end) * decay)
 
 
 def plan_in_graph(optimizer, plan: LrPlan) -> None:
@@ -123,10 +124,14 @@ def build_optimizer(
     import keras
 
     lr = config.lr if lr is None else lr
-    total = max(1, (config.epochs if epochs is None else epochs) * steps_per_epoch)
-    warmup = min(WARMUP_EPOCHS * steps_per_epoch, total // 4)
     linear = recipe.schedule == "linear"
-    plan = LrPlan(lr, warmup, total, recipe.schedule, 0.0 if linear else 0.01)
+    total = max(1, (config.epochs if epochs is None else epochs) * steps_per_epoch)
+    if recipe.warmup is None:
+        warmup = min(WARMUP_EPOCHS * steps_per_epoch, total // 4)
+    else:
+        warmup = int(recipe.warmup * total)
+    start = recipe.lr_start if recipe.lr_start is not None else 0.0 if linear else 0.01
+    plan = LrPlan(lr, warmup, total, recipe.schedule, start, recipe.lr_end)
     first = plan(0)
     if recipe.optimizer == "adamw":
         return keras.optimizers.AdamW(first, weight_decay=config.weight_decay or 0.0), plan
