@@ -67,8 +67,19 @@ def probabilities(results: list[dict], classes: list[str]) -> np.ndarray:
                       for c in classes] for r in results])  # fmt: skip
 
 
-@pytest.mark.parametrize("fmt", sorted(RUNTIMES))
-@pytest.mark.parametrize("run", ["classic", "fast", "calibrated"])
+# Every format of every kind of run; in make test each format and each run at least once
+# (~25 s of SavedModel and LiteRT conversions go to make test-slow).
+EXPORTS = [
+    pytest.param(fmt, run, marks=pytest.mark.slow)
+    if (fmt, run)
+    in {("savedmodel", "classic"), ("savedmodel", "calibrated"), ("litert", "calibrated")}
+    else (fmt, run)
+    for fmt in sorted(RUNTIMES)
+    for run in ("classic", "fast", "calibrated")
+]
+
+
+@pytest.mark.parametrize("fmt, run", EXPORTS)
 def test_export_matches_predict(fmt, run, runs, images, tmp_path):
     pytest.importorskip(RUNTIMES[fmt], reason=f"{RUNTIMES[fmt]} is not installed")
     predictor = imgcls.load(runs[run])

@@ -146,6 +146,7 @@ def test_backbone_weights_from_a_local_file(tmp_path):
         create_model("mobilenetv3small", (32, 32, 3), 2, weights=str(tmp_path / "missing.h5"))
 
 
+@pytest.mark.slow  # ~35 s; the photos tests train a backbone's head on cached activations
 def test_transfer_learning_freezes_then_fine_tunes_and_resumes_exactly(tmp_path):
     """The head trains alone on cached features, then the top of the backbone too; resuming at
     the switch is exact."""

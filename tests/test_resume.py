@@ -116,6 +116,7 @@ def resume_matches(run: Path, ref: list[np.ndarray]) -> subprocess.CompletedProc
     return r
 
 
+@pytest.mark.slow  # ~11 s; every resume below must also end on the reference's weights
 def test_same_seed_gives_same_weights(reference, tmp_path):
     data, ref = reference
     proc = start(data, tmp_path / "again")

@@ -25,7 +25,7 @@ SPACE = {
     "epochs": {"min": 2, "max": 3},
     "replace": True,
 }
-SEARCH = ["--model", "classic", "--trials", "2", "--algorithm", "random", "--seed", "3"]
+SEARCH = ["--model", "classic", "--trials", "3", "--algorithm", "random", "--seed", "3"]
 
 
 def _tune_cmd(out: Path, space: Path) -> list[str]:
@@ -53,19 +53,20 @@ def space_file(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def search(tmp_path_factory, space_file) -> Path:
-    """An uninterrupted 2-trial search (the recipe's settings, then one drawn)."""
+    """An uninterrupted 3-trial search."""
     out = tmp_path_factory.mktemp("tune") / "search"
     done = subprocess.run(_tune_cmd(out, space_file), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     return out
 
 
+@pytest.mark.slow  # ~65 s: every trial is an `imgcls train` process
 def test_a_search_ends_with_a_best_run_that_evaluate_takes(search, tmp_path):
     record = json.loads((search / "tune.json").read_text())
     trials = _trials(search)
-    assert [t["trial"] for t in trials] == ["1", "2"]
+    assert [t["trial"] for t in trials] == ["1", "2", "3"]
     assert all(t["status"] == "completed" for t in trials)
-    assert len({(t["lr"], t["dropout"], t["epochs"]) for t in trials}) == 2  # 2 settings tried
+    assert len({(t["lr"], t["dropout"], t["epochs"]) for t in trials}) == 3  # 3 settings tried
     # The first trial is the recipe's own settings (moved into the narrowed ranges).
     assert float(trials[0]["lr"]) == pytest.approx(record["defaults"]["lr"])
     assert float(trials[0]["dropout"]) == pytest.approx(0.1)  # classic's default
@@ -174,6 +175,7 @@ def test_resume_on_a_folder_that_is_not_a_search_is_one_line(tmp_path, capsys):
     assert os.listdir(tmp_path / "run") == []
 
 
+@pytest.mark.slow  # needs the finished search above
 def test_resuming_a_worker_or_a_search_as_the_other_is_one_line(search, tmp_path, capsys):
     record = json.loads((search / "tune.json").read_text())
     assert main(["tune", "--resume", str(search), "--worker", "127.0.0.1:1"]) == 2
