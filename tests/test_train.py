@@ -219,7 +219,9 @@ def test_an_optimizer_that_plans_its_own_rate_follows_the_host_plan():
     from imgcls.train.optimizers import LookaheadSGD
     from imgcls.train.setup import LrPlan, plan_in_graph
 
-    for plan in (LrPlan(0.4, 3, 12, "linear"), LrPlan(0.01, 2, 9, "cosine", 0.01)):
+    plans = (LrPlan(0.4, 3, 12, "linear"), LrPlan(0.01, 2, 9, "cosine", 0.01),
+             LrPlan(0.8, 3, 12, "linear", start=0.2, end=0.07))  # fmt: skip
+    for plan in plans:
         var = keras.Variable(np.ones(2, np.float32))
         optimizer = LookaheadSGD(plan(0), lookahead_every=2, momentum=0.9)
         plan_in_graph(optimizer, plan)
@@ -290,3 +292,19 @@ def test_a_second_run_on_the_same_data_decodes_nothing(data, tmp_path, monkeypat
     Image.fromarray(np.zeros((24, 24, 3), np.uint8)).save(data / "dogs" / "000.png")
     imgcls.train(str(data), out=tmp_path / "d", epochs=1, **TINY)
     assert len(decoded) == 3 and entries() == 3
+
+
+def test_a_recipe_shapes_the_warm_up_and_the_end_of_the_decay():
+    """recipe warmup / lr_start / lr_end (airbench's schedule: 23% of the steps from 0.2 of the
+    peak, down to 0.07 of it); unset, one epoch from zero, down to zero."""
+    from imgcls.config import TrainConfig
+    from imgcls.models.recipe import Recipe
+    from imgcls.train.setup import build_optimizer
+
+    config = TrainConfig(epochs=10, lr=0.5)
+    _, plan = build_optimizer(config, Recipe(optimizer="sgd", schedule="linear"), 20)
+    assert (plan.warmup, plan(0), plan(20), plan(200)) == (20, 0.0, 0.5, 0.0)
+    shaped = Recipe(optimizer="sgd", schedule="linear", warmup=0.23, lr_start=0.2, lr_end=0.07)
+    _, plan = build_optimizer(config, shaped, 20)
+    assert plan.warmup == 46 and plan(0) == pytest.approx(0.1) and plan(46) == pytest.approx(0.5)
+    assert plan(200) == pytest.approx(0.035) and plan(123) == pytest.approx(0.5 * (0.07 + 0.93 / 2))
