@@ -31,11 +31,12 @@ class LrPlan:
     """The learning rate of every step of one training phase: warm-up, then decay.
 
     ``plan(step, time_used)`` is ``peak`` times the smaller of the warm-up ramp (from
-    ``start * peak`` over ``warmup`` steps) and the decay (``linear`` or ``cosine``, to
-    ``end * peak``) at the phase's progress. Progress is the share of steps done, or, once the share of a time budget
-    spent (``time_used``, 0 without one) runs more than :data:`CLOCK_SLACK` ahead of it, the
-    time share (rescaled to reach 1 at the deadline): a run that would overrun ``--max-time``
-    decays to zero as its budget runs out instead of being cut off at a high rate.
+    ``start * peak`` over ``warmup`` steps) and the decay (``linear`` or ``cosine``, down to
+    ``end * peak``) at the phase's progress. Progress is the share of steps done, or, once the
+    share of a time budget spent (``time_used``, 0 without one) runs more than
+    :data:`CLOCK_SLACK` ahead of it, the time share (rescaled to reach 1 at the deadline): a run
+    that would overrun ``--max-time`` decays to its end as its budget runs out instead of being
+    cut off at a high rate.
 
     Example:
         >>> plan = LrPlan(0.4, warmup=10, total=110, shape="linear")
