@@ -10,6 +10,7 @@ uninterrupted run would see. A batch is gathered and its augmentation drawn on t
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import queue
@@ -370,6 +371,9 @@ class _Ahead:
         args = (self.make, n, self.ready, self.stop)
         self.thread = threading.Thread(target=_make_ahead, args=args, daemon=True,
                                        name="imgcls-prefetch")  # fmt: skip
+        for done in [t for t in _RUNNING if not t.is_alive()]:
+            del _RUNNING[done]
+        _RUNNING[self.thread] = self.stop
         self.thread.start()
 
     def take(self, i: int):
@@ -396,6 +400,18 @@ class _Ahead:
 
 
 _POLL_S = 0.2  # how often a waiting prefetch thread checks whether it is still wanted
+_RUNNING: dict = {}  # prefetch thread -> its stop event
+
+
+@atexit.register
+def _stop_all() -> None:
+    """At exit, stop every prefetch thread and wait for the batch it is making: a process that
+    exited while one was inside a PyTorch op aborted ("terminate called without an active
+    exception", exit status -6) after its work was done."""
+    for stop in list(_RUNNING.values()):
+        stop.set()
+    for thread in list(_RUNNING):
+        thread.join(timeout=60)
 
 
 def _make_ahead(make_ref, n: int, ready: queue.Queue, stop: threading.Event) -> None:
