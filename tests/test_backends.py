@@ -137,11 +137,16 @@ def first_batches(backend: str, path: Path) -> list[np.ndarray]:
         return [z[f"arr_{i}"] for i in range(4)]
 
 
+@pytest.fixture(scope="module")
+def tf_batches(tmp_path_factory) -> list[np.ndarray]:
+    return first_batches("tensorflow", tmp_path_factory.mktemp("tf") / "tf.npz")
+
+
 @pytest.mark.parametrize("backend", OTHER_BACKENDS)
-def test_the_same_seed_gives_the_same_batch_on_every_backend(backend, tmp_path):
+def test_the_same_seed_gives_the_same_batch_on_every_backend(backend, tf_batches, tmp_path):
     """One augmentation: TensorFlow's tf.data batch and the backend's PyDataset batch are the
     same, bit for bit for flips and shifts, to float rounding for interpolated crops."""
-    here = first_batches("tensorflow", tmp_path / "tf.npz")
+    here = tf_batches
     there = first_batches(backend, tmp_path / f"{backend}.npz")
     np.testing.assert_array_equal(here[0], there[0])  # flips and shifts: exact
     np.testing.assert_array_equal(here[1], there[1])

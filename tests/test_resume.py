@@ -124,6 +124,7 @@ def test_same_seed_gives_same_weights(reference, tmp_path):
     assert_same(weights(tmp_path / "again"), ref)
 
 
+@pytest.mark.slow  # ~25 s; the truncated-checkpoint test below also kills mid-run and resumes
 def test_sigkill_mid_epoch_then_resume(reference, tmp_path):
     data, ref = reference
     run = tmp_path / "run"
