@@ -35,8 +35,9 @@ def pytest_sessionfinish(session, exitstatus):
 # The files with the most seconds of tests (--durations on a 2-core AVX2 machine, 2026-12-05),
 # most first. `make test` hands whole files to its two workers in collection order; starting
 # the longest first keeps one worker from running a long file alone at the end.
-LONGEST_FILES = ("test_models.py", "test_photos.py", "test_backends.py", "test_resume.py",
-                 "test_tune.py", "test_serve.py", "test_export.py", "test_cli.py")  # fmt: skip
+LONGEST_FILES = ("test_backends.py", "test_resume.py", "test_photos.py", "test_serve.py",
+                 "test_serve_schema.py", "test_cli.py", "test_models.py", "test_review.py",
+                 "test_batch.py")  # fmt: skip
 
 
 def pytest_collection_modifyitems(session, config, items):
