@@ -80,6 +80,7 @@ def test_ray_data_writes_the_same_file(trained_run, files, tmp_path):
     np.testing.assert_allclose(b[cols].to_numpy(), a[cols].to_numpy(), atol=1e-6)
 
 
+@pytest.mark.slow  # ~9 s of importing Ray, with the Ray Data test above
 def test_a_ray_address_that_does_not_answer_is_one_line(trained_run, files, tmp_path):
     pytest.importorskip("ray")
     r = subprocess.run(

@@ -7,8 +7,10 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from imgcls.cli import main
+from imgcls.models import list_models
 
 
 def _decodes(path: Path) -> None:
@@ -63,7 +65,18 @@ def _custom_model(shape: tuple[int, int, int], n_classes: int):
     return keras.Model(inputs, layers.Dense(n_classes, activation="softmax")(x), name="custom")
 
 
-def test_grad_cam_and_feature_maps_for_every_registered_model_and_a_custom_one():
+# The larger backbones' Grad-CAM (~10 s of building and tracing) runs in make test-slow.
+HEAVY = {"efficientnet_lite1", "efficientnet_lite2", "efficientnetb0", "resnet50"}
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        pytest.param(sorted(set(list_models()) - HEAVY), id="light"),
+        pytest.param(sorted(HEAVY), id="heavy", marks=pytest.mark.slow),
+    ],
+)
+def test_grad_cam_and_feature_maps_for_every_registered_model_and_a_custom_one(names):
     from imgcls.evaluate.explain import (
         block_layers,
         conv_layers,
@@ -71,7 +84,7 @@ def test_grad_cam_and_feature_maps_for_every_registered_model_and_a_custom_one()
         first_conv_kernel,
         grad_cam,
     )
-    from imgcls.models import create_model, get_spec, list_models
+    from imgcls.models import create_model, get_spec
 
     rng = np.random.default_rng(0)
     models = [
@@ -81,7 +94,7 @@ def test_grad_cam_and_feature_maps_for_every_registered_model_and_a_custom_one()
             4,
             **({"weights": "none"} if getattr(get_spec(name), "pretrained", False) else {}),
         )
-        for name in list_models()
+        for name in names
     ]
     for model in [*models, _custom_model((16, 16, 3), 4)]:
         side = model.input_shape[1]
