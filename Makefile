@@ -20,14 +20,14 @@ demo: $(STAMP)
 	$(PY) examples/export_digits.py runs/demo/samples 5
 	$(VENV)/bin/imgcls predict runs/demo runs/demo/samples --top-k 3
 
-# Two pytest workers, one test file each at a time: most tests wait on subprocesses and imports,
-# so two cores run the suite in ~7 minutes (docs/BENCHMARKS.md).
+# Two pytest workers, one test file each at a time (the longest files first: tests/conftest.py):
+# two cores run the suite in ~7 minutes, 9 with creating the venv (docs/BENCHMARKS.md).
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow" tests
 	@command -v chromium >/dev/null 2>&1 || echo "make test: the browser test was skipped: no chromium here (apt-get install chromium; .ci/run does)"
 
-# The tests marked slow (a SIGKILLed search resumed, a tuning chief with two workers,
-# hyperband continuing its trials): ~5 min.
+# The tests marked slow (tuning searches, Ray Data, a two-process job, the larger backbones,
+# PyTorch's whole train path, more SIGKILL-and-resume cases): ~13 min.
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -n 2 -m slow tests
 
