@@ -169,8 +169,8 @@ def test_batches_made_ahead_on_a_thread_are_the_batches_made_in_turn():
                 np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
         last = len(plain) - 1  # asked again (as Keras may peek): the same batch
         np.testing.assert_array_equal(np.asarray(ahead[last][0]), np.asarray(plain[last][0]))
-        ahead.ahead.thread.join(timeout=5)
-        assert not ahead.ahead.thread.is_alive()
+        ahead.prefetch.thread.join(timeout=5)
+        assert not ahead.prefetch.thread.is_alive()
     plan = EpochPlan(4, 7, 2, ("flip",))
     jumpy = batches(x, y, plan, None, 4, prefetch=2)
     np.testing.assert_array_equal(np.asarray(jumpy[5][0]), np.asarray(batches(x, y, plan)[5][0]))

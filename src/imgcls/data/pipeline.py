@@ -29,7 +29,7 @@ from imgcls.data.sources import ImageSet
 # with tf.data's autotuning on (TF 2.21), deleting a used-up iterator waits for the tuning
 # thread's next wake-up, which stalled the end of an 80-second CIFAR-10 epoch by ~34 s.
 PARALLEL_BATCHES = 2
-# Training batches a PyTorch feeder prepares ahead on a thread of its own (:class:`_Ahead`).
+# Training batches a PyTorch feeder prepares ahead on a thread of its own (:class:`_Prefetch`).
 # Keras hands each step's logs to our per-step callbacks, which waits for the step to finish,
 # so without it the device idled while the main thread gathered, moved and augmented the
 # next batch ("data wait" in history.csv; the issue measured PyTorch on an H200 starved).
@@ -299,7 +299,7 @@ def batches(
     batches. With ``plan.shard=(i, n)`` process ``i`` gets its slice of every batch (a batch
     that does not split evenly loses its last images). ``ordered=True`` batches every image in
     order, the last batch possibly smaller (evaluation). ``prefetch``: batches made ahead, in
-    step order, on a thread of their own (:class:`_Ahead`; the same batches, since each is a
+    step order, on a thread of their own (:class:`_Prefetch`; the same batches, since each is a
     function of its step). Other arguments as :func:`train_dataset`'s.
     """
     return _batches_class()(x, y, plan, sample_weight, num_classes, ordered, prefetch)
@@ -317,7 +317,7 @@ class _BatchesMixin:
                  prefetch: int = 0):  # fmt: skip
         # No Keras worker threads: with two, a resumed JAX run saw other batches than an
         # uninterrupted one (same weights, different losses from the first step). `prefetch`
-        # makes batches ahead in step order on one thread instead (:class:`_Ahead`).
+        # makes batches ahead in step order on one thread instead (:class:`_Prefetch`).
         super().__init__(workers=0, use_multiprocessing=False)
         n, bs = len(x), plan.batch_size
         self.plan = plan
@@ -330,13 +330,15 @@ class _BatchesMixin:
         if parts > 1:  # every process must get an equal slice: a last, smaller batch (in
             # evaluation) loses at most parts - 1 images
             self.batches = [b[: len(b) - len(b) % parts] for b in self.batches if len(b) >= parts]
-        self.ahead = _Ahead(self.make, len(self), prefetch) if prefetch and len(self) > 1 else None
+        self.prefetch = (
+            _Prefetch(self.make, len(self), prefetch) if prefetch and len(self) > 1 else None
+        )
 
     def __len__(self) -> int:
         return len(self.batches) - self.plan.skip_steps
 
     def __getitem__(self, i: int):
-        return self.make(i) if self.ahead is None else self.ahead.take(i)
+        return self.make(i) if self.prefetch is None else self.prefetch.take(i)
 
     def make(self, i: int):
         """Batch ``i`` (step ``plan.skip_steps + i``): gathered, augmented, its targets."""
@@ -352,7 +354,7 @@ class _BatchesMixin:
         return images, labels, weights.astype(np.float32)
 
 
-class _Ahead:
+class _Prefetch:
     """Items ``make(0)``, ``make(1)``, ... made up to ``depth`` ahead on a daemon thread.
 
     :meth:`take` hands item ``i`` over when asked in order (the last one again if asked twice);
@@ -415,7 +417,7 @@ def _stop_all() -> None:
 
 
 def _make_ahead(make_ref, n: int, ready: queue.Queue, stop: threading.Event) -> None:
-    """:class:`_Ahead`'s thread: holds ``make``'s owner only while making an item."""
+    """:class:`_Prefetch`'s thread: holds ``make``'s owner only while making an item."""
     for i in range(n):
         make = make_ref()
         if make is None:
