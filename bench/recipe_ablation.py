@@ -4,9 +4,9 @@ One run cannot rank a lever worth less than about half a point: two bundles of t
 recipe scored on the same 5,000 held-out CIFAR-10 images disagree on ~7% of them, so the
 difference of their accuracies has a standard error of ~0.34 points before the seed's own
 spread is counted (docs/BENCHMARKS.md). Here each variant trains once per seed through the
-real ``imgcls train`` on the same 45,000 / 5,000 split as ``cifar10_time_to_accuracy.py``
-(the seed changes the validation carve, the initialisation, the order and the augmentation),
-and each variant is compared with the first **paired by seed**: the mean of the per-seed
+real ``imgcls train`` on the same 45,000 / 5,000 split as ``cifar10_time_to_accuracy.py`` and
+``gpu_check.py`` (the seed changes the validation carve, the initialisation, the order and the
+augmentation), and each variant is compared with the first **paired by seed**: the mean of the per-seed
 differences and its standard error.
 
 A variant is ``NAME JSON``; the JSON may hold ``"recipe"`` (fields of `fast`'s
@@ -20,7 +20,8 @@ flags). A child process registers `fast` with the changed recipe, then runs the 
 
 On a CPU one run of the default recipe takes 13 minutes (2 cores with avx512_bf16) to 62
 (AVX2 only, float32), so this is a benchmark for a GPU: ``--backend jax`` there trains a run in
-well under a minute. Nothing else should run meanwhile if the minutes are to be compared.
+well under a minute (``--data`` names the CIFAR-10 folder there). Nothing else should run
+meanwhile if the minutes are to be compared.
 """
 
 from __future__ import annotations
@@ -29,13 +30,14 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
-from _common import CIFAR, ROOT, write_result
-from cifar10_time_to_accuracy import write_manifest
+from _common import ROOT, write_result
+from gpu_check import write_manifest  # stand-alone: this runs where imgcls came as wheels
 
 
 def child(variant: str, argv: list[str]) -> int:
@@ -68,20 +70,6 @@ def train(manifest: Path, out: Path, cache: Path, variant: dict, seed: int, back
             "timeline": timeline}  # fmt: skip
 
 
-def subsample(manifest: Path, per_class: int) -> Path:
-    """The manifest with its first ``per_class`` training rows of each class (test rows kept)."""
-    lines = manifest.read_text().splitlines()
-    kept, counts = [lines[0]], {}
-    for line in lines[1:]:
-        _, label, split = line.rsplit(",", 2)
-        counts[label, split] = counts.get((label, split), 0) + 1
-        if split != "train" or counts[label, split] <= per_class:
-            kept.append(line)
-    path = manifest.with_name(f"{manifest.stem}_{per_class}_per_class.csv")
-    path.write_text("\n".join(kept) + "\n")
-    return path
-
-
 def summarise(runs: dict[str, list[dict]]) -> dict[str, dict]:
     """Each variant's mean and spread, and its per-seed difference from the first variant."""
     base_name = next(iter(runs))
@@ -107,11 +95,12 @@ def main() -> None:
                    help="a name and a JSON object; the first variant is the baseline")  # fmt: skip
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--backend", default=os.environ.get("KERAS_BACKEND", "tensorflow"))
-    p.add_argument("--per-class", type=int, help="training images kept per class (a quick check)")
+    p.add_argument("--data", type=Path, default=ROOT.parent / "shared/datasets/cifar10/train")
+    p.add_argument("--train-per-class", type=int, help="fewer training images (a quick check)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "recipe_ablation")
     a = p.parse_args()
-    if not CIFAR.is_dir():
-        sys.exit(f"skipped: {CIFAR} not found")
+    if not a.data.is_dir():
+        sys.exit(f"skipped: CIFAR-10 folder {a.data} not found")
     variants = {}
     for name, text in a.variant:
         try:
@@ -123,15 +112,14 @@ def main() -> None:
             sys.exit(f'--variant {name}: an object with "recipe" and/or "flags" expected. '
                      f"Received: {text}")  # fmt: skip
     a.out.mkdir(parents=True, exist_ok=True)
-    manifest = write_manifest(a.out)
-    if a.per_class:
-        manifest = subsample(manifest, a.per_class)
+    manifest = write_manifest(a.data, a.out, train_per_class=a.train_per_class)
     record = {"machine": f"{platform.machine()} {os.cpu_count()} cores", "backend": a.backend,
               "load_before": os.getloadavg(), "variants": variants, "runs": {},
               "manifest": manifest.name}  # fmt: skip
     for seed in a.seeds:  # seed-major: a stopped benchmark still has every variant paired
         for name, variant in variants.items():
             out = a.out / f"{name}_seed{seed}"
+            shutil.rmtree(out, ignore_errors=True)  # a run of an earlier benchmark
             run = train(manifest, out, a.out / "cache", variant, seed, a.backend)
             record["runs"].setdefault(name, []).append(run)
             print(f"{name} seed {seed}: {run['held_out_accuracy']:.4f}", flush=True)
