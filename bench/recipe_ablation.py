@@ -34,10 +34,16 @@ import shutil
 import statistics
 import subprocess
 import sys
+import time
+from dataclasses import fields
 from pathlib import Path
 
 from _common import ROOT, write_result
 from gpu_check import write_manifest  # stand-alone: this runs where imgcls came as wheels
+
+from imgcls.models.recipe import Recipe
+
+RECIPE_FIELDS = {f.name for f in fields(Recipe)}
 
 
 def child(variant: str, argv: list[str]) -> int:
@@ -61,13 +67,15 @@ def train(manifest: Path, out: Path, cache: Path, variant: dict, seed: int, back
                TF_CPP_MIN_LOG_LEVEL="3")  # fmt: skip
     cmd = [sys.executable, __file__, "--child", json.dumps(variant), "train", str(manifest),
            "--out", str(out), "--seed", str(seed), "--quiet", *variant.get("flags", [])]  # fmt: skip
+    t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
     if proc.returncode != 0:
         sys.exit(f"imgcls train failed ({' '.join(cmd)}):\n{proc.stderr[-3000:]}")
     meta = json.loads((out / "bundle.json").read_text())
     timeline = json.loads((out / "run.json").read_text()).get("timeline", {})
     return {"seed": seed, "held_out_accuracy": meta["metrics"]["test_accuracy"],
-            "timeline": timeline}  # fmt: skip
+            "wall_s": round(wall, 1), "timeline": timeline}  # fmt: skip
 
 
 def summarise(runs: dict[str, list[dict]]) -> dict[str, dict]:
@@ -107,27 +115,33 @@ def main() -> None:
             variants[name] = json.loads(text)
         except json.JSONDecodeError as e:
             sys.exit(f"--variant {name}: JSON expected ({e}). Received: {text!r}")
-        unknown = set(variants[name]) - {"recipe", "flags"}
-        if not isinstance(variants[name], dict) or unknown:
+        v = variants[name]
+        if not isinstance(v, dict) or set(v) - {"recipe", "flags"}:
             sys.exit(f'--variant {name}: an object with "recipe" and/or "flags" expected. '
                      f"Received: {text}")  # fmt: skip
+        unknown = sorted(set(v.get("recipe", {})) - RECIPE_FIELDS)
+        if unknown:
+            sys.exit(f"--variant {name}: {unknown} are not recipe fields; a recipe takes "
+                     f"{sorted(RECIPE_FIELDS)}")  # fmt: skip
     a.out.mkdir(parents=True, exist_ok=True)
     manifest = write_manifest(a.data, a.out, train_per_class=a.train_per_class)
     record = {"machine": f"{platform.machine()} {os.cpu_count()} cores", "backend": a.backend,
               "load_before": os.getloadavg(), "variants": variants, "runs": {},
               "manifest": manifest.name}  # fmt: skip
-    for seed in a.seeds:  # seed-major: a stopped benchmark still has every variant paired
+    for seed in a.seeds:  # seed-major: a stopped benchmark has its variants paired by seed
         for name, variant in variants.items():
             out = a.out / f"{name}_seed{seed}"
             shutil.rmtree(out, ignore_errors=True)  # a run of an earlier benchmark
             run = train(manifest, out, a.out / "cache", variant, seed, a.backend)
             record["runs"].setdefault(name, []).append(run)
             print(f"{name} seed {seed}: {run['held_out_accuracy']:.4f}", flush=True)
-    record["load_after"] = os.getloadavg()
-    record["summary"] = summarise(record["runs"])
+            record["load_after"] = os.getloadavg()
+            record["summary"] = summarise(record["runs"])
+            # after each run, so a benchmark stopped (or out of device time) keeps its runs
+            path = write_result("recipe_ablation", record, a.out)
     for name, row in record["summary"].items():
         print(name, json.dumps(row), flush=True)
-    print(f"results: {write_result('recipe_ablation', record)}")
+    print(f"results: {path}")
 
 
 if __name__ == "__main__":
