@@ -32,6 +32,12 @@ def pytest_sessionfinish(session, exitstatus):
         shutil.rmtree(folder, ignore_errors=True)
 
 
+# The larger backbones (3-25M parameters): building, saving, predicting and Grad-CAM cost ~70 s
+# here, so their tests run in `make test-slow`. lite0 stands for the lite family in `make test`,
+# mobilenetv3small for Keras Applications.
+HEAVY_MODELS = frozenset({"efficientnet_lite1", "efficientnet_lite2", "efficientnetb0", "resnet50"})
+
+
 # The files with the most seconds of tests (--durations on a 2-core AVX2 machine, 2026-12-05),
 # most first. `make test` hands whole files to its two workers in collection order; starting
 # the longest first keeps one worker from running a long file alone at the end.

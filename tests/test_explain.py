@@ -11,6 +11,7 @@ import pytest
 
 from imgcls.cli import main
 from imgcls.models import list_models
+from tests.conftest import HEAVY_MODELS
 
 
 def _decodes(path: Path) -> None:
@@ -65,15 +66,11 @@ def _custom_model(shape: tuple[int, int, int], n_classes: int):
     return keras.Model(inputs, layers.Dense(n_classes, activation="softmax")(x), name="custom")
 
 
-# The larger backbones' Grad-CAM (~10 s of building and tracing) runs in make test-slow.
-HEAVY = {"efficientnet_lite1", "efficientnet_lite2", "efficientnetb0", "resnet50"}
-
-
 @pytest.mark.parametrize(
     "names",
     [
-        pytest.param(sorted(set(list_models()) - HEAVY), id="light"),
-        pytest.param(sorted(HEAVY), id="heavy", marks=pytest.mark.slow),
+        pytest.param(sorted(set(list_models()) - HEAVY_MODELS), id="light"),
+        pytest.param(sorted(HEAVY_MODELS), id="heavy", marks=pytest.mark.slow),
     ],
 )
 def test_grad_cam_and_feature_maps_for_every_registered_model_and_a_custom_one(names):

@@ -8,12 +8,12 @@ import pytest
 import imgcls
 from imgcls.errors import ImgclsError
 from imgcls.models import create_model, get_spec, list_models
+from tests.conftest import HEAVY_MODELS
 
-# The larger backbones (3-25M parameters) cost ~60 s of building, saving and predicting here;
-# they run in `make test-slow`. lite0 stands for the lite family, mobilenetv3small for Keras
-# Applications.
-HEAVY = {"efficientnet_lite1", "efficientnet_lite2", "efficientnetb0", "resnet50"}
-EVERY_MODEL = [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in list_models()]
+# the larger backbones run in `make test-slow` (tests/conftest.py)
+EVERY_MODEL = [
+    pytest.param(n, marks=pytest.mark.slow) if n in HEAVY_MODELS else n for n in list_models()
+]
 
 
 class _Saved:
@@ -83,7 +83,7 @@ def test_every_model_predicts_the_same_in_a_fresh_interpreter(saved):
         "    m = keras.saving.load_model(f'{folder}/{name}.keras', compile=False, safe_mode=True)\n"
         "    np.save(f'{folder}/{name}.out.npy', m.predict_on_batch(np.load(f'{folder}/{name}.npy')))\n"
     )
-    names = [n for n in list_models() if n not in HEAVY]  # one of each kind of network
+    names = [n for n in list_models() if n not in HEAVY_MODELS]  # one of each kind of network
     expected = {name: saved[name] for name in names}
     subprocess.run([sys.executable, "-c", script, str(saved.folder), *names], check=True)
     for name in names:
