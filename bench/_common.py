@@ -11,10 +11,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"  # git-ignored
 IMGCLS = [sys.executable, "-m", "imgcls"]
 CIFAR = ROOT.parent / "shared" / "datasets" / "cifar10" / "train"  # read-only, never committed
+TEST_PER_CLASS = 500  # the CIFAR-10 benchmarks hold out 5,000 of the 50,000 images
 
 
 def link_images(root: Path, images: list[tuple[int, Path, str | None]]) -> None:
@@ -32,6 +35,31 @@ def write_manifest(path: Path, pairs: list[tuple[Path, str]]) -> Path:
     """A ``path,label`` CSV of ``(path, label)`` pairs (a held-out test set)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("path,label\n" + "".join(f"{p},{c}\n" for p, c in pairs))
+    return path
+
+
+def write_cifar_split(
+    cifar: Path, out: Path, seed: int = 0, train_per_class: int | None = None
+) -> Path:
+    """``out/cifar10_45k_5k.csv``: a ``path,label,split`` manifest of the CIFAR-10 folder with
+    ``TEST_PER_CLASS`` images a class held out (``split=test``, drawn with ``seed``) and the
+    rest to train (the first ``train_per_class`` of them a class, for a quick check). Rows
+    follow the folder's sorted order, so one seed is one split and one training order for
+    every benchmark that trains on it."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for cls in sorted(p.name for p in cifar.iterdir() if p.is_dir()):
+        files = sorted(str(p) for p in (cifar / cls).glob("*.jpg"))
+        test = set(rng.choice(len(files), TEST_PER_CLASS, replace=False).tolist())
+        kept = 0
+        for i, f in enumerate(files):
+            if i in test:
+                rows.append(f"{f},{cls},test")
+            elif train_per_class is None or kept < train_per_class:
+                rows.append(f"{f},{cls},train")
+                kept += 1
+    path = out / "cifar10_45k_5k.csv"
+    path.write_text("path,label,split\n" + "\n".join(rows) + "\n")
     return path
 
 

@@ -33,9 +33,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import CIFAR, IMGCLS, ROOT, write_result
-
-TEST_PER_CLASS = 500  # 5,000 held-out images in all
+from _common import CIFAR, IMGCLS, ROOT, write_cifar_split, write_result
 
 SHIM = """import time
 class _Normalize:  # torchvision.transforms.Normalize on (N, C, H, W), in the tensor's dtype
@@ -61,19 +59,6 @@ PATCHES = [  # (upstream text, replacement): each must be found, so an upstream 
     ("torch.cuda.synchronize()", "None"),
     ("for run in range(25)", "for run in range(1)"),
 ]
-
-
-def write_manifest(out: Path, seed: int = 0) -> Path:
-    """CSV with split=train for 45,000 images and split=test for 5,000, stratified."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for cls in sorted(p.name for p in CIFAR.iterdir() if p.is_dir()):
-        files = sorted(str(p) for p in (CIFAR / cls).glob("*.jpg"))
-        test = set(rng.choice(len(files), TEST_PER_CLASS, replace=False).tolist())
-        rows += [f"{f},{cls},{'test' if i in test else 'train'}" for i, f in enumerate(files)]
-    path = out / "cifar10_45k_5k.csv"
-    path.write_text("path,label,split\n" + "\n".join(rows) + "\n")
-    return path
 
 
 FIRST_STEP_STAGES = ("start-up", "data", "model")  # what comes before the first step
@@ -152,7 +137,7 @@ def main() -> None:
         sys.exit("--airbench must name legacy/airbench94.py (or pass --skip airbench)")
     shutil.rmtree(a.out, ignore_errors=True)
     a.out.mkdir(parents=True)
-    manifest = write_manifest(a.out)
+    manifest = write_cifar_split(CIFAR, a.out)
     record = {"machine": f"{platform.machine()} {os.cpu_count()} cores",
               "load_before": os.getloadavg(), "split": "45,000 train / 5,000 held out"}  # fmt: skip
     if "airbench" not in a.skip:

@@ -22,8 +22,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from _common import CIFAR, IMGCLS, ROOT, write_result
-from cifar10_time_to_accuracy import write_manifest
+from _common import CIFAR, IMGCLS, ROOT, write_cifar_split, write_result
 
 
 def epoch_seconds(run: Path) -> list[float]:
@@ -66,7 +65,7 @@ def main() -> None:
     if not CIFAR.is_dir():
         sys.exit(f"skipped: CIFAR-10 folder {CIFAR} not found")
     work = Path(tempfile.mkdtemp(prefix="imgcls-epoch-ab-"))
-    manifest = write_manifest(work)
+    manifest = write_cifar_split(CIFAR, work)
     trees = {f"base {a.base}": base_tree(a.base, work), "this tree": ROOT / "src"}
     runs: dict[str, list[dict]] = {name: [] for name in trees}
     for r in range(a.rounds):

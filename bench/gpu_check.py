@@ -1,7 +1,7 @@
 """A GPU check anyone can run: `fast` on CIFAR-10 through `imgcls train`, JAX backend, no TensorFlow.
 
-Splits the 50,000 CIFAR-10 JPEGs 45,000/5,000 (seed 0, stratified; the same split as
-bench/cifar10_time_to_accuracy.py), trains `fast` with its recipe (mixed_bfloat16 on an
+Splits the 50,000 CIFAR-10 JPEGs 45,000/5,000 (seed 0, stratified: `write_cifar_split` of
+bench/_common.py, the split and row order every CIFAR-10 benchmark trains on), trains `fast` with its recipe (mixed_bfloat16 on an
 Ampere-or-newer GPU), scores the 5,000 held-out images with the bundle's test-time
 augmentation, and prints training images/s, the training wall time (compile included), the
 whole process's wall time, test accuracy and the share of step time the model waited for data.
@@ -26,33 +26,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
-TEST_PER_CLASS = 500
-
-
-def write_manifest(
-    cifar: Path, out: Path, seed: int = 0, train_per_class: int | None = None
-) -> Path:
-    """CSV with split=train for 45,000 images (or ``train_per_class`` per class, for a quick
-    check) and split=test for 5,000, stratified."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for cls in sorted(p.name for p in cifar.iterdir() if p.is_dir()):
-        files = sorted(str(p) for p in (cifar / cls).glob("*.jpg"))
-        test = set(rng.choice(len(files), TEST_PER_CLASS, replace=False).tolist())
-        train = [i for i in range(len(files)) if i not in test][:train_per_class]
-        rows += [f"{files[i]},{cls},test" for i in sorted(test)]
-        rows += [f"{files[i]},{cls},train" for i in train]
-    path = out / "cifar10_45k_5k.csv"
-    path.write_text("path,label,split\n" + "\n".join(rows) + "\n")
-    return path
+from _common import CIFAR, write_cifar_split
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", type=Path, default=ROOT.parent / "shared/datasets/cifar10/train")
+    p.add_argument("--data", type=Path, default=CIFAR)
     p.add_argument("--out", type=Path, default=Path("/tmp/imgcls-gpu-check"))
     p.add_argument("--backend", default="jax", choices=["jax", "torch", "tensorflow"])
     p.add_argument("--train-per-class", type=int, help="fewer training images (a quick check)")
@@ -63,7 +42,7 @@ def main() -> None:
     if not a.data.is_dir():
         sys.exit(f"skipped: CIFAR-10 folder {a.data} not found (--data)")
     a.out.mkdir(parents=True, exist_ok=True)
-    manifest = write_manifest(a.data, a.out, train_per_class=a.train_per_class)
+    manifest = write_cifar_split(a.data, a.out, train_per_class=a.train_per_class)
     run = a.out / f"fast-{a.backend}"
     subprocess.run(["rm", "-rf", str(run)], check=True)
     env = dict(os.environ, KERAS_BACKEND=a.backend)

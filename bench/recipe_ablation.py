@@ -38,8 +38,7 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-from _common import ROOT, write_result
-from gpu_check import write_manifest  # stand-alone: this runs where imgcls came as wheels
+from _common import ROOT, write_cifar_split, write_result
 
 from imgcls.models.recipe import Recipe
 
@@ -124,7 +123,7 @@ def main() -> None:
             sys.exit(f"--variant {name}: {unknown} are not recipe fields; a recipe takes "
                      f"{sorted(RECIPE_FIELDS)}")  # fmt: skip
     a.out.mkdir(parents=True, exist_ok=True)
-    manifest = write_manifest(a.data, a.out, train_per_class=a.train_per_class)
+    manifest = write_cifar_split(a.data, a.out, train_per_class=a.train_per_class)
     record = {"machine": f"{platform.machine()} {os.cpu_count()} cores", "backend": a.backend,
               "load_before": os.getloadavg(), "variants": variants, "runs": {},
               "manifest": manifest.name}  # fmt: skip

@@ -20,8 +20,8 @@ import statistics
 import sys
 from pathlib import Path
 
-from _common import CIFAR, ROOT, write_result
-from cifar10_time_to_accuracy import FIRST_STEP_STAGES, run_imgcls, to_first_step, write_manifest
+from _common import CIFAR, ROOT, write_cifar_split, write_result
+from cifar10_time_to_accuracy import FIRST_STEP_STAGES, run_imgcls, to_first_step
 
 
 def run(src: Path, manifest: Path, out: Path, cache: Path) -> dict:
@@ -46,7 +46,7 @@ def main() -> None:
         sys.exit(f"--baseline-src must hold imgcls/. Received: {a.baseline_src}")
     shutil.rmtree(a.out, ignore_errors=True)
     a.out.mkdir(parents=True)
-    manifest, cache = write_manifest(a.out), a.out / "cache"
+    manifest, cache = write_cifar_split(CIFAR, a.out), a.out / "cache"
     trees = {"this tree": ROOT / "src", "baseline": a.baseline_src.resolve()}
     record = {"load_before": os.getloadavg(), "baseline_src": str(trees["baseline"]),
               "fill": run(trees["this tree"], manifest, a.out / "run", cache)}  # fmt: skip
