@@ -1,10 +1,11 @@
 """A GPU check anyone can run: `fast` on CIFAR-10 through `imgcls train`, JAX backend, no TensorFlow.
 
 Splits the 50,000 CIFAR-10 JPEGs 45,000/5,000 (seed 0, stratified: `write_cifar_split` of
-bench/_common.py, the split and row order every CIFAR-10 benchmark trains on), trains `fast` with its recipe (mixed_bfloat16 on an
-Ampere-or-newer GPU), scores the 5,000 held-out images with the bundle's test-time
-augmentation, and prints training images/s, the training wall time (compile included), the
-whole process's wall time, test accuracy and the share of step time the model waited for data.
+bench/_common.py, the split and row order every CIFAR-10 benchmark trains on), trains `fast`
+with its recipe (mixed_bfloat16 on an Ampere-or-newer GPU), scores the 5,000 held-out images
+with the bundle's test-time augmentation, and prints training images/s, the training wall time
+(compile included), the whole process's wall time, test accuracy and the share of step time the
+model waited for data.
 Targets (issue "Beyond one CPU"): >= 0.90 accuracy, <= 15 s of training, <= 30 s for the whole
 `imgcls train` process, data wait < 10%.
 
